@@ -1,0 +1,66 @@
+//! Authentication secrets and the password mechanisms pgkeel speaks, both as
+//! a server (to clients) and as a client (to PostgreSQL).
+
+pub mod md5;
+pub mod scram;
+
+use std::fmt;
+
+pub use scram::{ScramKeys, ScramVerifier};
+
+/// How a user's password is stored in the config.
+#[derive(Clone)]
+pub enum Secret {
+    /// Plain text: usable for SCRAM, md5 and server logins. Its SCRAM verifier
+    /// is derived once at load time.
+    Plain(String, ScramVerifier),
+    /// A SCRAM-SHA-256 verifier (`SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`).
+    Scram(ScramVerifier),
+    /// An md5 hash as PostgreSQL stores it (`md5` + hex(md5(password || user))).
+    Md5(String),
+}
+
+// Never print secrets, not even in debug output.
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Plain(..) => f.write_str("Secret::Plain(<redacted>)"),
+            Secret::Scram(_) => f.write_str("Secret::Scram(<redacted>)"),
+            Secret::Md5(_) => f.write_str("Secret::Md5(<redacted>)"),
+        }
+    }
+}
+
+impl Secret {
+    pub fn parse(s: &str) -> Result<Secret, String> {
+        if s.starts_with("SCRAM-SHA-256$") {
+            return ScramVerifier::parse(s).map(Secret::Scram);
+        }
+        if s.len() == 35 && s.starts_with("md5") && s[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Secret::Md5(s.to_ascii_lowercase()));
+        }
+        if s.is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(Secret::Plain(s.to_owned(), ScramVerifier::from_password(s)))
+    }
+
+    pub fn plain(&self) -> Option<&str> {
+        match self {
+            Secret::Plain(p, _) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn scram_verifier(&self) -> Option<&ScramVerifier> {
+        match self {
+            Secret::Plain(_, v) | Secret::Scram(v) => Some(v),
+            Secret::Md5(_) => None,
+        }
+    }
+}
+
+/// Constant-time comparison, so a failed check does not leak how much matched.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,311 @@
+//! A server connection: connect, start up and authenticate to PostgreSQL, and
+//! the few control exchanges pgkeel runs itself (ROLLBACK, DISCARD ALL).
+//! Query traffic does not pass through here: the relay moves its bytes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use pgwire::messages::startup::{Password, SASLInitialResponse, SASLResponse, Startup};
+use pgwire::messages::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::md5;
+use crate::auth::scram::{self, ClientCredential, ClientExchange, ScramKeys};
+use crate::cancel::ServerKey;
+use crate::protocol::{self, error_field, parse_error_fields};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What pgkeel knows to log in to a server as one role.
+#[derive(Clone, Default)]
+pub struct ServerCredentials {
+    pub user: String,
+    pub password: Option<String>,
+    /// The stored md5 hash, enough to answer an md5 challenge.
+    pub md5_hash: Option<String>,
+    /// SCRAM keys recovered from a client's login (pass-through).
+    pub scram_keys: Option<ScramKeys>,
+}
+
+/// Why a server connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The server refused us with an ErrorResponse; its fields go to the client.
+    #[error("server error: {}", error_field(.0, b'M').unwrap_or("?"))]
+    Server(Vec<(u8, String)>),
+    #[error("cannot connect to {addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to {0}")]
+    Timeout(String),
+    #[error("cannot log in to the server: {0}")]
+    Auth(String),
+    #[error("protocol error from server: {0}")]
+    Protocol(String),
+}
+
+impl BackendError {
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            BackendError::Server(f) => error_field(f, b'C').unwrap_or("XX000"),
+            BackendError::Auth(_) => protocol::sqlstate::INVALID_PASSWORD,
+            _ => "08001",
+        }
+    }
+}
+
+/// One authenticated connection to a PostgreSQL server.
+pub struct ServerConn {
+    pub stream: TcpStream,
+    pub id: u64,
+    pub key: Arc<ServerKey>,
+    /// ParameterStatus values the server sent at startup.
+    pub params: Vec<(String, String)>,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        database: &str,
+        creds: &ServerCredentials,
+        timeout: Duration,
+    ) -> Result<ServerConn, BackendError> {
+        let addr = format!("{host}:{port}");
+        match tokio::time::timeout(timeout, Self::connect_inner(&addr, database, creds)).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Timeout(addr)),
+        }
+    }
+
+    async fn connect_inner(
+        addr: &str,
+        database: &str,
+        creds: &ServerCredentials,
+    ) -> Result<ServerConn, BackendError> {
+        let io = |source| BackendError::Io {
+            addr: addr.to_owned(),
+            source,
+        };
+        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        let peer: SocketAddr = stream.peer_addr().map_err(io)?;
+
+        let mut startup = Startup::new();
+        startup.parameters.insert("user".into(), creds.user.clone());
+        startup
+            .parameters
+            .insert("database".into(), database.to_owned());
+        let mut out = BytesMut::new();
+        startup
+            .encode(&mut out)
+            .map_err(|e| BackendError::Protocol(e.to_string()))?;
+        stream.write_all(&out).await.map_err(io)?;
+
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut params = Vec::new();
+        let mut key = None;
+        let mut scram: Option<ClientExchange> = None;
+        loop {
+            let (typ, body) = protocol::read_message(&mut stream, &mut buf, 1 << 20)
+                .await
+                .map_err(io)?;
+            match typ {
+                b'R' => {
+                    let mut b = &body[..];
+                    if b.len() < 4 {
+                        return Err(BackendError::Protocol(
+                            "short authentication message".into(),
+                        ));
+                    }
+                    let code = b.get_i32();
+                    out.clear();
+                    match code {
+                        0 => {}
+                        3 => {
+                            let pw = creds
+                                .password
+                                .as_deref()
+                                .ok_or_else(|| no_password(creds, "a cleartext password"))?;
+                            Password::new(pw.to_owned())
+                                .encode(&mut out)
+                                .map_err(proto)?;
+                        }
+                        5 => {
+                            let salt: [u8; 4] = b
+                                .get(..4)
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or_else(|| BackendError::Protocol("short md5 salt".into()))?;
+                            let stored = match (&creds.password, &creds.md5_hash) {
+                                (Some(p), _) => md5::stored_hash(&creds.user, p),
+                                (None, Some(h)) => h.clone(),
+                                _ => return Err(no_password(creds, "an md5 password")),
+                            };
+                            Password::new(md5::response_from_stored(&stored, &salt))
+                                .encode(&mut out)
+                                .map_err(proto)?;
+                        }
+                        10 => {
+                            let mechs: Vec<&[u8]> = b.split(|&c| c == 0).collect();
+                            if !mechs.contains(&scram::MECHANISM.as_bytes()) {
+                                return Err(BackendError::Auth(
+                                    "the server offers no SASL mechanism pgkeel supports".into(),
+                                ));
+                            }
+                            if creds.password.is_none() && creds.scram_keys.is_none() {
+                                return Err(no_password(creds, "SCRAM"));
+                            }
+                            let (ex, first) = ClientExchange::start();
+                            scram = Some(ex);
+                            SASLInitialResponse::new(
+                                scram::MECHANISM.into(),
+                                Some(Bytes::from(first)),
+                            )
+                            .encode(&mut out)
+                            .map_err(proto)?;
+                        }
+                        11 => {
+                            let ex = scram.as_mut().ok_or_else(|| {
+                                BackendError::Protocol("SASLContinue before SASL".into())
+                            })?;
+                            let cred = match (&creds.password, &creds.scram_keys) {
+                                (Some(p), _) => ClientCredential::Password(p),
+                                (None, Some(k)) => ClientCredential::Keys(k),
+                                _ => return Err(no_password(creds, "SCRAM")),
+                            };
+                            let fin = ex
+                                .respond(b, cred)
+                                .map_err(|e| BackendError::Auth(e.to_string()))?;
+                            SASLResponse::new(Bytes::from(fin))
+                                .encode(&mut out)
+                                .map_err(proto)?;
+                        }
+                        12 => {
+                            let ex = scram.as_ref().ok_or_else(|| {
+                                BackendError::Protocol("SASLFinal before SASL".into())
+                            })?;
+                            ex.verify(b)
+                                .map_err(|e| BackendError::Auth(e.to_string()))?;
+                        }
+                        other => {
+                            return Err(BackendError::Auth(format!("the server asks for an authentication method pgkeel does not support (code {other})")));
+                        }
+                    }
+                    if !out.is_empty() {
+                        stream.write_all(&out).await.map_err(io)?;
+                    }
+                }
+                b'E' => return Err(BackendError::Server(parse_error_fields(&body))),
+                b'S' => {
+                    let mut b = &body[..];
+                    if let (Some(k), Some(v)) =
+                        (protocol::get_cstr(&mut b), protocol::get_cstr(&mut b))
+                    {
+                        params.push((k, v));
+                    }
+                }
+                b'K' => {
+                    let mut b = &body[..];
+                    if b.len() >= 8 {
+                        key = Some(ServerKey {
+                            addr: peer,
+                            pid: b.get_i32(),
+                            secret: b.get_i32(),
+                        });
+                    }
+                }
+                b'Z' => break,
+                // NoticeResponse, NegotiateProtocolVersion: nothing to do.
+                _ => {}
+            }
+        }
+        let key =
+            key.ok_or_else(|| BackendError::Protocol("the server sent no BackendKeyData".into()))?;
+        let now = Instant::now();
+        Ok(ServerConn {
+            stream,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            key: Arc::new(key),
+            params,
+            created: now,
+            last_used: now,
+        })
+    }
+
+    /// Runs one simple query and waits for ReadyForQuery; returns the
+    /// transaction status it reports, or an error when the query failed.
+    pub async fn run_simple(&mut self, sql: &str, timeout: Duration) -> Result<u8, String> {
+        let fut = async {
+            let mut out = BytesMut::new();
+            protocol::put_query(&mut out, sql);
+            self.stream
+                .write_all(&out)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut buf = BytesMut::with_capacity(256);
+            let mut failed = None;
+            loop {
+                let (typ, body) = protocol::read_message(&mut self.stream, &mut buf, 1 << 30)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match typ {
+                    b'E' => {
+                        let f = parse_error_fields(&body);
+                        failed = Some(error_field(&f, b'M').unwrap_or("error").to_owned());
+                    }
+                    b'Z' => {
+                        let status = body.first().copied().unwrap_or(b'I');
+                        return match failed {
+                            Some(m) => Err(m),
+                            None => Ok(status),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .unwrap_or_else(|_| Err(format!("{sql:?} timed out")))
+    }
+
+    /// True when the server closed the connection or sent something unasked
+    /// (a FATAL on shutdown, a notification) while it sat idle. Such a
+    /// connection is not handed to a client.
+    pub fn is_stale(&self) -> bool {
+        let mut b = [0u8; 1];
+        !matches!(self.stream.try_read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+fn proto(e: pgwire::error::PgWireError) -> BackendError {
+    BackendError::Protocol(e.to_string())
+}
+
+fn no_password(creds: &ServerCredentials, what: &str) -> BackendError {
+    BackendError::Auth(format!(
+        "the server asks for {what} for role {:?} and pgkeel knows no password for it: set server_password (or a plain password) for this user",
+        creds.user
+    ))
+}
+
+/// Asks a server to cancel what the connection `key` runs, on a fresh connection.
+pub async fn send_cancel(key: &ServerKey) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(key.addr).await?;
+    let mut out = BytesMut::with_capacity(16);
+    protocol::put_cancel_request(&mut out, key.pid, key.secret);
+    s.write_all(&out).await?;
+    // PostgreSQL closes the connection once it has the request.
+    let mut sink = [0u8; 16];
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut sink)).await;
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! CancelRequest routing. Each client gets a key minted by pgkeel; the key's
+//! slot points at the server connection running the client's query right
+//! now (or nothing between transactions), so a cancel reaches the right
+//! backend even though server connections move between clients.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use rand::Rng;
+
+/// A server connection's own cancel key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerKey {
+    pub addr: SocketAddr,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// Where a client's cancel should go at this moment. Written by the
+/// client's session on attach/detach (an atomic pointer swap), read by the
+/// cancel path.
+#[derive(Default)]
+pub struct CancelSlot(ArcSwapOption<ServerKey>);
+
+impl CancelSlot {
+    pub fn attach(&self, key: &Arc<ServerKey>) {
+        self.0.store(Some(key.clone()));
+    }
+    pub fn detach(&self) {
+        self.0.store(None);
+    }
+    pub fn current(&self) -> Option<Arc<ServerKey>> {
+        self.0.load_full()
+    }
+}
+
+/// All live client keys. Touched only at connect, disconnect and cancel.
+#[derive(Default)]
+pub struct CancelRegistry {
+    map: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
+}
+
+/// Removes the client's key from the registry when the session ends.
+pub struct Registration {
+    registry: Arc<CancelRegistry>,
+    pub pid: i32,
+    pub secret: i32,
+    pub slot: Arc<CancelSlot>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry
+            .map
+            .lock()
+            .expect("cancel registry poisoned")
+            .remove(&(self.pid, self.secret));
+    }
+}
+
+impl CancelRegistry {
+    pub fn register(self: &Arc<Self>) -> Registration {
+        let slot = Arc::new(CancelSlot::default());
+        let mut map = self.map.lock().expect("cancel registry poisoned");
+        let mut rng = rand::rng();
+        loop {
+            let pid = rng.random_range(1..i32::MAX);
+            let secret = rng.random::<i32>();
+            if let std::collections::hash_map::Entry::Vacant(e) = map.entry((pid, secret)) {
+                e.insert(slot.clone());
+                return Registration {
+                    registry: self.clone(),
+                    pid,
+                    secret,
+                    slot,
+                };
+            }
+        }
+    }
+
+    /// The server key a cancel for (`pid`, `secret`) should go to, if any.
+    pub fn lookup(&self, pid: i32, secret: i32) -> Option<Arc<ServerKey>> {
+        let slot = self
+            .map
+            .lock()
+            .expect("cancel registry poisoned")
+            .get(&(pid, secret))
+            .cloned()?;
+        slot.current()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("cancel registry poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_route_to_attached_server_and_vanish_on_drop() {
+        let reg = Arc::new(CancelRegistry::default());
+        let r = reg.register();
+        assert!(reg.lookup(r.pid, r.secret).is_none());
+        let k = Arc::new(ServerKey {
+            addr: "127.0.0.1:5432".parse().unwrap(),
+            pid: 7,
+            secret: 9,
+        });
+        r.slot.attach(&k);
+        assert_eq!(reg.lookup(r.pid, r.secret).unwrap().pid, 7);
+        assert!(reg.lookup(r.pid, r.secret.wrapping_add(1)).is_none());
+        r.slot.detach();
+        assert!(reg.lookup(r.pid, r.secret).is_none());
+        let (pid, secret) = (r.pid, r.secret);
+        drop(r);
+        assert!(reg.is_empty());
+        assert!(reg.lookup(pid, secret).is_none());
+    }
+}

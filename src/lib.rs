@@ -1,0 +1,23 @@
+//! pgkeel: a PostgreSQL wire-protocol proxy and pooler.
+//!
+//! The data path, left to right: [`listener`] accepts, [`session`] logs the
+//! client in and runs its transactions, [`router`] picks the member,
+//! [`pool`] lends a server connection, [`backend`] is that connection, and
+//! [`session::relay`] moves the bytes. [`topology`] publishes who is primary;
+//! [`proxy`] wires it all. See ARCHITECTURE.md.
+
+pub mod admin;
+pub mod auth;
+pub mod backend;
+pub mod cancel;
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod protocol;
+pub mod proxy;
+pub mod router;
+pub mod session;
+pub mod topology;
+
+pub use proxy::{Proxy, ProxyHandle};

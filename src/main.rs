@@ -1,0 +1,86 @@
+//! The `pgkeel` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pgkeel::config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// A PostgreSQL proxy and pooler that keeps clients connected through failover.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file.
+    #[arg(short, long, default_value = "config.toml")]
+    config: PathBuf,
+    /// Validate FILE and exit (0 when valid).
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(path) = cli.check_config {
+        return match Config::from_file(&path) {
+            Ok(_) => {
+                println!("{}: configuration is valid", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match Config::from_file(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "pgkeel: invalid configuration {}: {e}",
+                cli.config.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgkeel: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let handle = match pgkeel::Proxy::start(config).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        handle.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,110 @@
+//! Prometheus metrics. Each proxy instance owns its registry (no global
+//! state), so two instances can run side by side in one process.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub clients_connected: IntGauge,
+    pub client_connections_total: IntCounter,
+    pub client_login_failures_total: IntCounterVec,
+    pub server_connections: IntGauge,
+    pub transactions_total: IntCounter,
+    pub queries_total: IntCounter,
+    pub errors_total: IntCounterVec,
+    pub pool_wait_seconds: Histogram,
+    pub cancel_requests_total: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            clients_connected: IntGauge::new(
+                "pgkeel_clients_connected",
+                "Client connections currently open",
+            )
+            .unwrap(),
+            client_connections_total: IntCounter::new(
+                "pgkeel_client_connections_total",
+                "Client connections accepted",
+            )
+            .unwrap(),
+            client_login_failures_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_client_login_failures_total",
+                    "Client logins refused, by SQLSTATE",
+                ),
+                &["sqlstate"],
+            )
+            .unwrap(),
+            server_connections: IntGauge::new(
+                "pgkeel_server_connections",
+                "Server connections currently open",
+            )
+            .unwrap(),
+            transactions_total: IntCounter::new(
+                "pgkeel_transactions_total",
+                "Transactions (server checkouts) completed",
+            )
+            .unwrap(),
+            queries_total: IntCounter::new(
+                "pgkeel_queries_total",
+                "Simple queries and extended-protocol syncs forwarded",
+            )
+            .unwrap(),
+            errors_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_errors_total",
+                    "Errors pgkeel itself returned to clients, by SQLSTATE",
+                ),
+                &["sqlstate"],
+            )
+            .unwrap(),
+            pool_wait_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pgkeel_pool_wait_seconds",
+                    "Time clients waited for a server connection when none was free",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
+            )
+            .unwrap(),
+            cancel_requests_total: IntCounter::new(
+                "pgkeel_cancel_requests_total",
+                "CancelRequests received",
+            )
+            .unwrap(),
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.clients_connected.clone())).unwrap();
+        r.register(Box::new(m.client_connections_total.clone()))
+            .unwrap();
+        r.register(Box::new(m.client_login_failures_total.clone()))
+            .unwrap();
+        r.register(Box::new(m.server_connections.clone())).unwrap();
+        r.register(Box::new(m.transactions_total.clone())).unwrap();
+        r.register(Box::new(m.queries_total.clone())).unwrap();
+        r.register(Box::new(m.errors_total.clone())).unwrap();
+        r.register(Box::new(m.pool_wait_seconds.clone())).unwrap();
+        r.register(Box::new(m.cancel_requests_total.clone()))
+            .unwrap();
+        m
+    }
+
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}

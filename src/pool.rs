@@ -1,0 +1,317 @@
+//! Server connection pools, one per (server, database, user).
+//!
+//! A pool is a semaphore of `pool_size` permits plus a stack of idle
+//! connections. A checkout holds a permit for as long as the client holds the
+//! connection; waiting clients queue on the semaphore in FIFO order.
+//! Invariant: a connection on the idle stack is ReadyForQuery idle, outside
+//! any transaction, with nothing unread; anything else is closed instead.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::backend::{BackendError, ServerConn, ServerCredentials};
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub size: u32,
+    pub min_size: u32,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub lifetime: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no server connection became free within {0:?} (pool_size reached)")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Connect(#[from] BackendError),
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    settings: ArcSwap<PoolSettings>,
+    creds: ArcSwap<ServerCredentials>,
+    idle: Mutex<Vec<ServerConn>>,
+    permits: Arc<Semaphore>,
+    /// Server ParameterStatus values, learnt from the first connection; sent
+    /// to clients at login without a server round trip.
+    welcome: ArcSwap<Option<Vec<(String, String)>>>,
+    pub stats: PoolStats,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+pub struct PoolStats {
+    pub active: AtomicUsize,
+    pub waiting: AtomicUsize,
+    pub total_connections: AtomicUsize,
+    pub checkouts: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_errors: AtomicU64,
+}
+
+/// A connection lent to a client. Dropping it without `release` closes the
+/// connection: only a connection known to be clean goes back.
+pub struct PooledConn {
+    conn: Option<ServerConn>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledConn {
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.conn
+            .as_mut()
+            .expect("connection present until released")
+    }
+
+    pub fn server_key(&self) -> &Arc<crate::cancel::ServerKey> {
+        &self
+            .conn
+            .as_ref()
+            .expect("connection present until released")
+            .key
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns a clean connection to the idle stack (or closes it if it is past its lifetime).
+    pub fn release(mut self) {
+        let mut conn = self.conn.take().expect("released once");
+        let s = self.pool.settings.load();
+        conn.last_used = Instant::now();
+        if conn.created.elapsed() >= s.lifetime {
+            self.pool.closed(conn);
+            return;
+        }
+        self.pool.idle.lock().expect("pool poisoned").push(conn);
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(conn) = self.conn.take() {
+            self.pool.closed(conn);
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(
+        key: PoolKey,
+        settings: PoolSettings,
+        creds: ServerCredentials,
+        metrics: Metrics,
+    ) -> Arc<Pool> {
+        Arc::new(Pool {
+            key,
+            permits: Arc::new(Semaphore::new(settings.size as usize)),
+            settings: ArcSwap::from_pointee(settings),
+            creds: ArcSwap::from_pointee(creds),
+            idle: Mutex::new(Vec::new()),
+            welcome: ArcSwap::from_pointee(None),
+            stats: PoolStats::default(),
+            metrics,
+        })
+    }
+
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    /// New credentials (e.g. SCRAM keys learnt at a client's login) for new connections.
+    pub fn set_credentials(&self, creds: ServerCredentials) {
+        self.creds.store(Arc::new(creds));
+    }
+
+    pub fn credentials(&self) -> Arc<ServerCredentials> {
+        self.creds.load_full()
+    }
+
+    pub fn welcome(&self) -> Option<Vec<(String, String)>> {
+        (**self.welcome.load()).clone()
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().expect("pool poisoned").len()
+    }
+
+    fn closed(&self, conn: ServerConn) {
+        self.stats.total_connections.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.server_connections.dec();
+        drop(conn);
+    }
+
+    /// Lends a connection, waiting up to `wait` for a free slot.
+    pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<PooledConn, PoolError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
+                let r = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
+                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                self.metrics
+                    .pool_wait_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                match r {
+                    Ok(Ok(p)) => p,
+                    // The semaphore is never closed; treat it like a timeout anyway.
+                    _ => return Err(PoolError::Timeout(wait)),
+                }
+            }
+        };
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        let mut lent = PooledConn {
+            conn: None,
+            pool: self.clone(),
+            _permit: permit,
+        };
+        let s = self.settings.load();
+        loop {
+            let Some(conn) = self.idle.lock().expect("pool poisoned").pop() else {
+                break;
+            };
+            if conn.created.elapsed() >= s.lifetime
+                || conn.last_used.elapsed() >= s.idle_timeout
+                || conn.is_stale()
+            {
+                self.closed(conn);
+                continue;
+            }
+            lent.conn = Some(conn);
+            return Ok(lent);
+        }
+        lent.conn = Some(self.connect().await?);
+        Ok(lent)
+    }
+
+    async fn connect(&self) -> Result<ServerConn, BackendError> {
+        let s = self.settings.load();
+        let creds = self.creds.load();
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        match ServerConn::connect(
+            &self.key.host,
+            self.key.port,
+            &self.key.database,
+            &creds,
+            s.connect_timeout,
+        )
+        .await
+        {
+            Ok(conn) => {
+                self.stats.total_connections.fetch_add(1, Ordering::Relaxed);
+                self.metrics.server_connections.inc();
+                if self.welcome.load().is_none() {
+                    self.welcome.store(Arc::new(Some(conn.params.clone())));
+                }
+                Ok(conn)
+            }
+            Err(e) => {
+                self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes idle connections past their idle timeout or lifetime (keeping
+    /// `min_size` open), then opens connections up to `min_size`.
+    pub async fn maintain(self: &Arc<Self>) {
+        let s = self.settings.load_full();
+        let expired: Vec<ServerConn> = {
+            let mut idle = self.idle.lock().expect("pool poisoned");
+            let total = self.stats.total_connections.load(Ordering::Relaxed);
+            let mut removable = total.saturating_sub(s.min_size as usize);
+            let mut expired = Vec::new();
+            // Oldest-used first: the stack's bottom.
+            let mut i = 0;
+            while i < idle.len() {
+                let c = &idle[i];
+                let too_old = c.created.elapsed() >= s.lifetime;
+                let too_idle = c.last_used.elapsed() >= s.idle_timeout && removable > 0;
+                if too_old || too_idle || c.is_stale() {
+                    removable = removable.saturating_sub(1);
+                    expired.push(idle.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            expired
+        };
+        for c in expired {
+            self.closed(c);
+        }
+        while self.stats.total_connections.load(Ordering::Relaxed) < s.min_size as usize {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            match self.connect().await {
+                Ok(c) => self.idle.lock().expect("pool poisoned").push(c),
+                Err(e) => {
+                    tracing::debug!(pool = ?self.key, error = %e, "cannot open min_pool_size connection");
+                    break;
+                }
+            }
+            drop(permit);
+        }
+    }
+
+    /// Closes every idle connection (shutdown, or the server left).
+    pub fn close_idle(&self) {
+        let drained: Vec<ServerConn> =
+            std::mem::take(&mut *self.idle.lock().expect("pool poisoned"));
+        for c in drained {
+            self.closed(c);
+        }
+    }
+}
+
+/// All pools. Looked up once per client login and cached by the session.
+#[derive(Default)]
+pub struct Pools {
+    map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    pub fn get_or_create(
+        &self,
+        key: PoolKey,
+        make: impl FnOnce(PoolKey) -> Arc<Pool>,
+    ) -> Arc<Pool> {
+        let mut map = self.map.lock().expect("pools poisoned");
+        if let Some(p) = map.get(&key) {
+            return p.clone();
+        }
+        let p = make(key.clone());
+        map.insert(key, p.clone());
+        p
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.map
+            .lock()
+            .expect("pools poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+}

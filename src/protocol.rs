@@ -1,0 +1,250 @@
+//! The wire protocol as far as pgkeel needs it: message framing, and the few
+//! messages it builds itself. Everything else is forwarded as bytes.
+//!
+//! Message construction for the (cold) startup and auth phase goes through
+//! `pgwire`'s message types; the hot path only reads 5-byte headers.
+
+use bytes::{Buf, BufMut, BytesMut};
+use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{BackendKeyData, ParameterStatus, SecretKey};
+use pgwire::messages::Message;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Type byte + length field.
+pub const HEADER_LEN: usize = 5;
+
+/// Protocol codes sent in place of a version in the first packet.
+pub const SSL_REQUEST_CODE: i32 = 80_877_103;
+pub const GSSENC_REQUEST_CODE: i32 = 80_877_104;
+pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
+pub const PROTOCOL_3_0: i32 = 196_608;
+
+/// Startup packets are small; PostgreSQL caps them at 10000 bytes too.
+pub const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// Frontend message types pgkeel accepts after startup (protocol 3.0).
+pub fn is_frontend_type(t: u8) -> bool {
+    matches!(
+        t,
+        b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' | b'F' | b'd' | b'c' | b'f' | b'X'
+    )
+}
+
+/// Reads a message header: `(type, total length including the type byte)`.
+/// `Err` when the length field is impossible (< 4).
+#[inline]
+pub fn header(buf: &[u8]) -> Option<Result<(u8, usize), i32>> {
+    if buf.len() < HEADER_LEN {
+        return None;
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Some(Err(len));
+    }
+    Some(Ok((buf[0], len as usize + 1)))
+}
+
+/// PostgreSQL severities pgkeel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// SQLSTATE codes pgkeel reports itself.
+pub mod sqlstate {
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const CONNECTION_FAILURE: &str = "08006";
+    pub const CONNECTION_EXCEPTION: &str = "08000";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const INVALID_AUTHORIZATION: &str = "28000";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const INTERNAL_ERROR: &str = "XX000";
+}
+
+/// Appends an ErrorResponse.
+pub fn put_error(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) {
+    let fields = vec![
+        (b'S', severity.as_str().to_owned()),
+        (b'V', severity.as_str().to_owned()),
+        (b'C', code.to_owned()),
+        (b'M', message.to_owned()),
+    ];
+    ErrorResponse::new(fields)
+        .encode(buf)
+        .expect("an ErrorResponse always encodes");
+}
+
+/// Appends an ErrorResponse copied from a server's fields.
+pub fn put_error_fields(buf: &mut BytesMut, fields: Vec<(u8, String)>) {
+    ErrorResponse::new(fields)
+        .encode(buf)
+        .expect("an ErrorResponse always encodes");
+}
+
+pub fn put_ready(buf: &mut BytesMut, status: u8) {
+    let status = match status {
+        b'T' => TransactionStatus::Transaction,
+        b'E' => TransactionStatus::Error,
+        _ => TransactionStatus::Idle,
+    };
+    ReadyForQuery::new(status)
+        .encode(buf)
+        .expect("ReadyForQuery always encodes");
+}
+
+pub fn put_parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    ParameterStatus::new(name.to_owned(), value.to_owned())
+        .encode(buf)
+        .expect("ParameterStatus always encodes");
+}
+
+pub fn put_backend_key(buf: &mut BytesMut, pid: i32, secret: i32) {
+    BackendKeyData::new(pid, SecretKey::I32(secret))
+        .encode(buf)
+        .expect("BackendKeyData always encodes");
+}
+
+/// Appends a CancelRequest packet (sent to a server on a fresh connection).
+pub fn put_cancel_request(buf: &mut BytesMut, pid: i32, secret: i32) {
+    buf.put_i32(16);
+    buf.put_i32(CANCEL_REQUEST_CODE);
+    buf.put_i32(pid);
+    buf.put_i32(secret);
+}
+
+/// Appends a simple Query message.
+pub fn put_query(buf: &mut BytesMut, sql: &str) {
+    buf.put_u8(b'Q');
+    buf.put_i32((4 + sql.len() + 1) as i32);
+    buf.put_slice(sql.as_bytes());
+    buf.put_u8(0);
+}
+
+/// Reads a NUL-terminated string from the front of `buf`.
+pub fn get_cstr(buf: &mut &[u8]) -> Option<String> {
+    let end = buf.iter().position(|&b| b == 0)?;
+    let s = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.advance(end + 1);
+    Some(s)
+}
+
+/// Parses the fields of an ErrorResponse or NoticeResponse body.
+pub fn parse_error_fields(mut body: &[u8]) -> Vec<(u8, String)> {
+    let mut fields = Vec::new();
+    while let Some((&code, rest)) = body.split_first() {
+        if code == 0 {
+            break;
+        }
+        body = rest;
+        match get_cstr(&mut body) {
+            Some(v) => fields.push((code, v)),
+            None => break,
+        }
+    }
+    fields
+}
+
+pub fn error_field(fields: &[(u8, String)], code: u8) -> Option<&str> {
+    fields
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The parameters of a StartupMessage body (after the version).
+pub fn parse_startup_params(mut body: &[u8]) -> Result<Vec<(String, String)>, &'static str> {
+    let mut params = Vec::new();
+    loop {
+        let key = get_cstr(&mut body).ok_or("startup packet is not NUL-terminated")?;
+        if key.is_empty() {
+            return Ok(params);
+        }
+        let value = get_cstr(&mut body).ok_or("startup parameter has no value")?;
+        params.push((key, value));
+    }
+}
+
+/// Reads one whole typed message (startup/auth phase and control queries;
+/// the relay never uses this). Returns the type and the body.
+pub async fn read_message<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> std::io::Result<(u8, BytesMut)> {
+    use std::io::{Error, ErrorKind};
+    loop {
+        if let Some(h) = header(buf) {
+            let (typ, len) = h.map_err(|l| {
+                Error::new(
+                    ErrorKind::InvalidData,
+                    format!("invalid message length {l}"),
+                )
+            })?;
+            if len > max_len {
+                return Err(Error::new(
+                    ErrorKind::InvalidData,
+                    format!("message of {len} bytes is over the limit"),
+                ));
+            }
+            if buf.len() >= len {
+                let mut msg = buf.split_to(len);
+                msg.advance(HEADER_LEN);
+                return Ok((typ, msg));
+            }
+            buf.reserve(len - buf.len());
+        }
+        if r.read_buf(buf).await? == 0 {
+            return Err(Error::new(ErrorKind::UnexpectedEof, "connection closed"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_reads_type_and_total_length() {
+        assert_eq!(header(b"Q\0\0\0\x09sel"), Some(Ok((b'Q', 10))));
+        assert_eq!(header(b"Q\0\0"), None);
+        assert_eq!(header(b"Q\0\0\0\x02"), Some(Err(2)));
+    }
+
+    #[test]
+    fn error_round_trips() {
+        let mut b = BytesMut::new();
+        put_error(&mut b, Severity::Fatal, "28P01", "nope");
+        let (t, len) = header(&b).unwrap().unwrap();
+        assert_eq!((t, len), (b'E', b.len()));
+        let f = parse_error_fields(&b[5..]);
+        assert_eq!(error_field(&f, b'C'), Some("28P01"));
+        assert_eq!(error_field(&f, b'S'), Some("FATAL"));
+        assert_eq!(error_field(&f, b'M'), Some("nope"));
+    }
+
+    #[test]
+    fn startup_params_parse() {
+        let p = parse_startup_params(b"user\0bob\0database\0db\0\0").unwrap();
+        assert_eq!(
+            p,
+            vec![
+                ("user".into(), "bob".into()),
+                ("database".into(), "db".into())
+            ]
+        );
+        assert!(parse_startup_params(b"user\0bob").is_err());
+    }
+}

@@ -1,0 +1,186 @@
+//! Wiring: builds the shared state, binds the listeners and starts the
+//! background tasks. One `Proxy` is one independent instance: nothing here is
+//! global, so tests run several side by side in one process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::scram::ScramKeys;
+use crate::auth::Secret;
+use crate::backend::ServerCredentials;
+use crate::cancel::CancelRegistry;
+use crate::config::{Config, User};
+use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolKey, PoolSettings, Pools};
+use crate::topology::{self, Member, TopologyHandle};
+
+/// State every session and background task shares.
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub topology: Arc<TopologyHandle>,
+    pub pools: Pools,
+    pub cancels: Arc<CancelRegistry>,
+    pub metrics: Metrics,
+    pub shutdown: watch::Receiver<bool>,
+    /// SCRAM keys recovered from client logins, per user, for users whose
+    /// server password pgkeel does not know.
+    scram_keys: Mutex<HashMap<String, ScramKeys>>,
+}
+
+impl Shared {
+    pub fn remember_scram_keys(&self, user: &str, keys: ScramKeys) {
+        self.scram_keys
+            .lock()
+            .expect("scram keys poisoned")
+            .insert(user.to_owned(), keys);
+    }
+
+    fn credentials(&self, user: &User) -> ServerCredentials {
+        ServerCredentials {
+            user: user.server_user.clone(),
+            password: user.server_password.clone(),
+            md5_hash: match &user.secret {
+                Secret::Md5(h) if user.server_user == user.name => Some(h.clone()),
+                _ => None,
+            },
+            scram_keys: self
+                .scram_keys
+                .lock()
+                .expect("scram keys poisoned")
+                .get(&user.name)
+                .cloned(),
+        }
+    }
+
+    /// The pool for `user` on `database` at `member`.
+    pub fn pool_for(&self, member: &Member, database: &str, user: &User) -> Arc<Pool> {
+        let key = PoolKey {
+            host: member.host.clone(),
+            port: member.port,
+            database: database.to_owned(),
+            user: user.name.clone(),
+        };
+        let pool = self.pools.get_or_create(key, |key| {
+            let cfg = self.config.load();
+            let settings = PoolSettings {
+                size: user.pool_size,
+                min_size: cfg.proxy.min_pool_size.min(user.pool_size),
+                connect_timeout: cfg.proxy.connect_timeout.0,
+                idle_timeout: cfg.proxy.server_idle_timeout.0,
+                lifetime: cfg.proxy.server_lifetime.0,
+            };
+            Pool::new(key, settings, self.credentials(user), self.metrics.clone())
+        });
+        if user.server_password.is_none() {
+            let creds = self.credentials(user);
+            if creds.scram_keys.is_some() && pool.credentials().scram_keys != creds.scram_keys {
+                pool.set_credentials(creds);
+            }
+        }
+        pool
+    }
+}
+
+pub struct Proxy;
+
+/// A running instance.
+pub struct ProxyHandle {
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    listener: JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Binds the listeners, starts health checks (waiting for the first
+    /// round, so roles are known), and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr))?;
+        let local_addr = listener.local_addr()?;
+        let admin = match config.admin_addr {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {a} (admin): {e}"))?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let topology = TopologyHandle::new(topology::static_members(&config));
+        let first_round = config.health.timeout.0 + Duration::from_millis(500);
+        topology::spawn_static_health(&config, topology.clone(), shutdown_rx.clone(), first_round)
+            .await;
+
+        let shared = Arc::new(Shared {
+            config: ArcSwap::from_pointee(config),
+            topology,
+            pools: Pools::default(),
+            cancels: Arc::new(CancelRegistry::default()),
+            metrics: Metrics::new(),
+            shutdown: shutdown_rx.clone(),
+            scram_keys: Mutex::new(HashMap::new()),
+        });
+        if let Some(l) = admin {
+            tokio::spawn(crate::admin::run(shared.clone(), l, shutdown_rx.clone()));
+        }
+        tokio::spawn(maintain_pools(shared.clone(), shutdown_rx.clone()));
+        let listener = tokio::spawn(crate::listener::run(shared.clone(), listener, shutdown_rx));
+        tracing::info!(listen = %local_addr, admin = ?admin_addr, "pgkeel is ready");
+        Ok(ProxyHandle {
+            local_addr,
+            admin_addr,
+            shutdown: shutdown_tx,
+            listener,
+            shared,
+        })
+    }
+}
+
+impl ProxyHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Graceful shutdown: stop accepting, let transactions finish (up to
+    /// `shutdown_timeout`), close the rest, close idle server connections.
+    pub async fn shutdown(self) {
+        self.shutdown.send_replace(true);
+        let _ = self.listener.await;
+        for p in self.shared.pools.all() {
+            p.close_idle();
+        }
+        tracing::info!("pgkeel stopped");
+    }
+}
+
+async fn maintain_pools(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        for p in shared.pools.all() {
+            p.maintain().await;
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Decides which member a transaction goes to.
+//!
+//! Today every transaction goes to the primary. The read/write split adds
+//! classification here (query rules, SQL-aware read detection, lag-aware
+//! replica choice); sessions only ever ask `route`.
+
+use std::sync::Arc;
+
+use crate::topology::{Member, Topology};
+
+/// Where a transaction must run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Primary,
+}
+
+/// The route for the next transaction of a client.
+pub fn route() -> Target {
+    Target::Primary
+}
+
+/// The member serving `target` in this topology, if one is available.
+pub fn pick(topology: &Topology, target: Target) -> Option<Arc<Member>> {
+    match target {
+        Target::Primary => topology.primary.clone(),
+    }
+}

@@ -1,0 +1,338 @@
+//! A client's first moments: SSL/GSS negotiation, the StartupMessage or a
+//! CancelRequest, authentication, and the welcome (ParameterStatus,
+//! BackendKeyData, ReadyForQuery).
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use pgwire::messages::startup::{Authentication, NegotiateProtocolVersion, PasswordMessageFamily};
+use pgwire::messages::Message;
+use rand::RngCore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::scram::{self, ScramError, ServerExchange};
+use crate::auth::{ct_eq, md5};
+use crate::backend::BackendError;
+use crate::cancel::Registration;
+use crate::config::{AuthMethod, Config, User};
+use crate::pool::PoolError;
+use crate::protocol::{self, sqlstate};
+use crate::proxy::Shared;
+
+/// A client that logged in.
+pub struct Login {
+    pub user: User,
+    pub database: String,
+    pub params: Vec<(String, String)>,
+    pub cancel: Registration,
+    /// Bytes the client sent after its last auth message (kept for the session).
+    pub pending: BytesMut,
+}
+
+pub enum Handshake {
+    Login(Box<Login>),
+    /// The connection carried only a CancelRequest (already forwarded), or nothing.
+    Done,
+}
+
+/// A refused login: what to send (already logged and counted by the caller).
+#[derive(Debug)]
+pub struct Refusal {
+    pub fields: Vec<(u8, String)>,
+}
+
+impl Refusal {
+    fn new(code: &str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            fields: vec![
+                (b'S', "FATAL".into()),
+                (b'V', "FATAL".into()),
+                (b'C', code.into()),
+                (b'M', message.into()),
+            ],
+        }
+    }
+
+    pub fn sqlstate(&self) -> &str {
+        protocol::error_field(&self.fields, b'C').unwrap_or("XX000")
+    }
+
+    pub fn message(&self) -> &str {
+        protocol::error_field(&self.fields, b'M').unwrap_or("")
+    }
+
+    pub fn encode(mut self) -> BytesMut {
+        // A server's ERROR at connect is fatal for the client's login.
+        for f in self.fields.iter_mut() {
+            if f.0 == b'S' || f.0 == b'V' {
+                f.1 = "FATAL".into();
+            }
+        }
+        let mut out = BytesMut::new();
+        protocol::put_error_fields(&mut out, self.fields);
+        out
+    }
+}
+
+impl From<std::io::Error> for Refusal {
+    fn from(e: std::io::Error) -> Refusal {
+        Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())
+    }
+}
+
+/// Reads an untyped startup-phase packet (length, then body).
+async fn read_startup_packet(stream: &mut TcpStream) -> Result<Option<BytesMut>, Refusal> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        // A port scanner or health check that connects and leaves.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = i32::from_be_bytes(len);
+    if !(8..=protocol::MAX_STARTUP_PACKET as i32).contains(&len) {
+        return Err(Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("invalid length of startup packet: {len}"),
+        ));
+    }
+    let mut body = BytesMut::zeroed(len as usize - 4);
+    stream.read_exact(&mut body).await?;
+    Ok(Some(body))
+}
+
+/// Runs the startup phase. Bounded by `client_login_timeout` by the caller.
+pub async fn handshake(
+    shared: &Arc<Shared>,
+    cfg: &Config,
+    stream: &mut TcpStream,
+) -> Result<Handshake, Refusal> {
+    let params = loop {
+        let Some(mut body) = read_startup_packet(stream).await? else {
+            return Ok(Handshake::Done);
+        };
+        let code = body.get_i32();
+        match code {
+            protocol::SSL_REQUEST_CODE | protocol::GSSENC_REQUEST_CODE => {
+                // No TLS or GSS encryption yet: "N" tells libpq to go on in plain text.
+                stream.write_all(b"N").await?;
+            }
+            protocol::CANCEL_REQUEST_CODE => {
+                if body.len() >= 8 {
+                    let pid = body.get_i32();
+                    let secret = body.get_i32();
+                    shared.metrics.cancel_requests_total.inc();
+                    if let Some(key) = shared.cancels.lookup(pid, secret) {
+                        if let Err(e) = crate::backend::send_cancel(&key).await {
+                            tracing::warn!(error = %e, server = %key.addr, "cannot forward cancel request");
+                        }
+                    }
+                }
+                return Ok(Handshake::Done);
+            }
+            v if v >> 16 == 3 => {
+                let params = protocol::parse_startup_params(&body)
+                    .map_err(|m| Refusal::new(sqlstate::PROTOCOL_VIOLATION, m))?;
+                let unsupported: Vec<String> = params
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("_pq_."))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if v & 0xffff != 0 || !unsupported.is_empty() {
+                    let mut out = BytesMut::new();
+                    NegotiateProtocolVersion::new(0, unsupported)
+                        .encode(&mut out)
+                        .map_err(|e| Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
+                    stream.write_all(&out).await?;
+                }
+                break params;
+            }
+            v => {
+                return Err(Refusal::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "unsupported frontend protocol {}.{}: pgkeel supports 3.0",
+                        v >> 16,
+                        v & 0xffff
+                    ),
+                ))
+            }
+        }
+    };
+
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let Some(user_name) = get("user").filter(|u| !u.is_empty()) else {
+        return Err(Refusal::new(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        ));
+    };
+    if get("replication").is_some_and(|r| !matches!(r, "false" | "off" | "no" | "0")) {
+        return Err(Refusal::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "replication connections are not supported through pgkeel",
+        ));
+    }
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(user_name)
+        .to_owned();
+    let Some(user) = cfg.user(user_name).cloned() else {
+        return Err(Refusal::new(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!("role \"{user_name}\" is not known to pgkeel (no [[users]] entry)"),
+        ));
+    };
+
+    let mut buf = BytesMut::with_capacity(256);
+    authenticate(shared, cfg, stream, &user, &mut buf).await?;
+
+    // Learn the server's parameters (and that the database exists) before
+    // saying hello: the first login to a pool connects once.
+    let primary = shared
+        .topology
+        .wait_for_primary(cfg.proxy.query_wait_timeout.0)
+        .await
+        .ok_or_else(|| {
+            Refusal::new(
+                sqlstate::CANNOT_CONNECT_NOW,
+                "no primary server is available",
+            )
+        })?;
+    let pool = shared.pool_for(&primary, &database, &user);
+    let server_params = match pool.welcome() {
+        Some(p) => p,
+        None => match pool.checkout(cfg.proxy.query_wait_timeout.0).await {
+            Ok(conn) => {
+                conn.release();
+                pool.welcome().unwrap_or_default()
+            }
+            Err(PoolError::Connect(BackendError::Server(fields))) => {
+                return Err(Refusal { fields })
+            }
+            Err(e @ PoolError::Timeout(_)) => {
+                return Err(Refusal::new(sqlstate::TOO_MANY_CONNECTIONS, e.to_string()))
+            }
+            Err(e) => return Err(Refusal::new(sqlstate::CONNECTION_FAILURE, e.to_string())),
+        },
+    };
+    let cancel = shared.cancels.register();
+    let mut out = BytesMut::with_capacity(512);
+    Authentication::Ok.encode(&mut out).expect("encodes");
+    for (k, v) in &server_params {
+        protocol::put_parameter_status(&mut out, k, v);
+    }
+    protocol::put_backend_key(&mut out, cancel.pid, cancel.secret);
+    protocol::put_ready(&mut out, b'I');
+    stream.write_all(&out).await?;
+    Ok(Handshake::Login(Box::new(Login {
+        user,
+        database,
+        params,
+        cancel,
+        pending: buf,
+    })))
+}
+
+async fn send_auth(stream: &mut TcpStream, msg: Authentication) -> Result<(), Refusal> {
+    let mut out = BytesMut::new();
+    msg.encode(&mut out)
+        .map_err(|e| Refusal::new(sqlstate::INTERNAL_ERROR, e.to_string()))?;
+    stream.write_all(&out).await?;
+    Ok(())
+}
+
+async fn read_password_message(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<PasswordMessageFamily, Refusal> {
+    let (typ, body) = protocol::read_message(stream, buf, protocol::MAX_STARTUP_PACKET).await?;
+    if typ != b'p' {
+        return Err(Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!(
+                "expected password response, got message type {}",
+                typ as char
+            ),
+        ));
+    }
+    Ok(PasswordMessageFamily::Raw(body))
+}
+
+fn failed(user: &User) -> Refusal {
+    Refusal::new(
+        sqlstate::INVALID_PASSWORD,
+        format!("password authentication failed for user \"{}\"", user.name),
+    )
+}
+
+async fn authenticate(
+    shared: &Arc<Shared>,
+    cfg: &Config,
+    stream: &mut TcpStream,
+    user: &User,
+    buf: &mut BytesMut,
+) -> Result<(), Refusal> {
+    let malformed = |e: pgwire::error::PgWireError| {
+        Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("malformed authentication message: {e}"),
+        )
+    };
+    match cfg.proxy.auth_method {
+        AuthMethod::Md5 => {
+            let mut salt = [0u8; 4];
+            rand::rng().fill_bytes(&mut salt);
+            send_auth(stream, Authentication::MD5Password(salt.to_vec())).await?;
+            let pw = read_password_message(stream, buf)
+                .await?
+                .into_password()
+                .map_err(malformed)?;
+            let expected = md5::expected_response(&user.secret, &user.name, &salt)
+                .ok_or_else(|| failed(user))?;
+            if !ct_eq(expected.as_bytes(), pw.password.as_bytes()) {
+                return Err(failed(user));
+            }
+        }
+        AuthMethod::ScramSha256 => {
+            let verifier = user.secret.scram_verifier().ok_or_else(|| failed(user))?;
+            send_auth(stream, Authentication::SASL(vec![scram::MECHANISM.into()])).await?;
+            let init = read_password_message(stream, buf)
+                .await?
+                .into_sasl_initial_response()
+                .map_err(malformed)?;
+            if init.auth_method != scram::MECHANISM {
+                return Err(Refusal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!(
+                        "SASL mechanism {:?} is not supported; use SCRAM-SHA-256",
+                        init.auth_method
+                    ),
+                ));
+            }
+            let data = init.data.unwrap_or_default();
+            let scram_err = |e: ScramError| match e {
+                ScramError::BadProof => failed(user),
+                e => Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+            };
+            let (exchange, server_first) =
+                ServerExchange::start(verifier, &data).map_err(scram_err)?;
+            send_auth(
+                stream,
+                Authentication::SASLContinue(Bytes::from(server_first)),
+            )
+            .await?;
+            let fin = read_password_message(stream, buf)
+                .await?
+                .into_sasl_response()
+                .map_err(malformed)?;
+            let (server_final, keys) = exchange.finish(&fin.data).map_err(scram_err)?;
+            send_auth(stream, Authentication::SASLFinal(Bytes::from(server_final))).await?;
+            if user.server_password.is_none() {
+                shared.remember_scram_keys(&user.name, keys);
+            }
+        }
+    }
+    Ok(())
+}
