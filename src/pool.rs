@@ -306,6 +306,17 @@ impl Pools {
         p
     }
 
+    /// Forgets pools with no connections, no borrowers and no waiters (a
+    /// database that does not exist, a server that left), so probing many
+    /// names cannot grow memory. A later login simply makes the pool again.
+    pub fn remove_unused(&self) {
+        self.map.lock().expect("pools poisoned").retain(|_, p| {
+            Arc::strong_count(p) > 1
+                || p.stats.total_connections.load(Ordering::Relaxed) > 0
+                || p.stats.waiting.load(Ordering::Relaxed) > 0
+        });
+    }
+
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.map
             .lock()

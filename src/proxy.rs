@@ -182,5 +182,6 @@ async fn maintain_pools(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         for p in shared.pools.all() {
             p.maintain().await;
         }
+        shared.pools.remove_unused();
     }
 }

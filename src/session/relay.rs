@@ -99,7 +99,8 @@ pub struct Options {
     pub max_message_size: usize,
 }
 
-enum ClientScan {
+#[derive(Debug)]
+pub enum ClientScan {
     Ok,
     Terminate,
 }
@@ -107,7 +108,7 @@ enum ClientScan {
 /// Moves whole client messages from `from_client` to `to_server`, counting
 /// what the server will owe. Frames are validated here: an unknown type or a
 /// length over `max` is a protocol violation.
-fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<ClientScan, String> {
+pub fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<ClientScan, String> {
     let buf = &b.from_client;
     let mut pos = 0;
     let mut terminate = None;
@@ -168,7 +169,7 @@ fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<ClientSc
 /// Moves server bytes from `from_server` to `to_client`. Streaming: a large
 /// message passes through in pieces; only headers (and ReadyForQuery's
 /// status byte) are read.
-fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<(), String> {
+pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<(), String> {
     let buf = &b.from_server;
     let mut pos = 0;
     loop {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use pgwire::messages::startup::{Authentication, NegotiateProtocolVersion, PasswordMessageFamily};
+use pgwire::messages::startup::{Authentication, NegotiateProtocolVersion};
 use pgwire::messages::Message;
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -243,10 +243,12 @@ async fn send_auth(stream: &mut TcpStream, msg: Authentication) -> Result<(), Re
     Ok(())
 }
 
+/// Reads a password-family message ('p'). Its variants are parsed by hand,
+/// with every length checked: this is untrusted input before login.
 async fn read_password_message(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-) -> Result<PasswordMessageFamily, Refusal> {
+) -> Result<BytesMut, Refusal> {
     let (typ, body) = protocol::read_message(stream, buf, protocol::MAX_STARTUP_PACKET).await?;
     if typ != b'p' {
         return Err(Refusal::new(
@@ -257,7 +259,39 @@ async fn read_password_message(
             ),
         ));
     }
-    Ok(PasswordMessageFamily::Raw(body))
+    Ok(body)
+}
+
+fn malformed(what: &str) -> Refusal {
+    Refusal::new(
+        sqlstate::PROTOCOL_VIOLATION,
+        format!("malformed {what} message"),
+    )
+}
+
+/// PasswordMessage: a NUL-terminated string.
+fn parse_password(body: &[u8]) -> Result<&[u8], Refusal> {
+    match body.split_last() {
+        Some((0, pw)) if !pw.contains(&0) => Ok(pw),
+        _ => Err(malformed("password")),
+    }
+}
+
+/// SASLInitialResponse: mechanism name, then an Int32 length and that many bytes.
+fn parse_sasl_initial(body: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
+    let bad = || malformed("SASLInitialResponse");
+    let nul = body.iter().position(|&b| b == 0).ok_or_else(bad)?;
+    let (mech, rest) = (&body[..nul], &body[nul + 1..]);
+    let len_bytes: [u8; 4] = rest
+        .get(..4)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(bad)?;
+    let len = i32::from_be_bytes(len_bytes);
+    let data = &rest[4..];
+    if len < 0 || len as usize != data.len() {
+        return Err(bad());
+    }
+    Ok((mech, data))
 }
 
 fn failed(user: &User) -> Refusal {
@@ -274,60 +308,46 @@ async fn authenticate(
     user: &User,
     buf: &mut BytesMut,
 ) -> Result<(), Refusal> {
-    let malformed = |e: pgwire::error::PgWireError| {
-        Refusal::new(
-            sqlstate::PROTOCOL_VIOLATION,
-            format!("malformed authentication message: {e}"),
-        )
-    };
     match cfg.proxy.auth_method {
         AuthMethod::Md5 => {
             let mut salt = [0u8; 4];
             rand::rng().fill_bytes(&mut salt);
             send_auth(stream, Authentication::MD5Password(salt.to_vec())).await?;
-            let pw = read_password_message(stream, buf)
-                .await?
-                .into_password()
-                .map_err(malformed)?;
+            let body = read_password_message(stream, buf).await?;
+            let pw = parse_password(&body)?;
             let expected = md5::expected_response(&user.secret, &user.name, &salt)
                 .ok_or_else(|| failed(user))?;
-            if !ct_eq(expected.as_bytes(), pw.password.as_bytes()) {
+            if !ct_eq(expected.as_bytes(), pw) {
                 return Err(failed(user));
             }
         }
         AuthMethod::ScramSha256 => {
             let verifier = user.secret.scram_verifier().ok_or_else(|| failed(user))?;
             send_auth(stream, Authentication::SASL(vec![scram::MECHANISM.into()])).await?;
-            let init = read_password_message(stream, buf)
-                .await?
-                .into_sasl_initial_response()
-                .map_err(malformed)?;
-            if init.auth_method != scram::MECHANISM {
+            let body = read_password_message(stream, buf).await?;
+            let (mech, data) = parse_sasl_initial(&body)?;
+            if mech != scram::MECHANISM.as_bytes() {
                 return Err(Refusal::new(
                     sqlstate::PROTOCOL_VIOLATION,
                     format!(
                         "SASL mechanism {:?} is not supported; use SCRAM-SHA-256",
-                        init.auth_method
+                        String::from_utf8_lossy(mech)
                     ),
                 ));
             }
-            let data = init.data.unwrap_or_default();
             let scram_err = |e: ScramError| match e {
                 ScramError::BadProof => failed(user),
                 e => Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
             };
             let (exchange, server_first) =
-                ServerExchange::start(verifier, &data).map_err(scram_err)?;
+                ServerExchange::start(verifier, data).map_err(scram_err)?;
             send_auth(
                 stream,
                 Authentication::SASLContinue(Bytes::from(server_first)),
             )
             .await?;
-            let fin = read_password_message(stream, buf)
-                .await?
-                .into_sasl_response()
-                .map_err(malformed)?;
-            let (server_final, keys) = exchange.finish(&fin.data).map_err(scram_err)?;
+            let fin = read_password_message(stream, buf).await?;
+            let (server_final, keys) = exchange.finish(&fin).map_err(scram_err)?;
             send_auth(stream, Authentication::SASLFinal(Bytes::from(server_final))).await?;
             if user.server_password.is_none() {
                 shared.remember_scram_keys(&user.name, keys);
@@ -335,4 +355,28 @@ async fn authenticate(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_family_parsers_reject_short_and_odd_input() {
+        assert_eq!(parse_password(b"md5abc\0").unwrap(), b"md5abc");
+        assert!(parse_password(b"").is_err());
+        assert!(parse_password(b"no-nul").is_err());
+        assert!(parse_password(b"a\0b\0").is_err());
+        let (m, d) = parse_sasl_initial(b"SCRAM-SHA-256\0\0\0\0\x03abc").unwrap();
+        assert_eq!((m, d), (&b"SCRAM-SHA-256"[..], &b"abc"[..]));
+        for bad in [
+            &b"\xff\xff"[..],
+            b"SCRAM\0",
+            b"SCRAM\0\0\0",
+            b"SCRAM\0\0\0\0\x09abc",
+            b"SCRAM\0\xff\xff\xff\xff",
+        ] {
+            assert!(parse_sasl_initial(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1,0 +1,270 @@
+//! One real PostgreSQL 15 per test binary, started on a free loopback port
+//! in a temporary directory, as the `postgres` user when running as root.
+//!
+//! Statics are never dropped, so the server is tied to the test process with
+//! PR_SET_PDEATHSIG: it gets SIGINT (fast shutdown) when the process exits.
+//! It is spawned from a thread that never ends, because the death signal
+//! follows the spawning *thread*.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct PgServer {
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl PgServer {
+    pub fn superuser_url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres password=postgres dbname=postgres",
+            self.port
+        )
+    }
+}
+
+/// The `postgres` account's uid/gid when we must drop root, else `None`.
+fn postgres_ids() -> Option<(u32, u32)> {
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let name = CString::new("postgres").unwrap();
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "running as root needs a `postgres` user (apt-get install postgresql-15)"
+    );
+    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+fn as_postgres(cmd: &mut Command) -> &mut Command {
+    if let Some((uid, gid)) = postgres_ids() {
+        cmd.uid(uid).gid(gid).env("HOME", "/tmp");
+    }
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn chown(path: &Path) {
+    if let Some((uid, gid)) = postgres_ids() {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    }
+}
+
+pub fn shared_pg() -> &'static PgServer {
+    static PG: OnceLock<PgServer> = OnceLock::new();
+    // Its own thread: tests call this from inside a tokio runtime, and the
+    // setup below runs one of its own.
+    PG.get_or_init(|| {
+        std::thread::spawn(start_pg)
+            .join()
+            .expect("PostgreSQL starts")
+    })
+}
+
+/// Removes data directories left by earlier test processes that are gone.
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("pgkeel-test-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn start_pg() -> PgServer {
+    remove_stale_dirs();
+    let dir = std::env::temp_dir().join(format!(
+        "pgkeel-test-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    chown(&dir);
+    let data = dir.join("data");
+    let pwfile = dir.join("pw");
+    std::fs::write(&pwfile, "postgres\n").unwrap();
+    chown(&pwfile);
+    let out = as_postgres(
+        Command::new(format!("{BIN}/initdb"))
+            .args([
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--auth-host=md5",
+                "--auth-local=trust",
+            ])
+            .arg("--pwfile")
+            .arg(&pwfile)
+            .arg("-D")
+            .arg(&data),
+    )
+    .output()
+    .expect("initdb runs (apt-get install postgresql-15)");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Specific methods first so tests cover every server auth pgkeel must answer.
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\nhost all trustuser 127.0.0.1/32 trust\nhost all clearuser 127.0.0.1/32 password\nhost all all 127.0.0.1/32 md5\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
+    chown(&dir.join("postgres.log"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (d, sock) = (data.clone(), dir.clone());
+    std::thread::spawn(move || {
+        let mut cmd = Command::new(format!("{BIN}/postgres"));
+        as_postgres(&mut cmd)
+            .arg("-D")
+            .arg(&d)
+            .args([
+                "-c",
+                &format!("port={port}"),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+            ])
+            .arg(format!("unix_socket_directories={}", sock.display()))
+            .args([
+                "-c",
+                "max_connections=300",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "shared_buffers=64MB",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        unsafe {
+            cmd.pre_exec(|| {
+                // Runs after the uid switch, so the signal survives it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("postgres starts");
+        tx.send(child.id()).unwrap();
+        // Keep this thread (the parent for PDEATHSIG) alive for the process lifetime.
+        loop {
+            std::thread::park();
+        }
+    });
+    let _pid = rx.recv().unwrap();
+    let server = PgServer { port, dir };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio_postgres::connect(&server.superuser_url(), tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    setup_roles(&c).await;
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!(
+                    "PostgreSQL did not come up: {e}; see {}/postgres.log",
+                    server.dir.display()
+                ),
+            }
+        }
+    });
+    server
+}
+
+async fn setup_roles(c: &tokio_postgres::Client) {
+    c.batch_execute(
+        "SET password_encryption = 'scram-sha-256';
+         CREATE ROLE app LOGIN PASSWORD 'app_password';
+         CREATE ROLE scramuser LOGIN PASSWORD 'scram_password';
+         CREATE ROLE other LOGIN PASSWORD 'other_password';
+         CREATE ROLE trustuser LOGIN PASSWORD 'trust_password';
+         CREATE ROLE clearuser LOGIN PASSWORD 'clear_password';
+         SET password_encryption = 'md5';
+         CREATE ROLE md5user LOGIN PASSWORD 'md5_password';",
+    )
+    .await
+    .expect("test roles");
+    c.batch_execute("CREATE DATABASE appdb OWNER app")
+        .await
+        .expect("test database");
+    c.batch_execute(
+        "GRANT ALL ON DATABASE appdb TO scramuser, other, trustuser, clearuser, md5user",
+    )
+    .await
+    .unwrap();
+    let (c2, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres password=postgres dbname=appdb",
+            c_port(c).await
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    c2.batch_execute("GRANT ALL ON SCHEMA public TO PUBLIC")
+        .await
+        .unwrap();
+}
+
+async fn c_port(c: &tokio_postgres::Client) -> u16 {
+    let r = c
+        .query_one("SELECT current_setting('port')::int", &[])
+        .await
+        .unwrap();
+    r.get::<_, i32>(0) as u16
+}
+
+/// A direct connection to PostgreSQL (no proxy).
+pub async fn pg_client(port: u16, user: &str, password: &str, db: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user={user} password={password} dbname={db}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("direct connection as {user}: {e}"));
+    tokio::spawn(conn);
+    c
+}

@@ -1,0 +1,463 @@
+//! The data path against a real PostgreSQL: queries, transactions, COPY,
+//! notices, pooling, cleanup when clients leave, cancel, server failures,
+//! graceful shutdown.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
+
+fn pg_port() -> u16 {
+    common::shared_pg().port
+}
+
+async fn superuser() -> tokio_postgres::Client {
+    common::pg_client(pg_port(), "postgres", "postgres", "postgres").await
+}
+
+fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
+    rows(&c.simple_query(sql).await.unwrap())[0][0].clone()
+}
+
+#[tokio::test]
+async fn queries_transactions_and_extended_protocol() {
+    let p = start(&config(pg_port(), "", "")).await;
+    let c = app(p.local_addr()).await;
+    c.simple_query("CREATE TABLE IF NOT EXISTS dp_basic (id int primary key, v text)")
+        .await
+        .unwrap();
+    c.simple_query("TRUNCATE dp_basic").await.unwrap();
+    c.simple_query("BEGIN; INSERT INTO dp_basic VALUES (1, 'one'); COMMIT")
+        .await
+        .unwrap();
+    // Extended protocol with parameters, unnamed statement, one round trip.
+    let r = c
+        .query_typed(
+            "SELECT v, $1::int + 1 FROM dp_basic WHERE id = $2",
+            &[
+                (&41i32, tokio_postgres::types::Type::INT4),
+                (&1i32, tokio_postgres::types::Type::INT4),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r[0].get::<_, String>(0), "one");
+    assert_eq!(r[0].get::<_, i32>(1), 42);
+    // An error inside a transaction, then rollback, leaves the session usable.
+    c.simple_query("BEGIN").await.unwrap();
+    let e = c
+        .simple_query("INSERT INTO dp_basic VALUES (1, 'dup')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "23505");
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(
+        sqlstate(&e),
+        "25P02",
+        "aborted transaction stays aborted until ROLLBACK"
+    );
+    c.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(one(&c, "SELECT count(*) FROM dp_basic").await, "1");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn copy_in_and_out() {
+    let p = start(&config(pg_port(), "", "")).await;
+    let c = app(p.local_addr()).await;
+    c.simple_query("CREATE TABLE IF NOT EXISTS dp_copy (id int, v text); TRUNCATE dp_copy")
+        .await
+        .unwrap();
+    let sink = c.copy_in("COPY dp_copy FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    let mut data = String::new();
+    for i in 0..10_000 {
+        data.push_str(&format!("{i}\trow {i}\n"));
+    }
+    sink.send(bytes::Bytes::from(data.clone())).await.unwrap();
+    let n = sink.finish().await.unwrap();
+    assert_eq!(n, 10_000);
+    let stream = c
+        .copy_out("COPY (SELECT * FROM dp_copy ORDER BY id) TO STDOUT")
+        .await
+        .unwrap();
+    let chunks: Vec<bytes::Bytes> = stream.map(|r| r.unwrap()).collect().await;
+    let out: Vec<u8> = chunks.concat();
+    assert_eq!(String::from_utf8(out).unwrap(), data);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn notices_and_notifications_are_delivered() {
+    let p = start(&config(pg_port(), "pool_mode = \"session\"", "")).await;
+    let (c, mut msgs, _t) = connect_msgs(p.local_addr(), "app", "app_password", "appdb")
+        .await
+        .unwrap();
+    c.simple_query("DO $$ BEGIN RAISE NOTICE 'hello from plpgsql'; END $$")
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), msgs.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        AsyncMessage::Notice(n) => assert_eq!(n.message(), "hello from plpgsql"),
+        other => panic!("expected a notice, got {other:?}"),
+    }
+    c.simple_query("LISTEN dp_chan").await.unwrap();
+    // NOTIFY is per database.
+    let other = common::pg_client(pg_port(), "postgres", "postgres", "appdb").await;
+    other
+        .simple_query("NOTIFY dp_chan, 'payload-1'")
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), msgs.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        AsyncMessage::Notification(n) => {
+            assert_eq!(n.channel(), "dp_chan");
+            assert_eq!(n.payload(), "payload-1");
+        }
+        other => panic!("expected a notification, got {other:?}"),
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn parameter_status_and_backend_key_at_login() {
+    let p = start(&config(pg_port(), "pool_mode = \"session\"", "")).await;
+    let (mut raw, welcome) = Raw::login(p.local_addr(), "app", "app_password", "appdb").await;
+    let params: Vec<String> = welcome
+        .iter()
+        .filter(|(t, _)| *t == b'S')
+        .map(|(_, b)| {
+            String::from_utf8_lossy(&b[..b.iter().position(|&c| c == 0).unwrap()]).into_owned()
+        })
+        .collect();
+    for want in [
+        "server_version",
+        "client_encoding",
+        "DateStyle",
+        "integer_datetimes",
+        "standard_conforming_strings",
+    ] {
+        assert!(
+            params.iter().any(|p| p == want),
+            "{want} missing from {params:?}"
+        );
+    }
+    assert!(welcome.iter().any(|(t, b)| *t == b'K' && b.len() == 8));
+    // A SET of a reported parameter comes back as ParameterStatus.
+    raw.query("SET application_name = 'pgkeel-test'").await;
+    let (msgs, status) = raw.until_ready().await;
+    assert_eq!(status, b'I');
+    assert!(msgs
+        .iter()
+        .any(|(t, b)| *t == b'S' && b.starts_with(b"application_name\0pgkeel-test\0")));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn many_clients_share_a_small_pool() {
+    let p = start(&config(pg_port(), "pool_size = 2", "")).await;
+    let addr = p.local_addr();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        tasks.push(tokio::spawn(async move {
+            let c = app(addr).await;
+            for j in 0..10 {
+                let v = one(&c, &format!("SELECT {i} * 100 + {j}")).await;
+                assert_eq!(v, (i * 100 + j).to_string());
+            }
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    let pools = p.shared().pools.all();
+    let pool = pools
+        .iter()
+        .find(|p| p.key.database == "appdb" && p.key.user == "app")
+        .unwrap();
+    let opened = pool
+        .stats
+        .total_connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=2).contains(&opened),
+        "40 clients used {opened} server connections"
+    );
+    assert_eq!(clients.len(), 40);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn pool_exhausted_past_query_wait_timeout_is_53300() {
+    let p = start(&config(
+        pg_port(),
+        "pool_size = 1\nquery_wait_timeout = \"300ms\"",
+        "",
+    ))
+    .await;
+    let a = app(p.local_addr()).await;
+    let b = app(p.local_addr()).await;
+    a.simple_query("BEGIN").await.unwrap();
+    let e = b.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53300", "{e}");
+    // Extended protocol gets the same error, and the session stays in step.
+    let e = b
+        .query_typed(
+            "SELECT $1::int",
+            &[(&1i32, tokio_postgres::types::Type::INT4)],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "53300", "{e}");
+    a.simple_query("COMMIT").await.unwrap();
+    assert_eq!(one(&b, "SELECT 7").await, "7");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_leaving_inside_a_transaction_is_rolled_back() {
+    let p = start(&config(pg_port(), "pool_size = 1", "")).await;
+    let setup = app(p.local_addr()).await;
+    setup
+        .simple_query("CREATE TABLE IF NOT EXISTS dp_rollback (v text)")
+        .await
+        .unwrap();
+    drop(setup);
+    for abrupt in [false, true] {
+        let (a, _m, task) = connect_msgs(p.local_addr(), "app", "app_password", "appdb")
+            .await
+            .unwrap();
+        a.simple_query(&format!(
+            "BEGIN; INSERT INTO dp_rollback VALUES ('abrupt={abrupt}')"
+        ))
+        .await
+        .unwrap();
+        if abrupt {
+            // The socket closes without a Terminate message.
+            task.abort();
+        } else {
+            drop(a);
+        }
+        let b = app(p.local_addr()).await;
+        // Same (only) server connection: it must be outside any transaction.
+        assert_eq!(one(&b, "SELECT count(*) FROM dp_rollback").await, "0");
+        assert_eq!(
+            one(
+                &b,
+                "SELECT coalesce(txid_current_if_assigned()::text, 'none')"
+            )
+            .await,
+            "none"
+        );
+        assert_eq!(
+            one(&b, "SELECT current_setting('transaction_isolation')").await,
+            "read committed"
+        );
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_vanishing_mid_query_frees_its_server() {
+    let p = start(&config(pg_port(), "pool_size = 1", "")).await;
+    let (a, _m, task) = connect_msgs(p.local_addr(), "app", "app_password", "appdb")
+        .await
+        .unwrap();
+    let q =
+        tokio::spawn(async move { a.simple_query("SELECT pg_sleep(60) /* dp_vanish */").await });
+    let su = superuser().await;
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%dp_vanish%' AND state = 'active' AND pid <> pg_backend_pid()";
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            one(&su, running).await == "1"
+        })
+        .await
+    );
+    task.abort();
+    q.abort();
+    // pgkeel cancels the orphaned query and the pool serves the next client.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            one(&su, running).await == "0"
+        })
+        .await,
+        "orphaned query still running"
+    );
+    let b = app(p.local_addr()).await;
+    assert_eq!(one(&b, "SELECT 1").await, "1");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_request_reaches_the_running_query() {
+    let p = start(&config(pg_port(), "pool_size = 2", "")).await;
+    let c = app(p.local_addr()).await;
+    let token = c.cancel_token();
+    let q = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = c.simple_query("SELECT pg_sleep(30) /* dp_cancel */").await;
+        (r, started.elapsed(), c)
+    });
+    let su = superuser().await;
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%dp_cancel%' AND state = 'active' AND pid <> pg_backend_pid()";
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            one(&su, running).await == "1"
+        })
+        .await
+    );
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (r, took, c) = q.await.unwrap();
+    let e = r.unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{e}");
+    assert!(took < Duration::from_secs(20));
+    // The session goes on.
+    assert_eq!(one(&c, "SELECT 2").await, "2");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn session_mode_keeps_state_and_resets_it_for_the_next_client() {
+    let p = start(&config(
+        pg_port(),
+        "pool_mode = \"session\"\npool_size = 1",
+        "",
+    ))
+    .await;
+    let a = app(p.local_addr()).await;
+    a.simple_query("SET application_name = 'dp-session'")
+        .await
+        .unwrap();
+    a.simple_query("CREATE TEMP TABLE dp_tmp (x int)")
+        .await
+        .unwrap();
+    assert_eq!(one(&a, "SHOW application_name").await, "dp-session");
+    assert_eq!(one(&a, "SELECT count(*) FROM dp_tmp").await, "0");
+    drop(a);
+    let b = app(p.local_addr()).await;
+    assert_eq!(one(&b, "SHOW application_name").await, "");
+    let e = b.simple_query("SELECT * FROM dp_tmp").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42P01");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_vanishing_mid_result_gives_an_error_not_a_hang() {
+    let p = start(&config(pg_port(), "pool_size = 2", "")).await;
+    let c = app(p.local_addr()).await;
+    let q = tokio::spawn(async move {
+        // Rows stream out, then the backend stalls mid-result.
+        let r = c
+            .simple_query("SELECT g, pg_sleep(CASE WHEN g = 5000 THEN 60 ELSE 0 END) /* dp_midresult */ FROM generate_series(1, 10000) g")
+            .await;
+        (r, c)
+    });
+    let su = superuser().await;
+    let find = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%dp_midresult%' AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()";
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            one(&su, find).await == "1"
+        })
+        .await
+    );
+    su.simple_query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%dp_midresult%' AND pid <> pg_backend_pid()")
+        .await
+        .unwrap();
+    let (r, c) = tokio::time::timeout(Duration::from_secs(10), q)
+        .await
+        .expect("client not left hanging")
+        .unwrap();
+    let e = r.unwrap_err();
+    assert!(["57P01", "08006"].contains(&sqlstate(&e).as_str()), "{e}");
+    // The client connection survives and the next statement runs.
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            c.simple_query("SELECT 1").await.is_ok()
+        })
+        .await
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn large_results_stream_through() {
+    let p = start(&config(pg_port(), "", "")).await;
+    let c = app(p.local_addr()).await;
+    let r = c
+        .simple_query("SELECT g, repeat('x', 200) FROM generate_series(1, 200000) g")
+        .await
+        .unwrap();
+    assert_eq!(rows(&r).len(), 200_000);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_open_transactions_finish() {
+    let p = start(&config(pg_port(), "shutdown_timeout = \"20s\"", "")).await;
+    let addr = p.local_addr();
+    let busy = app(addr).await;
+    let (idle, _m, idle_task) = connect_msgs(addr, "app", "app_password", "appdb")
+        .await
+        .unwrap();
+    busy.simple_query("CREATE TABLE IF NOT EXISTS dp_shutdown (v int)")
+        .await
+        .unwrap();
+    busy.simple_query("BEGIN; INSERT INTO dp_shutdown VALUES (1)")
+        .await
+        .unwrap();
+    let stopping = tokio::spawn(p.shutdown());
+    // The idle client is told and disconnected.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), idle_task)
+            .await
+            .is_ok(),
+        "idle client not closed"
+    );
+    assert!(idle.is_closed());
+    // New connections are refused.
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await
+    );
+    // The open transaction commits.
+    busy.simple_query("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown completes")
+        .unwrap();
+    let su = common::pg_client(pg_port(), "postgres", "postgres", "appdb").await;
+    assert!(
+        one(&su, "SELECT count(*) FROM dp_shutdown")
+            .await
+            .parse::<i64>()
+            .unwrap()
+            >= 1
+    );
+}
