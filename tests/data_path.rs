@@ -101,6 +101,12 @@ async fn copy_in_and_out() {
     let chunks: Vec<bytes::Bytes> = stream.map(|r| r.unwrap()).collect().await;
     let out: Vec<u8> = chunks.concat();
     assert_eq!(String::from_utf8(out).unwrap(), data);
+    // Between transactions the client holds no server connection: COPY's
+    // protocol quirks (Sync ignored in copy-in mode) must not pin it.
+    assert!(
+        wait_until(Duration::from_secs(5), || async { lent(&p) == 0 }).await,
+        "server connection still lent after COPY"
+    );
     p.shutdown().await;
 }
 
@@ -460,4 +466,49 @@ async fn graceful_shutdown_lets_open_transactions_finish() {
             .unwrap()
             >= 1
     );
+}
+
+#[tokio::test]
+async fn no_primary_is_57p03_and_not_ready() {
+    // A port nobody listens on: the health check marks the server down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = start(&config(dead, "query_wait_timeout = \"300ms\"", "")).await;
+    let admin = p.admin_addr().unwrap();
+    assert_eq!(http_get(admin, "/ready").await.0, 503);
+    assert_eq!(http_get(admin, "/health").await.0, 200);
+    let e = connect(p.local_addr(), "app", "app_password", "appdb")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "57P03", "{e}");
+    let (code, status) = http_get(admin, "/status").await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["topology"]["members"][0]["healthy"], false);
+    assert!(v["topology"]["primary"].is_null());
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_endpoints_report_the_primary_and_metrics() {
+    let p = start(&config(pg_port(), "", "")).await;
+    let c = app(p.local_addr()).await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let admin = p.admin_addr().unwrap();
+    let (code, body) = http_get(admin, "/ready").await;
+    assert_eq!(code, 200);
+    assert!(body.contains(&pg_port().to_string()));
+    let (code, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(code, 200);
+    for m in [
+        "pgkeel_clients_connected 1",
+        "pgkeel_transactions_total",
+        "pgkeel_server_connections",
+    ] {
+        assert!(metrics.contains(m), "{m} missing from /metrics");
+    }
+    p.shutdown().await;
 }

@@ -51,6 +51,13 @@ pub struct TxState {
     pub server_skip: usize,
     /// Queries (Q/S/F) forwarded, for metrics; drained by the session.
     pub queries: u64,
+    /// The client is sending COPY data (between its first CopyData and its
+    /// CopyDone/CopyFail).
+    pub in_copy: bool,
+    /// Syncs sent since the last Execute. If that Execute started a COPY
+    /// FROM STDIN, the server ignores them (it ignores Sync in copy-in mode),
+    /// so they earn no ReadyForQuery.
+    pub syncs_since_execute: u32,
 }
 
 impl Default for TxState {
@@ -61,6 +68,8 @@ impl Default for TxState {
             unsynced: false,
             server_skip: 0,
             queries: 0,
+            in_copy: false,
+            syncs_since_execute: 0,
         }
     }
 }
@@ -68,12 +77,12 @@ impl Default for TxState {
 impl TxState {
     /// The server is between transactions with nothing in flight.
     pub fn is_idle(&self) -> bool {
-        self.pending == 0 && !self.unsynced && self.status == b'I' && self.server_skip == 0
+        self.at_rest() && self.status == b'I'
     }
 
     /// Nothing is in flight, though a transaction may be open.
     pub fn at_rest(&self) -> bool {
-        self.pending == 0 && !self.unsynced && self.server_skip == 0
+        self.pending == 0 && !self.unsynced && self.server_skip == 0 && !self.in_copy
     }
 }
 
@@ -134,12 +143,36 @@ pub fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<Clie
                 st.pending += 1;
                 st.queries += 1;
             }
+            // The server ignores Sync in copy-in mode.
+            b'S' if st.in_copy => {}
             b'S' => {
                 st.pending += 1;
                 st.queries += 1;
                 st.unsynced = false;
+                st.syncs_since_execute += 1;
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => st.unsynced = true,
+            b'E' => {
+                st.unsynced = true;
+                st.syncs_since_execute = 0;
+            }
+            b'P' | b'B' | b'D' | b'C' | b'H' => st.unsynced = true,
+            b'd' | b'c' | b'f' => {
+                if !st.in_copy {
+                    // COPY data means the last Execute (or Query) started a
+                    // COPY FROM STDIN: Syncs sent after that Execute were
+                    // ignored. Until the copy ends the server is busy, so it
+                    // must not be released.
+                    st.in_copy = true;
+                    if st.syncs_since_execute > 0 {
+                        st.pending = st.pending.saturating_sub(st.syncs_since_execute);
+                        st.syncs_since_execute = 0;
+                        st.unsynced = true;
+                    }
+                }
+                if typ != b'd' {
+                    st.in_copy = false;
+                }
+            }
             _ => {}
         }
         pos += len;
@@ -330,6 +363,47 @@ mod tests {
         scan_client(&mut b, &mut st, 1 << 20).unwrap();
         assert!(!st.unsynced);
         assert_eq!(st.pending, 1);
+    }
+
+    #[test]
+    fn sync_before_copy_data_earns_no_ready_for_query() {
+        // tokio-postgres: Bind, Execute, Sync, then the data, CopyDone, Sync.
+        let mut b = Buffers::default();
+        let mut st = TxState::default();
+        for m in [
+            msg(b'B', b"\0s0\0\0\0\0\0\0\0"),
+            msg(b'E', b"\0\0\0\0\0"),
+            msg(b'S', b""),
+        ] {
+            b.from_client.extend_from_slice(&m);
+        }
+        scan_client(&mut b, &mut st, 1 << 20).unwrap();
+        assert_eq!(st.pending, 1);
+        b.from_client.extend_from_slice(&msg(b'd', b"1\tx\n"));
+        scan_client(&mut b, &mut st, 1 << 20).unwrap();
+        assert_eq!(
+            st.pending, 0,
+            "the Sync sent into copy-in mode is ignored by the server"
+        );
+        assert!(!st.at_rest(), "mid-COPY is never a release point");
+        for m in [msg(b'c', b""), msg(b'S', b"")] {
+            b.from_client.extend_from_slice(&m);
+        }
+        scan_client(&mut b, &mut st, 1 << 20).unwrap();
+        assert_eq!(st.pending, 1);
+        assert!(!st.in_copy);
+        // Simple-protocol COPY: one Query, one ReadyForQuery.
+        let mut st = TxState::default();
+        for m in [
+            msg(b'Q', b"COPY t FROM STDIN\0"),
+            msg(b'd', b"1\n"),
+            msg(b'c', b""),
+        ] {
+            b.from_client.extend_from_slice(&m);
+        }
+        scan_client(&mut b, &mut st, 1 << 20).unwrap();
+        assert_eq!(st.pending, 1);
+        assert!(!st.in_copy);
     }
 
     #[test]

@@ -290,3 +290,33 @@ impl Raw {
             .unwrap_or(false)
     }
 }
+
+/// Server connections currently lent to clients, across the instance's pools.
+pub fn lent(p: &pgkeel::ProxyHandle) -> usize {
+    p.shared()
+        .pools
+        .all()
+        .iter()
+        .map(|p| p.stats.active.load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
+
+/// A plain HTTP/1.0 GET; returns (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("admin listener");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
