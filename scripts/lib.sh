@@ -1,0 +1,55 @@
+# Shared helpers for pgkeel's scripts. Sourced, not run.
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Installs the Debian packages named, if any is missing (one apt-get update).
+install_packages() {
+    local missing=()
+    for p in "$@"; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    section "installing ${missing[*]}"
+    as_root apt-get update -qq
+    # policy-rc.d keeps Debian from starting the services it installs: pgkeel's
+    # scripts start their own servers on their own ports.
+    local policy=/usr/sbin/policy-rc.d created=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod +x "$policy"
+        created=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    [ -n "$created" ] && as_root rm -f "$policy"
+    return 0
+}
+
+ensure_rust_components() {
+    cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+    cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+}
+
+PG_BIN=/usr/lib/postgresql/15/bin
+
+# Runs a command as the postgres user when we are root (PostgreSQL and
+# Patroni refuse to run as root), as ourselves otherwise.
+as_postgres() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# Waits until "$@" succeeds, polling every 0.2 s, for at most $TIMEOUT s (30).
+wait_for() {
+    local deadline=$((SECONDS + ${TIMEOUT:-30}))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -ge $deadline ] && return 1
+        sleep 0.2
+    done
+}

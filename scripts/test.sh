@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# pgkeel's test command (the README's second command; .ci/run runs it).
+# From a fresh Debian machine with Rust: installs what the tests need, then
+# runs cargo fmt --check, clippy with warnings denied, and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+install_packages postgresql-15 postgresql-client-15 ca-certificates
+ensure_rust_components
+
+section "cargo fmt --check"
+cargo fmt --all -- --check
+
+section "cargo clippy"
+cargo clippy --all-targets -- -D warnings
+
+section "cargo test"
+# Each test binary shares one PostgreSQL between its tests (a static), which
+# needs the tests of a binary to be threads of one process: plain cargo test.
+cargo test --all-targets -- --test-threads=2
