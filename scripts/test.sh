@@ -18,4 +18,7 @@ cargo clippy --all-targets -- -D warnings
 section "cargo test"
 # Each test binary shares one PostgreSQL between its tests (a static), which
 # needs the tests of a binary to be threads of one process: plain cargo test.
-cargo test --all-targets -- --test-threads=2
+cargo test --lib --bins --tests --examples -- --test-threads=2
+
+section "benches (one quick pass each, to prove they run)"
+cargo test --benches

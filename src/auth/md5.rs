@@ -25,7 +25,7 @@ pub fn stored_hash(user: &str, password: &str) -> String {
 /// What a client sends in reply to AuthenticationMD5Password with `salt`,
 /// computed from the stored hash (so a plain password is not needed).
 pub fn response_from_stored(stored: &str, salt: &[u8; 4]) -> String {
-    format!("md5{}", hex_md5(&[stored[3..].as_bytes(), salt]))
+    format!("md5{}", hex_md5(&[&stored.as_bytes()[3..], salt]))
 }
 
 /// The expected response for `user` with `secret`, or `None` when the secret

@@ -114,8 +114,10 @@ impl Unavailable {
 
 impl Session {
     fn new(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, mut login: Login) -> Session {
-        let mut bufs = Buffers::default();
-        bufs.from_client = std::mem::take(&mut login.pending);
+        let bufs = Buffers {
+            from_client: std::mem::take(&mut login.pending),
+            ..Buffers::default()
+        };
         let shutdown = shared.shutdown.clone();
         Session {
             user: login.user.clone(),

@@ -177,9 +177,11 @@ fn start_pg() -> PgServer {
                 Ok(())
             });
         }
-        let child = cmd.spawn().expect("postgres starts");
+        let mut child = cmd.spawn().expect("postgres starts");
         tx.send(child.id()).unwrap();
-        // Keep this thread (the parent for PDEATHSIG) alive for the process lifetime.
+        // This thread is the parent PDEATHSIG watches: it stays alive as long
+        // as the server runs.
+        let _ = child.wait();
         loop {
             std::thread::park();
         }

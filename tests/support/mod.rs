@@ -79,13 +79,8 @@ pub async fn connect_msgs(
     let (client, mut conn) = tokio_postgres::connect(&url(addr, user, password, db), NoTls).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                Some(Ok(m)) => {
-                    let _ = tx.send(m);
-                }
-                _ => break,
-            }
+        while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            let _ = tx.send(m);
         }
     });
     Ok((client, rx, task))
