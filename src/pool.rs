@@ -17,6 +17,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::backend::{BackendError, ServerConn, ServerCredentials};
 use crate::metrics::Metrics;
 
+/// Idle time after which a checkout probes the connection before lending it.
+const STALE_CHECK_AFTER: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub host: String,
@@ -191,9 +194,12 @@ impl Pool {
             let Some(conn) = self.idle.lock().expect("pool poisoned").pop() else {
                 break;
             };
+            let idle_for = conn.last_used.elapsed();
+            // The staleness probe costs a syscall; a connection back in the
+            // pool for under STALE_CHECK_AFTER was fine a moment ago.
             if conn.created.elapsed() >= s.lifetime
-                || conn.last_used.elapsed() >= s.idle_timeout
-                || conn.is_stale()
+                || idle_for >= s.idle_timeout
+                || (idle_for >= STALE_CHECK_AFTER && conn.is_stale())
             {
                 self.closed(conn);
                 continue;

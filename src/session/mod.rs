@@ -315,8 +315,7 @@ impl Session {
 
     /// A server connection for the next transaction.
     async fn acquire(&mut self) -> Result<PooledConn, Unavailable> {
-        let cfg = self.shared.config.load_full();
-        let wait = cfg.proxy.query_wait_timeout.0;
+        let wait = self.shared.config.load().proxy.query_wait_timeout.0;
         let target = router::route();
         let member = {
             let topo = self.shared.topology.load();

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Side-by-side pgbench: PostgreSQL direct vs PgBouncer vs pgkeel (both in
+# transaction mode, same pool size), interleaved rounds in one run, because
+# this machine is shared and noisy: compare the ratios, not the absolutes.
+#
+#   benches/pgbench-compare.sh            defaults below
+#   DURATION=5 ROUNDS=1 benches/pgbench-compare.sh
+#
+# Knobs: DURATION (s per run, 10), ROUNDS (3), CLIENTS (20), POOL_SIZE (10),
+# SCALE (10), WORKLOADS (space-separated names, all by default),
+# OUT (benches/results/latest.md), SKIP_BUILD=1, KEEP=1 (keep the work dir).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CLIENTS=${CLIENTS:-20}
+POOL_SIZE=${POOL_SIZE:-10}
+SCALE=${SCALE:-10}
+OUT=${OUT:-benches/results/latest.md}
+PG_PORT=${PG_PORT:-55432}
+BOUNCER_PORT=${BOUNCER_PORT:-56432}
+PGKEEL_PORT=${PGKEEL_PORT:-56433}
+ALL_WORKLOADS="select-simple select-extended select-prepared tpcb connect-per-txn single-client"
+WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS}
+
+install_packages postgresql-15 postgresql-client-15 pgbouncer ca-certificates
+if [ -z "${SKIP_BUILD:-}" ]; then
+    section "building pgkeel (release)"
+    cargo build --release --bin pgkeel
+fi
+
+WORK=$(mktemp -d /tmp/pgkeel-bench.XXXXXX)
+chmod 755 "$WORK"
+chown postgres: "$WORK" 2>/dev/null || true
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    [ -f "$WORK/data/postmaster.pid" ] && as_postgres "$PG_BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+    [ -z "${KEEP:-}" ] && rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+section "PostgreSQL on 127.0.0.1:$PG_PORT"
+echo bench > "$WORK/pw"; chown postgres: "$WORK/pw" 2>/dev/null || true
+as_postgres "$PG_BIN/initdb" -D "$WORK/data" -U bench --pwfile="$WORK/pw" --auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C >/dev/null
+as_postgres "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w start -o \
+    "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK -c max_connections=300 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB" >/dev/null
+as_postgres psql -h "$WORK" -p "$PG_PORT" -U bench -d postgres -qc "CREATE DATABASE bench"
+PGPASSWORD=bench pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U bench bench >/dev/null 2>&1
+
+section "PgBouncer on 127.0.0.1:$BOUNCER_PORT"
+BOUNCER_VERSION=$(pgbouncer --version | head -1 | awk '{print $NF}')
+PREPARED_LINE=""
+if printf '%s\n1.21.0\n' "$BOUNCER_VERSION" | sort -V -C 2>/dev/null; then :; else PREPARED_LINE="max_prepared_statements = 200"; fi
+echo '"bench" "bench"' > "$WORK/userlist.txt"
+cat > "$WORK/pgbouncer.ini" <<INI
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $WORK/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 1000
+logfile = $WORK/pgbouncer.log
+pidfile = $WORK/pgbouncer.pid
+$PREPARED_LINE
+INI
+chown -R postgres: "$WORK" 2>/dev/null || true
+as_postgres pgbouncer -d "$WORK/pgbouncer.ini"
+TIMEOUT=10 wait_for test -s "$WORK/pgbouncer.pid"
+BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")
+PIDS+=("$BOUNCER_PID")
+
+section "pgkeel on 127.0.0.1:$PGKEEL_PORT"
+cat > "$WORK/pgkeel.toml" <<TOML
+[proxy]
+listen = "127.0.0.1:$PGKEEL_PORT"
+pool_mode = "transaction"
+pool_size = $POOL_SIZE
+[admin]
+listen = ""
+[log]
+level = "warn"
+[health]
+user = "bench"
+password = "bench"
+database = "bench"
+[[users]]
+name = "bench"
+password = "bench"
+[[servers]]
+host = "127.0.0.1"
+port = $PG_PORT
+TOML
+PGKEEL_PID=""
+if [ -x target/release/pgkeel ]; then
+    target/release/pgkeel --config "$WORK/pgkeel.toml" >"$WORK/pgkeel.log" 2>&1 &
+    PGKEEL_PID=$!
+    PIDS+=("$PGKEEL_PID")
+    TIMEOUT=20 wait_for pg_isready -h 127.0.0.1 -p "$PGKEEL_PORT" || { echo "pgkeel did not start: see $WORK/pgkeel.log"; PGKEEL_PID=""; }
+else
+    echo "pgkeel binary not available: its rows will say so"
+fi
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
+args_for() {
+    case "$1" in
+        select-simple) echo "-S -M simple -c $CLIENTS -j 2" ;;
+        select-extended) echo "-S -M extended -c $CLIENTS -j 2" ;;
+        select-prepared) echo "-S -M prepared -c $CLIENTS -j 2" ;;
+        tpcb) echo "-c $CLIENTS -j 2" ;;
+        connect-per-txn) echo "-S -C -c $CLIENTS -j 2" ;;
+        single-client) echo "-S -c 1 -j 1" ;;
+    esac
+}
+
+RAW="$WORK/raw.tsv"
+: > "$RAW"
+run_one() { # workload target port pid
+    local w=$1 t=$2 port=$3 pid=$4 out before after cpu
+    before=""; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+    # shellcheck disable=SC2046
+    if out=$(PGPASSWORD=bench timeout $((DURATION + 60)) pgbench -n $(args_for "$w") -T "$DURATION" -h 127.0.0.1 -p "$port" -U bench bench 2>&1); then :; else
+        printf '%s\t%s\tfailed\t-\t-\n' "$w" "$t" >> "$RAW"
+        echo "  $w $t: failed ($(echo "$out" | grep -m1 -iE 'error|fatal' || true))"
+        return
+    fi
+    cpu="-"
+    if [ -n "$pid" ]; then
+        after=$(cpu_ticks "$pid")
+        cpu=$(python3 -c "print(($after - $before) / $TICK)")
+    fi
+    local tps lat txns
+    tps=$(echo "$out" | awk '/^tps = /{print $3; exit}')
+    lat=$(echo "$out" | awk '/^latency average = /{print $4; exit}')
+    txns=$(echo "$out" | awk '/number of transactions actually processed/{print $NF; exit}')
+    local per="-"
+    [ "$cpu" != "-" ] && per=$(python3 -c "print(round($cpu * 1e6 / max($txns, 1), 1))")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$w" "$t" "$tps" "$lat" "$per" >> "$RAW"
+    echo "  $w $t: tps $tps, latency $lat ms, proxy CPU $per us/txn"
+}
+
+TARGETS=(direct pgbouncer pgkeel)
+for w in $WORKLOADS; do
+    section "$w ($(args_for "$w"), ${DURATION}s x $ROUNDS rounds)"
+    for r in $(seq 1 "$ROUNDS"); do
+        # Rotate the order each round so no target always runs first.
+        for i in 0 1 2; do
+            t=${TARGETS[$(( (i + r - 1) % 3 ))]}
+            case $t in
+                direct) run_one "$w" direct "$PG_PORT" "" ;;
+                pgbouncer) run_one "$w" pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" ;;
+                pgkeel)
+                    if [ -n "$PGKEEL_PID" ]; then run_one "$w" pgkeel "$PGKEEL_PORT" "$PGKEEL_PID"
+                    else printf '%s\tpgkeel\tn/a\t-\t-\n' "$w" >> "$RAW"; fi ;;
+            esac
+        done
+    done
+done
+
+mkdir -p "$(dirname "$OUT")"
+{
+    echo "# pgbench: direct vs PgBouncer vs pgkeel"
+    echo
+    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r); $(pgbench --version), PgBouncer $BOUNCER_VERSION, $($PG_BIN/postgres --version)."
+    echo "Each cell is the median of $ROUNDS interleaved ${DURATION}s runs; $CLIENTS clients (-j 2) unless the workload says otherwise;"
+    echo "pool size $POOL_SIZE for both proxies (transaction mode, SCRAM); scale $SCALE; pgbench, PostgreSQL and the proxy share the same $(nproc) cores."
+    echo
+    python3 - "$RAW" <<'PY'
+import sys, statistics, collections
+rows = collections.OrderedDict()
+for line in open(sys.argv[1]):
+    w, t, tps, lat, cpu = line.rstrip("\n").split("\t")
+    rows.setdefault(w, collections.OrderedDict()).setdefault(t, []).append((tps, lat, cpu))
+def med(vals):
+    nums = [float(v) for v in vals if v not in ("-", "failed", "n/a")]
+    return statistics.median(nums) if nums else None
+print("| workload | target | tps | avg latency ms | proxy CPU µs/txn | tps vs PgBouncer | tps vs direct |")
+print("|---|---|---:|---:|---:|---:|---:|")
+for w, targets in rows.items():
+    base = {t: med([r[0] for r in runs]) for t, runs in targets.items()}
+    for t, runs in targets.items():
+        tps, lat, cpu = med([r[0] for r in runs]), med([r[1] for r in runs]), med([r[2] for r in runs])
+        status = runs[0][0] if tps is None else None
+        f = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"
+        ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}"
+        print(f"| {w} | {t} | {status or f(tps)} | {f(lat, 3)} | {f(cpu, 1)} | {ratio(tps, base.get('pgbouncer'))} | {ratio(tps, base.get('direct'))} |")
+PY
+} > "$OUT"
+section "results ($OUT)"
+cat "$OUT"
