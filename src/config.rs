@@ -275,6 +275,45 @@ pub struct UserConfig {
     pub pool_mode: Option<PoolMode>,
 }
 
+/// Follow a Patroni cluster through etcd (v3 API) instead of `[[servers]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// Patroni's `namespace` (default `/service/`).
+    pub namespace: String,
+    /// Patroni's `scope` (the cluster name).
+    pub scope: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub dial_timeout: Dur,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            namespace: "/service/".into(),
+            scope: String::new(),
+            username: None,
+            password: None,
+            dial_timeout: d(2),
+        }
+    }
+}
+
+impl EtcdConfig {
+    /// The key prefix of the scope, e.g. `/service/demo/`.
+    pub fn prefix(&self) -> String {
+        let ns = self.namespace.trim_matches('/');
+        if ns.is_empty() {
+            format!("/{}/", self.scope)
+        } else {
+            format!("/{ns}/{}/", self.scope)
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -302,6 +341,7 @@ struct RawConfig {
     users: Vec<UserConfig>,
     #[serde(default)]
     servers: Vec<ServerConfig>,
+    etcd: Option<EtcdConfig>,
 }
 
 /// A validated configuration.
@@ -313,6 +353,8 @@ pub struct Config {
     pub health: HealthConfig,
     pub users: Vec<User>,
     pub servers: Vec<ServerConfig>,
+    /// When set, the topology comes from Patroni's keys in etcd.
+    pub etcd: Option<EtcdConfig>,
     pub listen_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
 }
@@ -502,12 +544,31 @@ fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError> {
             message: "at least one [[users]] entry is required".into(),
         });
     }
-    if raw.servers.is_empty() {
+    if raw.servers.is_empty() && raw.etcd.is_none() {
         return Err(ConfigError {
             key: Some("servers".into()),
             line: None,
-            message: "at least one [[servers]] entry is required".into(),
+            message: "at least one [[servers]] entry (or an [etcd] section) is required".into(),
         });
+    }
+    if let Some(e) = &raw.etcd {
+        if e.scope.trim_matches('/').is_empty() || e.scope.contains('/') {
+            return Err(err("etcd", 0, "scope", "must be Patroni's scope (cluster name), e.g. \"demo\"".into()));
+        }
+        if e.endpoints.is_empty() {
+            return Err(err("etcd", 0, "endpoints", "at least one endpoint is required".into()));
+        }
+        for ep in &e.endpoints {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.len() < 10 {
+                return Err(err("etcd", 0, "endpoints", format!("{ep:?} is not an etcd URL like \"http://127.0.0.1:2379\"")));
+            }
+        }
+        if e.dial_timeout.0.is_zero() {
+            return Err(err("etcd", 0, "dial_timeout", "must be greater than zero".into()));
+        }
+        if e.password.is_some() && e.username.is_none() {
+            return Err(err("etcd", 0, "password", "is set but username is not".into()));
+        }
     }
     let mut users = Vec::with_capacity(raw.users.len());
     for (i, u) in raw.users.iter().enumerate() {
@@ -560,6 +621,7 @@ fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError> {
         health: raw.health,
         users,
         servers: raw.servers,
+        etcd: raw.etcd,
         listen_addr,
         admin_addr,
     })
@@ -617,6 +679,19 @@ mod tests {
         let src = format!("[proxy]\npool_mode = \"statement\"\n{MIN}");
         let e = Config::from_toml_str(&src).unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn etcd_section_replaces_servers() {
+        let src = "[[users]]\nname = \"a\"\npassword = \"b\"\n[etcd]\nscope = \"demo\"\n";
+        let c = Config::from_toml_str(src).unwrap();
+        let e = c.etcd.unwrap();
+        assert_eq!(e.prefix(), "/service/demo/");
+        assert_eq!(e.endpoints, vec!["http://127.0.0.1:2379".to_string()]);
+        let e = Config::from_toml_str("[[users]]\nname = \"a\"\npassword = \"b\"\n[etcd]\nendpoints = []\nscope = \"demo\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("etcd.endpoints"));
+        let e = Config::from_toml_str("[[users]]\nname = \"a\"\npassword = \"b\"\n[etcd]\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("etcd.scope"));
     }
 
     #[test]

@@ -117,17 +117,20 @@ impl Proxy {
         };
         let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let topology = TopologyHandle::new(topology::static_members(&config));
-        let first_round = config.health.timeout.0 + Duration::from_millis(500);
-        topology::spawn_static_health(&config, topology.clone(), shutdown_rx.clone(), first_round)
-            .await;
+        let metrics = Metrics::new();
+        let topology = TopologyHandle::new();
+        let mut first_round = config.health.timeout.0 + Duration::from_millis(500);
+        if let Some(e) = &config.etcd {
+            first_round += e.dial_timeout.0;
+        }
+        topology::spawn(&config, topology.clone(), metrics.clone(), shutdown_rx.clone(), first_round).await;
 
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             topology,
             pools: Pools::default(),
             cancels: Arc::new(CancelRegistry::default()),
-            metrics: Metrics::new(),
+            metrics,
             shutdown: shutdown_rx.clone(),
             scram_keys: Mutex::new(HashMap::new()),
         });
@@ -179,8 +182,15 @@ async fn maintain_pools(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        let topo = shared.topology.load();
         for p in shared.pools.all() {
-            p.maintain().await;
+            let member_left = !topo.members.iter().any(|m| m.member.host == p.key.host && m.member.port == p.key.port);
+            if member_left {
+                // Its clients finish their transactions; nothing new goes there.
+                p.close_idle();
+            } else {
+                p.maintain().await;
+            }
         }
         shared.pools.remove_unused();
     }

@@ -7,6 +7,8 @@
 //! follows the spawning *thread*.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,215 @@
+//! Which servers exist, which is the primary, and which are healthy.
+//!
+//! The topology is an immutable snapshot behind an `ArcSwap`: sessions read
+//! it without locks, and one publisher task writes it (`publisher.rs`).
+//! Sources: the static `[[servers]]` list, or a Patroni scope followed
+//! through etcd (`etcd.rs`, `patroni.rs`); either way pgkeel's own probes
+//! (`probe.rs`) decide health and confirm the primary is writable.
+
+pub mod etcd;
+pub mod patroni;
+pub mod probe;
+pub mod publisher;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, Guard};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use patroni::{PatroniMember, Switchover};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Replica,
+    Unknown,
+}
+
+/// A server pgkeel may route to. Identity only; its state is in `MemberState`.
+/// The publisher keeps the same `Arc` while the member keeps its address,
+/// so sessions can cache per-member pools by pointer.
+#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MemberState {
+    pub member: Arc<Member>,
+    /// What pgkeel's probe last saw (`Unknown` until it answered).
+    pub role: Role,
+    pub healthy: bool,
+    pub last_error: Option<String>,
+    /// What Patroni says about the member (etcd mode).
+    pub patroni: Option<PatroniMember>,
+    /// Bytes of WAL the member is behind the leader's last optime (etcd mode).
+    pub lag_bytes: Option<u64>,
+}
+
+impl MemberState {
+    /// May take reads: healthy and not tagged `noloadbalance`.
+    pub fn readable(&self) -> bool {
+        self.healthy && !self.patroni.as_ref().is_some_and(|p| p.noloadbalance)
+    }
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Topology {
+    pub members: Vec<MemberState>,
+    /// The member that takes writes: designated by the source and confirmed
+    /// writable and healthy by a probe.
+    pub primary: Option<Arc<Member>>,
+    /// The Patroni leader key (etcd mode), confirmed or not.
+    pub leader: Option<String>,
+    /// A planned switchover announced in the `failover` key.
+    pub switchover: Option<Switchover>,
+    /// etcd is unreachable: this is the last known state.
+    pub stale: bool,
+    /// etcd revision the state was read at.
+    pub revision: i64,
+    pub source: &'static str,
+    pub generation: u64,
+}
+
+impl Topology {
+    pub fn member(&self, name: &str) -> Option<&MemberState> {
+        self.members.iter().find(|m| m.member.name == name)
+    }
+
+    fn primary_name(&self) -> Option<&str> {
+        self.primary.as_ref().map(|p| p.name.as_str())
+    }
+
+    /// Nothing a reader could observe changed.
+    fn same_as(&self, o: &Topology) -> bool {
+        self.members == o.members
+            && self.primary_name() == o.primary_name()
+            && self.leader == o.leader
+            && self.switchover == o.switchover
+            && self.stale == o.stale
+    }
+
+    /// A change worth a log line: not just lag or an error message.
+    fn materially_differs(&self, o: &Topology) -> bool {
+        let key = |t: &Topology| -> Vec<(String, String, u16, Role, bool, Option<(String, String, bool)>)> {
+            t.members
+                .iter()
+                .map(|m| {
+                    (
+                        m.member.name.clone(),
+                        m.member.host.clone(),
+                        m.member.port,
+                        m.role,
+                        m.healthy,
+                        m.patroni.as_ref().map(|p| (p.role.clone(), p.state.clone(), p.noloadbalance)),
+                    )
+                })
+                .collect()
+        };
+        self.primary_name() != o.primary_name()
+            || self.leader != o.leader
+            || self.switchover != o.switchover
+            || self.stale != o.stale
+            || key(self) != key(o)
+    }
+}
+
+/// The published topology and a way to wait for the next change.
+pub struct TopologyHandle {
+    current: ArcSwap<Topology>,
+    changed: watch::Sender<u64>,
+    generation: AtomicU64,
+}
+
+impl TopologyHandle {
+    pub fn new() -> Arc<TopologyHandle> {
+        let (changed, _) = watch::channel(0);
+        Arc::new(TopologyHandle {
+            current: ArcSwap::from_pointee(Topology::default()),
+            changed,
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    pub fn load(&self) -> Guard<Arc<Topology>> {
+        self.current.load()
+    }
+
+    /// An owned snapshot, for holding across awaits.
+    pub fn load_full(&self) -> Arc<Topology> {
+        self.current.load_full()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn publish(&self, mut t: Topology) {
+        let g = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        t.generation = g;
+        self.current.store(Arc::new(t));
+        self.changed.send_replace(g);
+    }
+
+    /// Waits until a primary is known, up to `timeout`.
+    pub async fn wait_for_primary(&self, timeout: Duration) -> Option<Arc<Member>> {
+        let mut rx = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.load().primary.clone() {
+                return Some(p);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return self.load().primary.clone(),
+            }
+        }
+    }
+}
+
+/// Starts following the topology: etcd when `[etcd]` is configured, else the
+/// static `[[servers]]`. Returns once every member has been probed once (or
+/// `first_round` passed), so routing starts with roles known.
+pub async fn spawn(config: &Config, handle: Arc<TopologyHandle>, metrics: Metrics, shutdown: watch::Receiver<bool>, first_round: Duration) {
+    let (user, password) = config.health_credentials();
+    let settings = probe::ProbeSettings {
+        user,
+        password,
+        database: config.health.database.clone(),
+        timeout: config.health.timeout.0,
+    };
+    let (results_tx, results_rx) = mpsc::channel(256);
+    let (ready_tx, mut ready_rx) = watch::channel(false);
+    let source = match &config.etcd {
+        Some(e) => {
+            let (tx, rx) = mpsc::channel(64);
+            let s = etcd::EtcdSettings {
+                endpoints: e.endpoints.clone(),
+                prefix: e.prefix(),
+                user: e.username.clone().map(|u| (u, e.password.clone().unwrap_or_default())),
+                dial_timeout: e.dial_timeout.0,
+            };
+            tokio::spawn(etcd::run(s, tx, shutdown.clone(), metrics.clone()));
+            publisher::Source::Etcd(rx)
+        }
+        None => publisher::Source::Static(config.servers.iter().map(|s| (s.host.clone(), s.port)).collect()),
+    };
+    let p = publisher::Publisher::new(
+        handle,
+        metrics,
+        settings,
+        config.health.interval.0,
+        ready_tx,
+        results_tx,
+        config.etcd.is_some(),
+    );
+    tokio::spawn(p.run(source, results_rx, shutdown));
+    let _ = tokio::time::timeout(first_round, ready_rx.wait_for(|r| *r)).await;
+}

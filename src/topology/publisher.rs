@@ -1,0 +1,323 @@
+//! The one task that owns the topology. It merges what the source says
+//! (the static server list, or Patroni's keys from etcd) with what pgkeel's
+//! own probes see, publishes the result as a new snapshot, and logs and
+//! counts every material change.
+//!
+//! The primary is the member the source designates (in etcd mode: the
+//! `leader` key; statically: the one healthy server out of recovery) once a
+//! probe has confirmed it is writable. Patroni writes the leader key 1–2 s
+//! before promotion completes, so right after a leader change its member is
+//! probed every 50 ms until `pg_is_in_recovery()` turns false.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::etcd::EtcdEvent;
+use super::patroni::{PatroniMember, PatroniState};
+use super::probe::{self, ProbeResult, ProbeSettings, Prober};
+use super::{Member, MemberState, Role, Topology, TopologyHandle};
+use crate::metrics::Metrics;
+
+/// How often a new leader is probed until it accepts writes.
+pub const FAST_PROBE: Duration = Duration::from_millis(50);
+
+/// Where membership comes from.
+pub enum Source {
+    /// Fixed `[[servers]]`.
+    Static(Vec<(String, u16)>),
+    /// Patroni keys through etcd.
+    Etcd(mpsc::Receiver<EtcdEvent>),
+}
+
+struct Entry {
+    member: Arc<Member>,
+    patroni: Option<PatroniMember>,
+    probe: Option<Result<Role, String>>,
+    prober: Prober,
+}
+
+pub struct Publisher {
+    handle: Arc<TopologyHandle>,
+    metrics: Metrics,
+    probe_settings: ProbeSettings,
+    interval: Duration,
+    etcd_mode: bool,
+    entries: BTreeMap<String, Entry>,
+    patroni: PatroniState,
+    stale: bool,
+    revision: i64,
+    /// A leader named by etcd and not yet confirmed writable, and since when.
+    awaiting: Option<(String, Instant)>,
+    results_tx: mpsc::Sender<ProbeResult>,
+    next_id: u64,
+    /// Set once every member has been probed once (start-up waits for it).
+    ready: watch::Sender<bool>,
+    seen_state: bool,
+}
+
+impl Publisher {
+    pub fn new(
+        handle: Arc<TopologyHandle>,
+        metrics: Metrics,
+        probe_settings: ProbeSettings,
+        interval: Duration,
+        ready: watch::Sender<bool>,
+        results_tx: mpsc::Sender<ProbeResult>,
+        etcd_mode: bool,
+    ) -> Publisher {
+        Publisher {
+            handle,
+            metrics,
+            probe_settings,
+            interval,
+            etcd_mode,
+            entries: BTreeMap::new(),
+            patroni: PatroniState::default(),
+            stale: false,
+            revision: 0,
+            awaiting: None,
+            results_tx,
+            next_id: 0,
+            ready,
+            seen_state: false,
+        }
+    }
+
+    pub async fn run(mut self, source: Source, mut results: mpsc::Receiver<ProbeResult>, mut shutdown: watch::Receiver<bool>) {
+        let mut etcd_rx = match source {
+            Source::Static(servers) => {
+                let wanted = servers
+                    .into_iter()
+                    .map(|(host, port)| (format!("{host}:{port}"), host, port, None))
+                    .collect();
+                self.reconcile(wanted);
+                self.seen_state = true;
+                self.publish("start");
+                None
+            }
+            Source::Etcd(rx) => Some(rx),
+        };
+        loop {
+            tokio::select! {
+                ev = async { etcd_rx.as_mut()?.recv().await }, if etcd_rx.is_some() => match ev {
+                    Some(ev) => self.on_etcd(ev),
+                    None => etcd_rx = None,
+                },
+                Some(r) = results.recv() => self.on_probe(r),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn on_etcd(&mut self, ev: EtcdEvent) {
+        match ev {
+            EtcdEvent::Connected(up) => {
+                self.stale = !up;
+                self.publish(if up { "etcd reachable" } else { "etcd unreachable" });
+            }
+            EtcdEvent::State { state, revision, reason } => {
+                for (name, why) in &state.unreadable {
+                    if !self.patroni.unreadable.contains_key(name) {
+                        tracing::warn!(member = %name, error = %why, "ignoring unreadable Patroni member key");
+                    }
+                }
+                let old_leader = self.patroni.leader.clone();
+                self.patroni = state;
+                self.revision = revision;
+                self.stale = false;
+                let wanted = self
+                    .patroni
+                    .members
+                    .values()
+                    .map(|m| (m.name.clone(), m.host.clone(), m.port, Some(m.clone())))
+                    .collect();
+                self.reconcile(wanted);
+                if self.patroni.leader != old_leader {
+                    self.leader_changed(old_leader, reason);
+                }
+                self.seen_state = true;
+                self.publish(reason);
+            }
+        }
+    }
+
+    fn leader_changed(&mut self, old: Option<String>, reason: &str) {
+        let new = self.patroni.leader.clone();
+        tracing::info!(
+            old_leader = old.as_deref().unwrap_or("none"),
+            new_leader = new.as_deref().unwrap_or("none"),
+            revision = self.revision,
+            reason,
+            "Patroni leader key changed"
+        );
+        if let (Some(_), Some(_)) = (&old, &new) {
+            self.metrics.leader_changes_total.inc();
+        } else if old.is_none() && new.is_some() && self.seen_state {
+            self.metrics.leader_changes_total.inc();
+        }
+        // Stop fast-probing a leader that is no longer the leader.
+        if let Some((prev, _)) = self.awaiting.take() {
+            if let Some(e) = self.entries.get(&prev) {
+                e.prober.set_interval(self.interval);
+            }
+        }
+        if let Some(name) = new {
+            self.awaiting = Some((name.clone(), Instant::now()));
+            if let Some(e) = self.entries.get(&name) {
+                e.prober.set_interval(FAST_PROBE);
+            }
+        }
+    }
+
+    /// Brings probers in line with the wanted members.
+    fn reconcile(&mut self, wanted: Vec<(String, String, u16, Option<PatroniMember>)>) {
+        let names: Vec<&String> = wanted.iter().map(|w| &w.0).collect();
+        let gone: Vec<String> = self.entries.keys().filter(|k| !names.contains(k)).cloned().collect();
+        for name in gone {
+            // Dropping the entry drops its Prober, which stops the task.
+            self.entries.remove(&name);
+            tracing::info!(member = %name, "member left the topology; its pool drains");
+        }
+        for (name, host, port, patroni) in wanted {
+            let same_addr = self
+                .entries
+                .get(&name)
+                .is_some_and(|e| e.member.host == host && e.member.port == port);
+            if same_addr {
+                self.entries.get_mut(&name).expect("checked").patroni = patroni;
+                continue;
+            }
+            self.next_id += 1;
+            let fast = self.awaiting.as_ref().is_some_and(|(n, _)| *n == name);
+            let prober = probe::spawn(
+                name.clone(),
+                self.next_id,
+                &host,
+                port,
+                &self.probe_settings,
+                if fast { FAST_PROBE } else { self.interval },
+                self.results_tx.clone(),
+            );
+            tracing::info!(member = %name, %host, port, "member joined the topology");
+            self.entries.insert(
+                name.clone(),
+                Entry {
+                    member: Arc::new(Member { name, host, port }),
+                    patroni,
+                    probe: None,
+                    prober,
+                },
+            );
+        }
+    }
+
+    fn on_probe(&mut self, r: ProbeResult) {
+        let Some(e) = self.entries.get_mut(&r.name) else { return };
+        if e.prober.id != r.id {
+            return;
+        }
+        match (&e.probe, &r.result) {
+            (Some(Ok(_)) | None, Err(err)) => {
+                tracing::warn!(member = %r.name, error = %err, "health check failed; member marked down");
+            }
+            (Some(Err(_)), Ok(role)) => tracing::info!(member = %r.name, ?role, "member answers health checks again"),
+            _ => {}
+        }
+        e.probe = Some(r.result);
+        if let Some((name, since)) = &self.awaiting {
+            if *name == r.name && matches!(e.probe, Some(Ok(Role::Primary))) {
+                let took = since.elapsed();
+                self.metrics.primary_switch_seconds.observe(took.as_secs_f64());
+                tracing::info!(member = %name, after_ms = took.as_millis() as u64, "new primary confirmed writable");
+                e.prober.set_interval(self.interval);
+                self.awaiting = None;
+            }
+        }
+        if self.seen_state && self.entries.values().all(|e| e.probe.is_some()) {
+            self.ready.send_replace(true);
+        }
+        self.publish("health check");
+    }
+
+    fn compute(&self) -> Topology {
+        let members: Vec<MemberState> = self
+            .entries
+            .values()
+            .map(|e| MemberState {
+                member: e.member.clone(),
+                role: match &e.probe {
+                    Some(Ok(r)) => *r,
+                    _ => Role::Unknown,
+                },
+                healthy: matches!(e.probe, Some(Ok(_))),
+                last_error: match &e.probe {
+                    Some(Err(m)) => Some(m.clone()),
+                    _ => None,
+                },
+                lag_bytes: e.patroni.as_ref().and_then(|p| self.patroni.lag_bytes(p)),
+                patroni: e.patroni.clone(),
+            })
+            .collect();
+        let primary = if self.etcd_mode {
+            self.patroni.leader.as_ref().and_then(|l| {
+                let m = members.iter().find(|m| &m.member.name == l)?;
+                let demoted = m.patroni.as_ref().is_some_and(|p| p.role == "demoted");
+                (m.healthy && m.role == Role::Primary && !demoted).then(|| m.member.clone())
+            })
+        } else {
+            pick_primary(&members)
+        };
+        Topology {
+            members,
+            primary,
+            leader: self.patroni.leader.clone(),
+            switchover: self.patroni.switchover.clone(),
+            stale: self.stale,
+            revision: self.revision,
+            source: if self.etcd_mode { "etcd" } else { "static" },
+            generation: 0,
+        }
+    }
+
+    fn publish(&mut self, reason: &str) {
+        let new = self.compute();
+        let old = self.handle.load();
+        if new.same_as(&old) {
+            return;
+        }
+        if new.materially_differs(&old) {
+            self.metrics.topology_changes_total.inc();
+            let summary: Vec<String> = new
+                .members
+                .iter()
+                .map(|m| format!("{}={:?}{}", m.member.name, m.role, if m.healthy { "" } else { "(down)" }))
+                .collect();
+            tracing::info!(
+                old_primary = old.primary.as_ref().map(|p| p.name.as_str()).unwrap_or("none"),
+                new_primary = new.primary.as_ref().map(|p| p.name.as_str()).unwrap_or("none"),
+                leader = new.leader.as_deref().unwrap_or("none"),
+                switchover = ?new.switchover,
+                stale = new.stale,
+                revision = new.revision,
+                reason,
+                members = %summary.join(" "),
+                "topology changed"
+            );
+        }
+        self.metrics.members_up.set(new.members.iter().filter(|m| m.healthy).count() as i64);
+        drop(old);
+        self.handle.publish(new);
+    }
+}
+
+fn pick_primary(members: &[MemberState]) -> Option<Arc<Member>> {
+    let mut primaries = members.iter().filter(|m| m.healthy && m.role == Role::Primary);
+    let first = primaries.next()?;
+    if primaries.next().is_some() {
+        tracing::warn!("more than one server reports it is a primary; using {}", first.member.name);
+    }
+    Some(first.member.clone())
+}
