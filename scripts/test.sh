@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-install_packages postgresql-15 postgresql-client-15 ca-certificates
+# PostgreSQL for every integration test; etcd and Patroni for tests/patroni.rs;
+# protoc and protobuf's .proto includes for the etcd-client crate's build.
+install_packages postgresql-15 postgresql-client-15 etcd-server etcd-client patroni \
+    protobuf-compiler libprotobuf-dev curl ca-certificates
 ensure_rust_components
 
 section "cargo fmt --check"

@@ -553,21 +553,46 @@ fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError> {
     }
     if let Some(e) = &raw.etcd {
         if e.scope.trim_matches('/').is_empty() || e.scope.contains('/') {
-            return Err(err("etcd", 0, "scope", "must be Patroni's scope (cluster name), e.g. \"demo\"".into()));
+            return Err(err(
+                "etcd",
+                0,
+                "scope",
+                "must be Patroni's scope (cluster name), e.g. \"demo\"".into(),
+            ));
         }
         if e.endpoints.is_empty() {
-            return Err(err("etcd", 0, "endpoints", "at least one endpoint is required".into()));
+            return Err(err(
+                "etcd",
+                0,
+                "endpoints",
+                "at least one endpoint is required".into(),
+            ));
         }
         for ep in &e.endpoints {
             if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.len() < 10 {
-                return Err(err("etcd", 0, "endpoints", format!("{ep:?} is not an etcd URL like \"http://127.0.0.1:2379\"")));
+                return Err(err(
+                    "etcd",
+                    0,
+                    "endpoints",
+                    format!("{ep:?} is not an etcd URL like \"http://127.0.0.1:2379\""),
+                ));
             }
         }
         if e.dial_timeout.0.is_zero() {
-            return Err(err("etcd", 0, "dial_timeout", "must be greater than zero".into()));
+            return Err(err(
+                "etcd",
+                0,
+                "dial_timeout",
+                "must be greater than zero".into(),
+            ));
         }
         if e.password.is_some() && e.username.is_none() {
-            return Err(err("etcd", 0, "password", "is set but username is not".into()));
+            return Err(err(
+                "etcd",
+                0,
+                "password",
+                "is set but username is not".into(),
+            ));
         }
     }
     let mut users = Vec::with_capacity(raw.users.len());
@@ -688,9 +713,13 @@ mod tests {
         let e = c.etcd.unwrap();
         assert_eq!(e.prefix(), "/service/demo/");
         assert_eq!(e.endpoints, vec!["http://127.0.0.1:2379".to_string()]);
-        let e = Config::from_toml_str("[[users]]\nname = \"a\"\npassword = \"b\"\n[etcd]\nendpoints = []\nscope = \"demo\"\n").unwrap_err();
+        let e = Config::from_toml_str(
+            "[[users]]\nname = \"a\"\npassword = \"b\"\n[etcd]\nendpoints = []\nscope = \"demo\"\n",
+        )
+        .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("etcd.endpoints"));
-        let e = Config::from_toml_str("[[users]]\nname = \"a\"\npassword = \"b\"\n[etcd]\n").unwrap_err();
+        let e = Config::from_toml_str("[[users]]\nname = \"a\"\npassword = \"b\"\n[etcd]\n")
+            .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("etcd.scope"));
     }
 

@@ -87,16 +87,39 @@ impl Metrics {
                 "CancelRequests received",
             )
             .unwrap(),
-            topology_changes_total: IntCounter::new("pgkeel_topology_changes_total", "Material topology changes (members, roles, health, leader, primary)").unwrap(),
-            leader_changes_total: IntCounter::new("pgkeel_leader_changes_total", "Changes of the Patroni leader key").unwrap(),
-            primary_switch_seconds: Histogram::with_opts(
-                HistogramOpts::new("pgkeel_primary_switch_seconds", "From a leader key change to the new primary confirmed writable")
-                    .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+            topology_changes_total: IntCounter::new(
+                "pgkeel_topology_changes_total",
+                "Material topology changes (members, roles, health, leader, primary)",
             )
             .unwrap(),
-            members_up: IntGauge::new("pgkeel_members_up", "Members answering pgkeel's health checks").unwrap(),
-            etcd_connected: IntGauge::new("pgkeel_etcd_connected", "1 while the etcd watch is established (etcd mode)").unwrap(),
-            etcd_watch_restarts_total: IntCounter::new("pgkeel_etcd_watch_restarts_total", "Times the etcd watch was re-established").unwrap(),
+            leader_changes_total: IntCounter::new(
+                "pgkeel_leader_changes_total",
+                "Changes of the Patroni leader key",
+            )
+            .unwrap(),
+            primary_switch_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pgkeel_primary_switch_seconds",
+                    "From a leader key change to the new primary confirmed writable",
+                )
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+            )
+            .unwrap(),
+            members_up: IntGauge::new(
+                "pgkeel_members_up",
+                "Members answering pgkeel's health checks",
+            )
+            .unwrap(),
+            etcd_connected: IntGauge::new(
+                "pgkeel_etcd_connected",
+                "1 while the etcd watch is established (etcd mode)",
+            )
+            .unwrap(),
+            etcd_watch_restarts_total: IntCounter::new(
+                "pgkeel_etcd_watch_restarts_total",
+                "Times the etcd watch was re-established",
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -112,10 +135,15 @@ impl Metrics {
         r.register(Box::new(m.pool_wait_seconds.clone())).unwrap();
         r.register(Box::new(m.cancel_requests_total.clone()))
             .unwrap();
-        for c in [&m.topology_changes_total, &m.leader_changes_total, &m.etcd_watch_restarts_total] {
+        for c in [
+            &m.topology_changes_total,
+            &m.leader_changes_total,
+            &m.etcd_watch_restarts_total,
+        ] {
             r.register(Box::new(c.clone())).unwrap();
         }
-        r.register(Box::new(m.primary_switch_seconds.clone())).unwrap();
+        r.register(Box::new(m.primary_switch_seconds.clone()))
+            .unwrap();
         r.register(Box::new(m.members_up.clone())).unwrap();
         r.register(Box::new(m.etcd_connected.clone())).unwrap();
         m

@@ -123,7 +123,14 @@ impl Proxy {
         if let Some(e) = &config.etcd {
             first_round += e.dial_timeout.0;
         }
-        topology::spawn(&config, topology.clone(), metrics.clone(), shutdown_rx.clone(), first_round).await;
+        topology::spawn(
+            &config,
+            topology.clone(),
+            metrics.clone(),
+            shutdown_rx.clone(),
+            first_round,
+        )
+        .await;
 
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
@@ -184,7 +191,10 @@ async fn maintain_pools(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         }
         let topo = shared.topology.load();
         for p in shared.pools.all() {
-            let member_left = !topo.members.iter().any(|m| m.member.host == p.key.host && m.member.port == p.key.port);
+            let member_left = !topo
+                .members
+                .iter()
+                .any(|m| m.member.host == p.key.host && m.member.port == p.key.port);
             if member_left {
                 // Its clients finish their transactions; nothing new goes there.
                 p.close_idle();

@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream,
+};
 use tokio::sync::{mpsc, watch};
 
 use super::patroni::PatroniState;
@@ -49,8 +51,13 @@ pub async fn connect(s: &EtcdSettings) -> Result<Client, etcd_client::Error> {
 }
 
 /// Reads every key of the scope; returns the state and the revision it is at.
-pub async fn read_scope(client: &mut Client, prefix: &str) -> Result<(PatroniState, i64), etcd_client::Error> {
-    let resp = client.get(prefix, Some(GetOptions::new().with_prefix())).await?;
+pub async fn read_scope(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<(PatroniState, i64), etcd_client::Error> {
+    let resp = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
     let mut state = PatroniState::default();
     for kv in resp.kvs() {
@@ -62,9 +69,20 @@ pub async fn read_scope(client: &mut Client, prefix: &str) -> Result<(PatroniSta
 }
 
 /// Watches the scope from `revision` (inclusive).
-pub async fn watch_scope(client: &mut Client, prefix: &str, revision: i64) -> Result<WatchStream, etcd_client::Error> {
+pub async fn watch_scope(
+    client: &mut Client,
+    prefix: &str,
+    revision: i64,
+) -> Result<WatchStream, etcd_client::Error> {
     client
-        .watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(revision)))
+        .watch(
+            prefix,
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision),
+            ),
+        )
         .await
 }
 
@@ -88,7 +106,9 @@ pub fn apply_response(state: &mut PatroniState, prefix: &str, resp: &WatchRespon
     }
     for ev in resp.events() {
         let Some(kv) = ev.kv() else { continue };
-        let Some(rel) = kv.key().strip_prefix(prefix.as_bytes()) else { continue };
+        let Some(rel) = kv.key().strip_prefix(prefix.as_bytes()) else {
+            continue;
+        };
         let key = String::from_utf8_lossy(rel);
         match ev.event_type() {
             EventType::Put => state.apply(&key, Some(kv.value())),
@@ -99,7 +119,12 @@ pub fn apply_response(state: &mut PatroniState, prefix: &str, resp: &WatchRespon
 }
 
 /// Follows the scope until shutdown, sending every change to `tx`.
-pub async fn run(settings: EtcdSettings, tx: mpsc::Sender<EtcdEvent>, mut shutdown: watch::Receiver<bool>, metrics: Metrics) {
+pub async fn run(
+    settings: EtcdSettings,
+    tx: mpsc::Sender<EtcdEvent>,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: Metrics,
+) {
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     let mut backoff = Duration::from_millis(100);
     let mut connected = false;
@@ -145,9 +170,10 @@ async fn follow(
     let mut client = tokio::time::timeout(s.dial_timeout * 2, connect(s))
         .await
         .map_err(|_| etcd_client::Error::InvalidArgs("connect timed out".into()))??;
-    let (mut state, revision) = tokio::time::timeout(s.dial_timeout * 2, read_scope(&mut client, &s.prefix))
-        .await
-        .map_err(|_| etcd_client::Error::InvalidArgs("read timed out".into()))??;
+    let (mut state, revision) =
+        tokio::time::timeout(s.dial_timeout * 2, read_scope(&mut client, &s.prefix))
+            .await
+            .map_err(|_| etcd_client::Error::InvalidArgs("read timed out".into()))??;
     if !*connected {
         *connected = true;
         metrics.etcd_connected.set(1);
@@ -172,7 +198,11 @@ async fn follow(
         match apply_response(&mut state, &s.prefix, &resp) {
             Applied::Nothing => {}
             Applied::Cancelled => {
-                return Ok(if resp.compact_revision() > 0 { "watch compacted" } else { "watch cancelled" });
+                return Ok(if resp.compact_revision() > 0 {
+                    "watch compacted"
+                } else {
+                    "watch cancelled"
+                });
             }
             Applied::Changed(rev) => {
                 if send(&state, rev, "watch").await.is_err() {

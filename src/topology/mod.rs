@@ -98,26 +98,27 @@ impl Topology {
 
     /// A change worth a log line: not just lag or an error message.
     fn materially_differs(&self, o: &Topology) -> bool {
-        let key = |t: &Topology| -> Vec<(String, String, u16, Role, bool, Option<(String, String, bool)>)> {
-            t.members
-                .iter()
-                .map(|m| {
-                    (
-                        m.member.name.clone(),
-                        m.member.host.clone(),
-                        m.member.port,
-                        m.role,
-                        m.healthy,
-                        m.patroni.as_ref().map(|p| (p.role.clone(), p.state.clone(), p.noloadbalance)),
-                    )
-                })
-                .collect()
-        };
+        fn same_member(a: &MemberState, b: &MemberState) -> bool {
+            let patroni = |m: &MemberState| {
+                m.patroni
+                    .as_ref()
+                    .map(|p| (p.role.clone(), p.state.clone(), p.noloadbalance))
+            };
+            a.member == b.member
+                && a.role == b.role
+                && a.healthy == b.healthy
+                && patroni(a) == patroni(b)
+        }
         self.primary_name() != o.primary_name()
             || self.leader != o.leader
             || self.switchover != o.switchover
             || self.stale != o.stale
-            || key(self) != key(o)
+            || self.members.len() != o.members.len()
+            || self
+                .members
+                .iter()
+                .zip(&o.members)
+                .any(|(a, b)| !same_member(a, b))
     }
 }
 
@@ -177,7 +178,13 @@ impl TopologyHandle {
 /// Starts following the topology: etcd when `[etcd]` is configured, else the
 /// static `[[servers]]`. Returns once every member has been probed once (or
 /// `first_round` passed), so routing starts with roles known.
-pub async fn spawn(config: &Config, handle: Arc<TopologyHandle>, metrics: Metrics, shutdown: watch::Receiver<bool>, first_round: Duration) {
+pub async fn spawn(
+    config: &Config,
+    handle: Arc<TopologyHandle>,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+    first_round: Duration,
+) {
     let (user, password) = config.health_credentials();
     let settings = probe::ProbeSettings {
         user,
@@ -193,13 +200,22 @@ pub async fn spawn(config: &Config, handle: Arc<TopologyHandle>, metrics: Metric
             let s = etcd::EtcdSettings {
                 endpoints: e.endpoints.clone(),
                 prefix: e.prefix(),
-                user: e.username.clone().map(|u| (u, e.password.clone().unwrap_or_default())),
+                user: e
+                    .username
+                    .clone()
+                    .map(|u| (u, e.password.clone().unwrap_or_default())),
                 dial_timeout: e.dial_timeout.0,
             };
             tokio::spawn(etcd::run(s, tx, shutdown.clone(), metrics.clone()));
             publisher::Source::Etcd(rx)
         }
-        None => publisher::Source::Static(config.servers.iter().map(|s| (s.host.clone(), s.port)).collect()),
+        None => publisher::Source::Static(
+            config
+                .servers
+                .iter()
+                .map(|s| (s.host.clone(), s.port))
+                .collect(),
+        ),
     };
     let p = publisher::Publisher::new(
         handle,

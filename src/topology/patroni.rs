@@ -95,16 +95,20 @@ pub fn parse_conn_url(url: &str) -> Option<(String, u16)> {
 fn truthy(v: Option<&serde_json::Value>) -> bool {
     match v {
         Some(serde_json::Value::Bool(b)) => *b,
-        Some(serde_json::Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1"),
+        Some(serde_json::Value::String(s)) => {
+            matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1")
+        }
         Some(serde_json::Value::Number(n)) => n.as_i64() == Some(1),
         _ => false,
     }
 }
 
 pub fn parse_member(name: &str, value: &[u8]) -> Result<PatroniMember, String> {
-    let m: MemberJson = serde_json::from_slice(value).map_err(|e| format!("not Patroni member JSON: {e}"))?;
+    let m: MemberJson =
+        serde_json::from_slice(value).map_err(|e| format!("not Patroni member JSON: {e}"))?;
     let url = m.conn_url.ok_or("no conn_url")?;
-    let (host, port) = parse_conn_url(&url).ok_or_else(|| format!("cannot read host and port from conn_url {url:?}"))?;
+    let (host, port) = parse_conn_url(&url)
+        .ok_or_else(|| format!("cannot read host and port from conn_url {url:?}"))?;
     Ok(PatroniMember {
         name: name.to_owned(),
         host,
@@ -139,7 +143,8 @@ impl PatroniState {
                 let j: serde_json::Value = serde_json::from_slice(v).unwrap_or_default();
                 let field = |k: &str| j.get(k).and_then(|x| x.as_str()).map(str::to_owned);
                 let (from, to) = (field("leader"), field("member"));
-                self.switchover = (from.is_some() || to.is_some()).then_some(Switchover { from, to });
+                self.switchover =
+                    (from.is_some() || to.is_some()).then_some(Switchover { from, to });
             }
             ("failover", None) => self.switchover = None,
             (k, v) => {
@@ -184,10 +189,22 @@ mod tests {
 
     #[test]
     fn conn_urls() {
-        assert_eq!(parse_conn_url("postgres://127.0.0.1:5431/postgres"), Some(("127.0.0.1".into(), 5431)));
-        assert_eq!(parse_conn_url("postgresql://u:p@db.example:6000/x?sslmode=off"), Some(("db.example".into(), 6000)));
-        assert_eq!(parse_conn_url("postgres://[::1]:5433/postgres"), Some(("::1".into(), 5433)));
-        assert_eq!(parse_conn_url("postgres://host/postgres"), Some(("host".into(), 5432)));
+        assert_eq!(
+            parse_conn_url("postgres://127.0.0.1:5431/postgres"),
+            Some(("127.0.0.1".into(), 5431))
+        );
+        assert_eq!(
+            parse_conn_url("postgresql://u:p@db.example:6000/x?sslmode=off"),
+            Some(("db.example".into(), 6000))
+        );
+        assert_eq!(
+            parse_conn_url("postgres://[::1]:5433/postgres"),
+            Some(("::1".into(), 5433))
+        );
+        assert_eq!(
+            parse_conn_url("postgres://host/postgres"),
+            Some(("host".into(), 5432))
+        );
         assert_eq!(parse_conn_url("http://host:1/"), None);
         assert_eq!(parse_conn_url("postgres://:5/"), None);
     }
@@ -210,7 +227,13 @@ mod tests {
         assert_eq!(s.lag_bytes(pg1), Some(0));
 
         s.apply("failover", Some(br#"{"leader":"pg1","member":"pg2"}"#));
-        assert_eq!(s.switchover, Some(Switchover { from: Some("pg1".into()), to: Some("pg2".into()) }));
+        assert_eq!(
+            s.switchover,
+            Some(Switchover {
+                from: Some("pg1".into()),
+                to: Some("pg2".into())
+            })
+        );
         s.apply("failover", Some(b"{}"));
         assert_eq!(s.switchover, None);
 
@@ -223,7 +246,10 @@ mod tests {
     #[test]
     fn newer_patroni_primary_role_and_bad_values() {
         let mut s = PatroniState::default();
-        s.apply("members/pg3", Some(br#"{"conn_url":"postgres://h:1/x","role":"primary","state":"running"}"#));
+        s.apply(
+            "members/pg3",
+            Some(br#"{"conn_url":"postgres://h:1/x","role":"primary","state":"running"}"#),
+        );
         assert!(s.members["pg3"].is_leader_role());
         s.apply("members/pg3", Some(b"not json"));
         assert!(!s.members.contains_key("pg3"));

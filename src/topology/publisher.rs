@@ -49,8 +49,9 @@ pub struct Publisher {
     patroni: PatroniState,
     stale: bool,
     revision: i64,
-    /// A leader named by etcd and not yet confirmed writable, and since when.
-    awaiting: Option<(String, Instant)>,
+    /// A leader named by etcd and not yet confirmed writable, and since
+    /// when (`None` for the leader found at start: not a switch to time).
+    awaiting: Option<(String, Option<Instant>)>,
     results_tx: mpsc::Sender<ProbeResult>,
     next_id: u64,
     /// Set once every member has been probed once (start-up waits for it).
@@ -86,7 +87,12 @@ impl Publisher {
         }
     }
 
-    pub async fn run(mut self, source: Source, mut results: mpsc::Receiver<ProbeResult>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        source: Source,
+        mut results: mpsc::Receiver<ProbeResult>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut etcd_rx = match source {
             Source::Static(servers) => {
                 let wanted = servers
@@ -116,9 +122,17 @@ impl Publisher {
         match ev {
             EtcdEvent::Connected(up) => {
                 self.stale = !up;
-                self.publish(if up { "etcd reachable" } else { "etcd unreachable" });
+                self.publish(if up {
+                    "etcd reachable"
+                } else {
+                    "etcd unreachable"
+                });
             }
-            EtcdEvent::State { state, revision, reason } => {
+            EtcdEvent::State {
+                state,
+                revision,
+                reason,
+            } => {
                 for (name, why) in &state.unreadable {
                     if !self.patroni.unreadable.contains_key(name) {
                         tracing::warn!(member = %name, error = %why, "ignoring unreadable Patroni member key");
@@ -165,7 +179,8 @@ impl Publisher {
             }
         }
         if let Some(name) = new {
-            self.awaiting = Some((name.clone(), Instant::now()));
+            let since = self.seen_state.then(Instant::now);
+            self.awaiting = Some((name.clone(), since));
             if let Some(e) = self.entries.get(&name) {
                 e.prober.set_interval(FAST_PROBE);
             }
@@ -175,7 +190,12 @@ impl Publisher {
     /// Brings probers in line with the wanted members.
     fn reconcile(&mut self, wanted: Vec<(String, String, u16, Option<PatroniMember>)>) {
         let names: Vec<&String> = wanted.iter().map(|w| &w.0).collect();
-        let gone: Vec<String> = self.entries.keys().filter(|k| !names.contains(k)).cloned().collect();
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|k| !names.contains(k))
+            .cloned()
+            .collect();
         for name in gone {
             // Dropping the entry drops its Prober, which stops the task.
             self.entries.remove(&name);
@@ -215,7 +235,9 @@ impl Publisher {
     }
 
     fn on_probe(&mut self, r: ProbeResult) {
-        let Some(e) = self.entries.get_mut(&r.name) else { return };
+        let Some(e) = self.entries.get_mut(&r.name) else {
+            return;
+        };
         if e.prober.id != r.id {
             return;
         }
@@ -223,15 +245,24 @@ impl Publisher {
             (Some(Ok(_)) | None, Err(err)) => {
                 tracing::warn!(member = %r.name, error = %err, "health check failed; member marked down");
             }
-            (Some(Err(_)), Ok(role)) => tracing::info!(member = %r.name, ?role, "member answers health checks again"),
+            (Some(Err(_)), Ok(role)) => {
+                tracing::info!(member = %r.name, ?role, "member answers health checks again")
+            }
             _ => {}
         }
         e.probe = Some(r.result);
         if let Some((name, since)) = &self.awaiting {
             if *name == r.name && matches!(e.probe, Some(Ok(Role::Primary))) {
-                let took = since.elapsed();
-                self.metrics.primary_switch_seconds.observe(took.as_secs_f64());
-                tracing::info!(member = %name, after_ms = took.as_millis() as u64, "new primary confirmed writable");
+                match since {
+                    Some(since) => {
+                        let took = since.elapsed();
+                        self.metrics
+                            .primary_switch_seconds
+                            .observe(took.as_secs_f64());
+                        tracing::info!(member = %name, after_ms = took.as_millis() as u64, "new primary confirmed writable");
+                    }
+                    None => tracing::info!(member = %name, "primary confirmed writable"),
+                }
                 e.prober.set_interval(self.interval);
                 self.awaiting = None;
             }
@@ -293,7 +324,14 @@ impl Publisher {
             let summary: Vec<String> = new
                 .members
                 .iter()
-                .map(|m| format!("{}={:?}{}", m.member.name, m.role, if m.healthy { "" } else { "(down)" }))
+                .map(|m| {
+                    format!(
+                        "{}={:?}{}",
+                        m.member.name,
+                        m.role,
+                        if m.healthy { "" } else { "(down)" }
+                    )
+                })
                 .collect();
             tracing::info!(
                 old_primary = old.primary.as_ref().map(|p| p.name.as_str()).unwrap_or("none"),
@@ -307,17 +345,24 @@ impl Publisher {
                 "topology changed"
             );
         }
-        self.metrics.members_up.set(new.members.iter().filter(|m| m.healthy).count() as i64);
+        self.metrics
+            .members_up
+            .set(new.members.iter().filter(|m| m.healthy).count() as i64);
         drop(old);
         self.handle.publish(new);
     }
 }
 
 fn pick_primary(members: &[MemberState]) -> Option<Arc<Member>> {
-    let mut primaries = members.iter().filter(|m| m.healthy && m.role == Role::Primary);
+    let mut primaries = members
+        .iter()
+        .filter(|m| m.healthy && m.role == Role::Primary);
     let first = primaries.next()?;
     if primaries.next().is_some() {
-        tracing::warn!("more than one server reports it is a primary; using {}", first.member.name);
+        tracing::warn!(
+            "more than one server reports it is a primary; using {}",
+            first.member.name
+        );
     }
     Some(first.member.clone())
 }

@@ -23,14 +23,23 @@ fn repo() -> PathBuf {
 
 /// Distinct free loopback ports.
 fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<std::net::TcpListener> = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
     ports.try_into().unwrap()
 }
 
 pub fn shared_cluster() -> &'static Cluster {
     static C: OnceLock<Cluster> = OnceLock::new();
-    C.get_or_init(|| std::thread::spawn(Cluster::start).join().expect("the Patroni cluster starts"))
+    C.get_or_init(|| {
+        std::thread::spawn(Cluster::start)
+            .join()
+            .expect("the Patroni cluster starts")
+    })
 }
 
 impl Cluster {
@@ -45,7 +54,9 @@ impl Cluster {
             pg_ports: [p[2], p[3], p[4]],
             api_ports: [p[5], p[6], p[7]],
         };
-        // The reaper first, so even a failed start is cleaned up.
+        // The reaper first, so even a failed start is cleaned up. It outlives
+        // this process by design, so it is never waited for.
+        #[allow(clippy::zombie_processes)]
         c.command("reap-after")
             .arg(std::process::id().to_string())
             .stdin(Stdio::null())
@@ -72,8 +83,14 @@ impl Cluster {
             .env("PGKEEL_SCOPE", &self.scope)
             .env("PGKEEL_ETCD_PORT", self.etcd_port.to_string())
             .env("PGKEEL_ETCD_PEER_PORT", self.etcd_peer_port.to_string())
-            .env("PGKEEL_PG_PORTS", self.pg_ports.map(|p| p.to_string()).join(" "))
-            .env("PGKEEL_API_PORTS", self.api_ports.map(|p| p.to_string()).join(" "))
+            .env(
+                "PGKEEL_PG_PORTS",
+                self.pg_ports.map(|p| p.to_string()).join(" "),
+            )
+            .env(
+                "PGKEEL_API_PORTS",
+                self.api_ports.map(|p| p.to_string()).join(" "),
+            )
             .env("PGKEEL_WITH_PROXY", "0")
             .env("PGKEEL_TTL", "10")
             .env("PGKEEL_LOOP_WAIT", "2")
@@ -96,7 +113,9 @@ impl Cluster {
     }
 
     pub async fn run_async(&'static self, args: &'static [&'static str]) -> String {
-        tokio::task::spawn_blocking(move || self.run(args)).await.unwrap()
+        tokio::task::spawn_blocking(move || self.run(args))
+            .await
+            .unwrap()
     }
 
     pub fn leader(&self) -> String {
@@ -104,7 +123,10 @@ impl Cluster {
     }
 
     pub fn port_of(&self, member: &str) -> u16 {
-        let i = ["pg1", "pg2", "pg3"].iter().position(|n| *n == member).expect("member name");
+        let i = ["pg1", "pg2", "pg3"]
+            .iter()
+            .position(|n| *n == member)
+            .expect("member name");
         self.pg_ports[i]
     }
 
