@@ -180,6 +180,8 @@ healthy() {
     [ "$ok" -eq "${#NAMES[@]}" ]
 }
 
+leader_moved_from() { local l; l=$(leader); [ -n "$l" ] && [ "$l" != "$1" ]; }
+
 leader_port() { local i; i=$(member_index "$(leader)"); echo "${PG_PORTS[$i]}"; }
 
 write_pgkeel_config() {
@@ -273,10 +275,14 @@ switchover() {
     local l target=${1:-}
     l=$(leader)
     [ -n "$l" ] || { echo "no leader" >&2; exit 1; }
-    if [ -z "$target" ]; then
-        for n in "${NAMES[@]}"; do [ "$n" != "$l" ] && { target=$n; break; }; done
-    fi
-    patronictl -c "$DIR/pg1/patroni.yml" switchover --leader "$l" --candidate "$target" --force
+    # Without a candidate Patroni picks a valid one (in synchronous mode,
+    # only the sync standby may take over).
+    patronictl -c "$DIR/pg1/patroni.yml" switchover --leader "$l" ${target:+--candidate "$target"} --force
+    TIMEOUT=30 wait_for leader_moved_from "$l" || {
+        echo "switchover failed: $l is still the leader" >&2
+        exit 1
+    }
+    echo "new leader: $(leader)"
 }
 
 # Stops the cluster once process PID has exited (tests use it so that a

@@ -90,6 +90,8 @@ fn status_json(shared: &Shared) -> String {
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "topology": &**topo,
+        "failovers": shared.topology.failovers(),
+        "held_clients": shared.metrics.held_clients.get(),
         "pools": pools,
         "clients": shared.cancels.len(),
     })

@@ -22,17 +22,30 @@ pub struct ServerKey {
 /// client's session on attach/detach (an atomic pointer swap), read by the
 /// cancel path.
 #[derive(Default)]
-pub struct CancelSlot(ArcSwapOption<ServerKey>);
+pub struct CancelSlot {
+    server: ArcSwapOption<ServerKey>,
+    /// Wakes the session if it is holding its statement (no server yet).
+    held: tokio::sync::Notify,
+}
 
 impl CancelSlot {
     pub fn attach(&self, key: &Arc<ServerKey>) {
-        self.0.store(Some(key.clone()));
+        self.server.store(Some(key.clone()));
     }
     pub fn detach(&self) {
-        self.0.store(None);
+        self.server.store(None);
     }
     pub fn current(&self) -> Option<Arc<ServerKey>> {
-        self.0.load_full()
+        self.server.load_full()
+    }
+    /// Resolves when a cancel arrives for a held statement. Create it before
+    /// waiting: only waiters that exist when the cancel arrives are woken.
+    pub fn cancelled(&self) -> tokio::sync::futures::Notified<'_> {
+        self.held.notified()
+    }
+    /// Cancels a held statement, if one is waiting.
+    pub fn cancel_held(&self) {
+        self.held.notify_waiters();
     }
 }
 
@@ -80,15 +93,18 @@ impl CancelRegistry {
         }
     }
 
-    /// The server key a cancel for (`pid`, `secret`) should go to, if any.
-    pub fn lookup(&self, pid: i32, secret: i32) -> Option<Arc<ServerKey>> {
-        let slot = self
-            .map
+    /// The slot of the client with key (`pid`, `secret`), if any.
+    pub fn slot(&self, pid: i32, secret: i32) -> Option<Arc<CancelSlot>> {
+        self.map
             .lock()
             .expect("cancel registry poisoned")
             .get(&(pid, secret))
-            .cloned()?;
-        slot.current()
+            .cloned()
+    }
+
+    /// The server key a cancel for (`pid`, `secret`) should go to, if any.
+    pub fn lookup(&self, pid: i32, secret: i32) -> Option<Arc<ServerKey>> {
+        self.slot(pid, secret)?.current()
     }
 
     pub fn len(&self) -> usize {

@@ -275,6 +275,59 @@ pub struct UserConfig {
     pub pool_mode: Option<PoolMode>,
 }
 
+/// How clients are carried through a failover.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// How long a transaction that needs the primary waits for one.
+    pub hold_timeout: Dur,
+    /// After a planned switchover is announced, how long new transactions
+    /// wait for the leader to move before going to the old primary again.
+    pub drain_timeout: Dur,
+    /// Re-run a read-only autocommit statement whose server died before any
+    /// of its result reached the client.
+    pub retry_reads: bool,
+    /// Clients held at once; more get an error instead of waiting.
+    pub max_held_clients: u32,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            hold_timeout: d(30),
+            drain_timeout: d(10),
+            retry_reads: true,
+            max_held_clients: 10_000,
+        }
+    }
+}
+
+/// A hook run on leader changes and failovers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Run with `sh -c`, with PGKEEL_EVENT, PGKEEL_KIND, PGKEEL_OLD_LEADER,
+    /// PGKEEL_NEW_LEADER, PGKEEL_HELD_CLIENTS and PGKEEL_OUTAGE_MS set.
+    pub command: Option<String>,
+    /// An http:// URL that gets the event as a JSON POST.
+    pub webhook: Option<String>,
+    /// Which events: leader_change, failover_start, failover_end (default: all).
+    #[serde(default = "all_events")]
+    pub events: Vec<String>,
+    #[serde(default = "notify_timeout")]
+    pub timeout: Dur,
+}
+
+pub const NOTIFY_EVENTS: [&str; 3] = ["leader_change", "failover_start", "failover_end"];
+
+fn all_events() -> Vec<String> {
+    NOTIFY_EVENTS.iter().map(|s| s.to_string()).collect()
+}
+
+fn notify_timeout() -> Dur {
+    d(10)
+}
+
 /// Follow a Patroni cluster through etcd (v3 API) instead of `[[servers]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -342,6 +395,10 @@ struct RawConfig {
     #[serde(default)]
     servers: Vec<ServerConfig>,
     etcd: Option<EtcdConfig>,
+    #[serde(default)]
+    failover: FailoverConfig,
+    #[serde(default)]
+    notify: Vec<NotifyConfig>,
 }
 
 /// A validated configuration.
@@ -355,6 +412,8 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     /// When set, the topology comes from Patroni's keys in etcd.
     pub etcd: Option<EtcdConfig>,
+    pub failover: FailoverConfig,
+    pub notify: Vec<NotifyConfig>,
     pub listen_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
 }
@@ -449,7 +508,7 @@ fn locate(src: &str, table: &str, index: usize, key: Option<&str>) -> Option<usi
 
 fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError> {
     let err = |table: &str, index: usize, key: &str, message: String| {
-        let path = if table == "users" || table == "servers" {
+        let path = if table == "users" || table == "servers" || table == "notify" {
             format!("{table}[{index}].{key}")
         } else {
             format!("{table}.{key}")
@@ -595,6 +654,46 @@ fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError> {
             ));
         }
     }
+    if raw.failover.hold_timeout.0.is_zero() {
+        return Err(err(
+            "failover",
+            0,
+            "hold_timeout",
+            "must be greater than zero".into(),
+        ));
+    }
+    for (i, n) in raw.notify.iter().enumerate() {
+        if n.command.is_none() && n.webhook.is_none() {
+            return Err(err(
+                "notify",
+                i,
+                "command",
+                "a [[notify]] entry needs a command or a webhook".into(),
+            ));
+        }
+        if let Some(w) = &n.webhook {
+            if crate::notify::parse_http_url(w).is_none() {
+                return Err(err(
+                    "notify",
+                    i,
+                    "webhook",
+                    format!("{w:?} is not an http:// URL"),
+                ));
+            }
+        }
+        if let Some(e) = n
+            .events
+            .iter()
+            .find(|e| !NOTIFY_EVENTS.contains(&e.as_str()))
+        {
+            return Err(err(
+                "notify",
+                i,
+                "events",
+                format!("unknown event {e:?} (use {})", NOTIFY_EVENTS.join(", ")),
+            ));
+        }
+    }
     let mut users = Vec::with_capacity(raw.users.len());
     for (i, u) in raw.users.iter().enumerate() {
         if u.name.is_empty() {
@@ -647,6 +746,8 @@ fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError> {
         users,
         servers: raw.servers,
         etcd: raw.etcd,
+        failover: raw.failover,
+        notify: raw.notify,
         listen_addr,
         admin_addr,
     })

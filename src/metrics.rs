@@ -1,7 +1,9 @@
 //! Prometheus metrics. Each proxy instance owns its registry (no global
 //! state), so two instances can run side by side in one process.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Counter, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -21,7 +23,23 @@ pub struct Metrics {
     pub members_up: IntGauge,
     pub etcd_connected: IntGauge,
     pub etcd_watch_restarts_total: IntCounter,
+    pub failovers_total: IntCounterVec,
+    pub held_clients: IntGauge,
+    pub hold_seconds: Histogram,
+    pub primary_unavailable_seconds_total: Counter,
+    pub retried_statements_total: IntCounter,
+    pub failover_errors_total: IntCounterVec,
 }
+
+/// Reasons for `pgkeel_failover_errors_total`: errors a failover made pgkeel return.
+pub const FAILOVER_ERROR_REASONS: [&str; 6] = [
+    "in_flight",
+    "transaction_lost",
+    "session_state_lost",
+    "hold_timeout",
+    "held_limit",
+    "mid_message",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -120,6 +138,44 @@ impl Metrics {
                 "Times the etcd watch was re-established",
             )
             .unwrap(),
+            failovers_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_failovers_total",
+                    "Failovers (primary unavailable, then available again), by kind",
+                ),
+                &["kind"],
+            )
+            .unwrap(),
+            held_clients: IntGauge::new("pgkeel_held_clients", "Clients waiting for a primary")
+                .unwrap(),
+            hold_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pgkeel_hold_seconds",
+                    "How long clients were held waiting for a primary",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+                ]),
+            )
+            .unwrap(),
+            primary_unavailable_seconds_total: Counter::new(
+                "pgkeel_primary_unavailable_seconds_total",
+                "Seconds without a usable primary",
+            )
+            .unwrap(),
+            retried_statements_total: IntCounter::new(
+                "pgkeel_retried_statements_total",
+                "Read-only statements re-run after their server failed",
+            )
+            .unwrap(),
+            failover_errors_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_failover_errors_total",
+                    "Errors a failover made pgkeel return, by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -146,7 +202,29 @@ impl Metrics {
             .unwrap();
         r.register(Box::new(m.members_up.clone())).unwrap();
         r.register(Box::new(m.etcd_connected.clone())).unwrap();
+        r.register(Box::new(m.failovers_total.clone())).unwrap();
+        r.register(Box::new(m.held_clients.clone())).unwrap();
+        r.register(Box::new(m.hold_seconds.clone())).unwrap();
+        r.register(Box::new(m.primary_unavailable_seconds_total.clone()))
+            .unwrap();
+        r.register(Box::new(m.retried_statements_total.clone()))
+            .unwrap();
+        r.register(Box::new(m.failover_errors_total.clone()))
+            .unwrap();
+        for reason in FAILOVER_ERROR_REASONS {
+            m.failover_errors_total.with_label_values(&[reason]);
+        }
+        for kind in ["planned", "unplanned"] {
+            m.failovers_total.with_label_values(&[kind]);
+        }
         m
+    }
+
+    pub fn failover_errors(&self) -> u64 {
+        FAILOVER_ERROR_REASONS
+            .iter()
+            .map(|r| self.failover_errors_total.with_label_values(&[r]).get())
+            .sum()
     }
 
     pub fn render(&self) -> String {

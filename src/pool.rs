@@ -295,6 +295,8 @@ impl Pool {
 #[derive(Default)]
 pub struct Pools {
     map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// Welcome parameters of pools since removed, by (database, user).
+    welcomes: Mutex<HashMap<(String, String), Vec<(String, String)>>>,
 }
 
 impl Pools {
@@ -316,11 +318,40 @@ impl Pools {
     /// database that does not exist, a server that left), so probing many
     /// names cannot grow memory. A later login simply makes the pool again.
     pub fn remove_unused(&self) {
+        let mut removed = Vec::new();
         self.map.lock().expect("pools poisoned").retain(|_, p| {
-            Arc::strong_count(p) > 1
+            let keep = Arc::strong_count(p) > 1
                 || p.stats.total_connections.load(Ordering::Relaxed) > 0
-                || p.stats.waiting.load(Ordering::Relaxed) > 0
+                || p.stats.waiting.load(Ordering::Relaxed) > 0;
+            if !keep {
+                removed.push(p.clone());
+            }
+            keep
         });
+        let mut welcomes = self.welcomes.lock().expect("pools poisoned");
+        for p in removed {
+            if let Some(w) = p.welcome() {
+                welcomes.insert((p.key.database.clone(), p.key.user.clone()), w);
+            }
+        }
+    }
+
+    /// Server parameters already learnt for `database` and `user`, on any member.
+    pub fn welcome_for(&self, database: &str, user: &str) -> Option<Vec<(String, String)>> {
+        let live = self
+            .map
+            .lock()
+            .expect("pools poisoned")
+            .values()
+            .filter(|p| p.key.database == database && p.key.user == user)
+            .find_map(|p| p.welcome());
+        live.or_else(|| {
+            self.welcomes
+                .lock()
+                .expect("pools poisoned")
+                .get(&(database.to_owned(), user.to_owned()))
+                .cloned()
+        })
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {

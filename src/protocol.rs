@@ -125,6 +125,14 @@ pub fn put_cancel_request(buf: &mut BytesMut, pid: i32, secret: i32) {
     buf.put_i32(secret);
 }
 
+/// Appends a CommandComplete with `tag` (e.g. "ROLLBACK").
+pub fn put_command_complete(buf: &mut BytesMut, tag: &str) {
+    buf.put_u8(b'C');
+    buf.put_i32((4 + tag.len() + 1) as i32);
+    buf.put_slice(tag.as_bytes());
+    buf.put_u8(0);
+}
+
 /// Appends a simple Query message.
 pub fn put_query(buf: &mut BytesMut, sql: &str) {
     buf.put_u8(b'Q');

@@ -123,10 +123,12 @@ impl Proxy {
         if let Some(e) = &config.etcd {
             first_round += e.dial_timeout.0;
         }
+        let notify = crate::notify::spawn(config.notify.clone());
         topology::spawn(
             &config,
             topology.clone(),
             metrics.clone(),
+            notify,
             shutdown_rx.clone(),
             first_round,
         )

@@ -5,6 +5,7 @@
 //! replica choice); sessions only ever ask `route`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::topology::{Member, Topology};
 
@@ -19,9 +20,10 @@ pub fn route() -> Target {
     Target::Primary
 }
 
-/// The member serving `target` in this topology, if one is available.
-pub fn pick(topology: &Topology, target: Target) -> Option<Arc<Member>> {
+/// The member serving `target` in this topology, if one may take new
+/// transactions now (a planned switchover drains the primary for up to `drain`).
+pub fn pick(topology: &Topology, target: Target, drain: Duration) -> Option<Arc<Member>> {
     match target {
-        Target::Primary => topology.primary.clone(),
+        Target::Primary => topology.usable_primary(drain).cloned(),
     }
 }

@@ -476,7 +476,7 @@ async fn no_primary_is_57p03_and_not_ready() {
         .local_addr()
         .unwrap()
         .port();
-    let p = start(&config(dead, "query_wait_timeout = \"300ms\"", "")).await;
+    let p = start(&config(dead, "", "[failover]\nhold_timeout = \"300ms\"")).await;
     let admin = p.admin_addr().unwrap();
     assert_eq!(http_get(admin, "/ready").await.0, 503);
     assert_eq!(http_get(admin, "/health").await.0, 200);

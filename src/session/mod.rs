@@ -10,7 +10,7 @@ pub mod startup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,8 +91,29 @@ struct Session {
     /// After an error pgkeel itself returned mid extended-protocol batch,
     /// the client's messages are dropped up to its Sync, as PostgreSQL does.
     skip_until_sync: bool,
+    /// The server died while the client sat idle in a transaction (or, in
+    /// session mode, between statements); its next statement learns of it.
+    lost: Option<Lost>,
+    /// Re-runs of the current request after server failures.
+    retries: u8,
+    /// Preamble messages the client already got for the request being re-run.
+    drop_preamble: u32,
     shutdown: watch::Receiver<bool>,
 }
+
+#[derive(Debug, Clone, Copy)]
+enum Lost {
+    Transaction,
+    SessionState,
+}
+
+/// A request is re-run on a new server at most this often.
+const MAX_RETRIES: u8 = 3;
+
+/// While held, the topology is re-checked at least this often.
+const HOLD_RECHECK: Duration = Duration::from_millis(250);
+
+const SESSION_STATE_LOST: &str = "session state on the server (SET parameters, temporary tables, prepared statements, advisory locks) was lost";
 
 /// Why `acquire` failed: the error to send.
 struct Unavailable {
@@ -110,6 +131,21 @@ impl Unavailable {
             ],
         }
     }
+}
+
+/// Server errors at connect that mean "not now" (down, starting, stopping,
+/// in recovery) rather than "never" (no such database, bad password).
+fn transient(fields: &[(u8, String)]) -> bool {
+    let code = protocol::error_field(fields, b'C').unwrap_or("");
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
+}
+
+/// The first statement of a simple Query, if it is ROLLBACK or ABORT.
+fn is_rollback(frame: &[u8]) -> bool {
+    let body = frame.get(protocol::HEADER_LEN..).unwrap_or_default();
+    let text = String::from_utf8_lossy(body);
+    let t = text.trim_matches(|c: char| c.is_whitespace() || c == ';' || c == '\0');
+    t.eq_ignore_ascii_case("rollback") || t.eq_ignore_ascii_case("abort")
 }
 
 impl Session {
@@ -131,13 +167,31 @@ impl Session {
             server: None,
             pool: None,
             skip_until_sync: false,
+            lost: None,
+            retries: 0,
+            drop_preamble: 0,
             shutdown,
         }
+    }
+
+    fn first_frame_len(&self) -> usize {
+        protocol::header(&self.bufs.from_client)
+            .and_then(Result::ok)
+            .map_or(0, |h| h.1)
+    }
+
+    fn failover_error(&self, reason: &str) {
+        self.shared
+            .metrics
+            .failover_errors_total
+            .with_label_values(&[reason])
+            .inc();
     }
 
     async fn run(&mut self) -> &'static str {
         let cfg = self.shared.config.load_full();
         let mode = self.user.pool_mode;
+        let retry_reads = cfg.failover.retry_reads && mode == PoolMode::Transaction;
         let opts = relay::Options {
             release_on_idle: mode == PoolMode::Transaction,
             max_message_size: cfg.proxy.max_message_size.0 as usize,
@@ -162,10 +216,7 @@ impl Session {
                 };
                 if self.skip_until_sync || matches!(typ, b'X' | b'S' | b'H') {
                     // Answered without a server: nothing to run.
-                    let len = protocol::header(&self.bufs.from_client)
-                        .and_then(Result::ok)
-                        .map_or(0, |h| h.1);
-                    let _ = self.bufs.from_client.split_to(len);
+                    let _ = self.bufs.from_client.split_to(self.first_frame_len());
                     match typ {
                         b'X' => return "client terminated",
                         b'S' => {
@@ -178,40 +229,25 @@ impl Session {
                     }
                     continue;
                 }
+                if let Some(lost) = self.lost.take() {
+                    if !self.report_lost(lost, typ).await {
+                        return "client gone";
+                    }
+                    continue;
+                }
                 match self.acquire().await {
                     Ok(conn) => {
                         self.login.cancel.slot.attach(conn.server_key());
                         self.server = Some(conn);
-                        self.st = TxState::default();
+                        self.st = TxState {
+                            replayable: retry_reads,
+                            drop_preamble: std::mem::take(&mut self.drop_preamble),
+                            ..TxState::default()
+                        };
+                        self.bufs.replay.clear();
                     }
                     Err(u) => {
-                        let code = protocol::error_field(&u.fields, b'C')
-                            .unwrap_or("XX000")
-                            .to_owned();
-                        self.shared
-                            .metrics
-                            .errors_total
-                            .with_label_values(&[&code])
-                            .inc();
-                        tracing::warn!(peer = %self.peer, sqlstate = %code, reason = protocol::error_field(&u.fields, b'M').unwrap_or(""), "no server connection for client");
-                        let simple = matches!(typ, b'Q' | b'F');
-                        if simple {
-                            let len = protocol::header(&self.bufs.from_client)
-                                .and_then(Result::ok)
-                                .map_or(0, |h| h.1);
-                            let _ = self.bufs.from_client.split_to(len);
-                        } else {
-                            self.skip_until_sync = true;
-                        }
-                        let ok = self
-                            .reply(|out| {
-                                protocol::put_error_fields(out, u.fields);
-                                if simple {
-                                    protocol::put_ready(out, b'I');
-                                }
-                            })
-                            .await;
-                        if !ok {
+                        if !self.refuse(typ, u).await {
                             return "client gone";
                         }
                         continue;
@@ -237,6 +273,7 @@ impl Session {
                 Outcome::Released => {
                     self.login.cancel.slot.detach();
                     self.server.take().expect("attached").release();
+                    self.retries = 0;
                     self.shared.metrics.transactions_total.inc();
                     if *self.shutdown.borrow() {
                         self.send_fatal(
@@ -272,6 +309,61 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Answers the client's statement with the error `u` (no server could
+    /// be had), keeping the session in step. False when the client is gone.
+    async fn refuse(&mut self, typ: u8, u: Unavailable) -> bool {
+        let code = protocol::error_field(&u.fields, b'C')
+            .unwrap_or("XX000")
+            .to_owned();
+        self.shared
+            .metrics
+            .errors_total
+            .with_label_values(&[&code])
+            .inc();
+        tracing::warn!(peer = %self.peer, sqlstate = %code, reason = protocol::error_field(&u.fields, b'M').unwrap_or(""), "no server connection for client");
+        let simple = matches!(typ, b'Q' | b'F');
+        if simple {
+            let _ = self.bufs.from_client.split_to(self.first_frame_len());
+        } else {
+            self.skip_until_sync = true;
+        }
+        self.reply(|out| {
+            protocol::put_error_fields(out, u.fields);
+            if simple {
+                protocol::put_ready(out, b'I');
+            }
+        })
+        .await
+    }
+
+    /// Tells the client, at its next statement, that its transaction (or
+    /// session state) died with its server. A ROLLBACK is simply granted.
+    async fn report_lost(&mut self, lost: Lost, typ: u8) -> bool {
+        if typ == b'Q' && is_rollback(&self.bufs.from_client[..self.first_frame_len()]) {
+            let _ = self.bufs.from_client.split_to(self.first_frame_len());
+            return self
+                .reply(|out| {
+                    protocol::put_command_complete(out, "ROLLBACK");
+                    protocol::put_ready(out, b'I');
+                })
+                .await;
+        }
+        let (reason, code, msg) = match lost {
+            Lost::Transaction => (
+                "transaction_lost",
+                "40001",
+                "the transaction was rolled back: its server failed over while it was open; retry the transaction".to_owned(),
+            ),
+            Lost::SessionState => (
+                "session_state_lost",
+                sqlstate::CONNECTION_FAILURE,
+                format!("the server connection was lost (failover): {SESSION_STATE_LOST}; this statement did not run"),
+            ),
+        };
+        self.failover_error(reason);
+        self.refuse(typ, Unavailable::new(code, msg)).await
     }
 
     /// Waits until `from_client` holds a whole message; returns its type, or
@@ -313,90 +405,186 @@ impl Session {
         }
     }
 
-    /// A server connection for the next transaction.
+    /// A server connection for the next transaction. When no primary is
+    /// usable (none known, a switchover draining, the primary refusing
+    /// connections), the client is held until one is, up to `hold_timeout`.
     async fn acquire(&mut self) -> Result<PooledConn, Unavailable> {
-        let wait = self.shared.config.load().proxy.query_wait_timeout.0;
-        let target = router::route();
-        let member = {
-            let topo = self.shared.topology.load();
-            router::pick(&topo, target)
+        let (wait, drain, hold, max_held) = {
+            let c = self.shared.config.load();
+            (
+                c.proxy.query_wait_timeout.0,
+                c.failover.drain_timeout.0,
+                c.failover.hold_timeout.0,
+                c.failover.max_held_clients as i64,
+            )
         };
-        let member = match member {
-            Some(m) => m,
-            None => self
-                .shared
-                .topology
-                .wait_for_primary(wait)
-                .await
-                .ok_or_else(|| {
-                    Unavailable::new(
-                        sqlstate::CANNOT_CONNECT_NOW,
-                        format!(
-                            "cannot connect now: no primary server available for {}s",
-                            wait.as_secs()
-                        ),
-                    )
-                })?,
+        let mut held: Option<(Instant, watch::Receiver<u64>)> = None;
+        let result = loop {
+            let member = {
+                let topo = self.shared.topology.load();
+                router::pick(&topo, router::route(), drain)
+            };
+            let why = match member {
+                Some(member) => {
+                    let pool = self.pool_for(member);
+                    match pool.checkout(wait).await {
+                        Ok(conn) => break Ok(conn),
+                        Err(e @ PoolError::Timeout(_)) => {
+                            break Err(Unavailable::new(
+                                sqlstate::TOO_MANY_CONNECTIONS,
+                                format!("{e}; query_wait_timeout is {}s", wait.as_secs()),
+                            ))
+                        }
+                        Err(PoolError::Connect(BackendError::Server(fields)))
+                            if !transient(&fields) =>
+                        {
+                            let mut fields = fields;
+                            for f in fields.iter_mut() {
+                                if f.0 == b'S' || f.0 == b'V' {
+                                    f.1 = "ERROR".into();
+                                }
+                            }
+                            break Err(Unavailable { fields });
+                        }
+                        Err(e) => format!("the primary does not accept connections: {e}"),
+                    }
+                }
+                None => "no primary is available".to_owned(),
+            };
+            // Hold: wait for the topology to change, a re-check, or a cancel.
+            let (since, changed) = match &mut held {
+                Some(h) => h,
+                None => {
+                    let metrics = &self.shared.metrics;
+                    metrics.held_clients.inc();
+                    if metrics.held_clients.get() > max_held {
+                        self.failover_error("held_limit");
+                        break Err(Unavailable::new(sqlstate::TOO_MANY_CONNECTIONS, format!("too many clients are waiting for a primary (max_held_clients = {max_held})")));
+                    }
+                    tracing::debug!(peer = %self.peer, why, "holding client until a primary is available");
+                    // Subscribe, then look again at once: no change slips between.
+                    held = Some((Instant::now(), self.shared.topology.subscribe()));
+                    continue;
+                }
+            };
+            let left = hold.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                self.failover_error("hold_timeout");
+                break Err(Unavailable::new(
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    format!(
+                        "cannot connect now: no primary available for {}s ({why})",
+                        hold.as_secs()
+                    ),
+                ));
+            }
+            let slot = self.login.cancel.slot.clone();
+            let cancelled = slot.cancelled();
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep(left.min(HOLD_RECHECK)) => {}
+                _ = cancelled => break Err(Unavailable::new("57014", "canceling statement due to user request".into())),
+                _ = self.shutdown.changed() => {
+                    break Err(Unavailable::new(sqlstate::ADMIN_SHUTDOWN, "pgkeel is shutting down".into()))
+                }
+            }
         };
-        let pool = match &self.pool {
+        if let Some((since, _)) = held {
+            let metrics = &self.shared.metrics;
+            metrics.held_clients.dec();
+            metrics.hold_seconds.observe(since.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    fn pool_for(&mut self, member: Arc<Member>) -> Arc<Pool> {
+        match &self.pool {
             Some((m, p)) if Arc::ptr_eq(m, &member) => p.clone(),
             _ => {
                 let p = self.shared.pool_for(&member, &self.database, &self.user);
                 self.pool = Some((member, p.clone()));
                 p
             }
-        };
-        pool.checkout(wait).await.map_err(|e| match e {
-            PoolError::Timeout(_) => Unavailable::new(
-                sqlstate::TOO_MANY_CONNECTIONS,
-                format!("{e}; query_wait_timeout is {}s", wait.as_secs()),
-            ),
-            PoolError::Connect(BackendError::Server(mut fields)) => {
-                for f in fields.iter_mut() {
-                    if f.0 == b'S' || f.0 == b'V' {
-                        f.1 = "ERROR".into();
-                    }
-                }
-                Unavailable { fields }
-            }
-            PoolError::Connect(e) => Unavailable::new(sqlstate::CONNECTION_FAILURE, e.to_string()),
-        })
+        }
     }
 
-    /// The attached server failed. Tells the client, if its protocol stream
-    /// allows, and keeps the session. Returns false when the client had
-    /// already seen part of a message, so its connection cannot continue.
+    /// The attached server failed. A read-only request nothing was answered
+    /// for goes again to another server; otherwise the client is told (now
+    /// if it waits for an answer, else at its next statement) and the
+    /// session goes on. False when the client had already seen part of a
+    /// message, so its connection cannot continue.
     async fn server_lost(&mut self, why: &str) -> bool {
         let server = self.server.take().expect("attached");
         self.login.cancel.slot.detach();
         tracing::warn!(peer = %self.peer, server = %server.pool().key.host, port = server.pool().key.port, error = why, "server connection lost");
         drop(server);
         if self.st.server_skip > 0 {
-            // Mid-message: no way to put the client's stream back in step.
+            // Mid-message (a row over WHOLE_MESSAGE_LIMIT): the client's
+            // stream cannot be put back in step.
+            self.failover_error("mid_message");
             return false;
         }
+        let st = std::mem::take(&mut self.st);
         self.bufs.to_server.clear();
         self.bufs.from_server.clear();
-        let st = std::mem::take(&mut self.st);
-        if st.pending == 0 && !st.unsynced && st.status == b'I' {
+        if st.replayable
+            && !st.responded
+            && !self.bufs.replay.is_empty()
+            && self.retries < MAX_RETRIES
+        {
+            // Nothing reached the client and the request only reads: put it
+            // back in front of whatever the client sent since, and run it
+            // again wherever acquire() finds a primary.
+            self.retries += 1;
+            self.drop_preamble = st.preamble + st.drop_preamble;
+            self.shared.metrics.retried_statements_total.inc();
+            tracing::info!(peer = %self.peer, "re-running a read-only statement on another server");
+            let mut again = std::mem::take(&mut self.bufs.replay);
+            again.extend_from_slice(&self.bufs.from_client);
+            self.bufs.from_client = again;
             return true;
         }
+        self.bufs.replay.clear();
+        let session_mode = self.user.pool_mode == PoolMode::Session;
+        if st.pending == 0 && !st.unsynced && !st.in_copy {
+            // Nobody waits for an answer: tell the client at its next statement.
+            if st.status != b'I' {
+                self.lost = Some(Lost::Transaction);
+            } else if session_mode {
+                self.lost = Some(Lost::SessionState);
+            }
+            return true;
+        }
+        self.failover_error("in_flight");
         self.shared
             .metrics
             .errors_total
             .with_label_values(&[sqlstate::CONNECTION_FAILURE])
             .inc();
-        let msg = if st.status == b'I' {
-            "server connection lost while running the statement; its outcome is unknown"
+        let (code, mut msg) = if st.status != b'I' && !st.commit_in_flight {
+            (
+                "40001",
+                "the transaction was rolled back: its server failed over; retry the transaction"
+                    .to_owned(),
+            )
+        } else if st.commit_in_flight {
+            (sqlstate::CONNECTION_FAILURE, "the server failed over while committing: the outcome of the transaction is unknown".to_owned())
         } else {
-            "server connection lost; the transaction was rolled back (a COMMIT in flight may have completed)"
+            (
+                sqlstate::CONNECTION_FAILURE,
+                "the server failed over while running this statement: its outcome is unknown"
+                    .to_owned(),
+            )
         };
+        if session_mode {
+            msg = format!("{msg}; {SESSION_STATE_LOST}");
+        }
         let owed = st.pending;
-        if st.unsynced {
+        if st.unsynced || st.in_copy {
             self.skip_until_sync = true;
         }
         self.reply(|out| {
-            protocol::put_error(out, Severity::Error, sqlstate::CONNECTION_FAILURE, msg);
+            protocol::put_error(out, Severity::Error, code, &msg);
             for _ in 0..owed {
                 protocol::put_ready(out, b'I');
             }

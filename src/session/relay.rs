@@ -35,6 +35,9 @@ pub struct Buffers {
     pub from_server: BytesMut,
     /// Scanned server bytes waiting to be written to the client.
     pub to_client: BytesMut,
+    /// A copy of the transaction's request while it may still be re-run on
+    /// another server (read-only, nothing answered yet).
+    pub replay: BytesMut,
 }
 
 /// Protocol state of the attached server connection, as seen in the stream.
@@ -51,9 +54,25 @@ pub struct TxState {
     pub server_skip: usize,
     /// Queries (Q/S/F) forwarded, for metrics; drained by the session.
     pub queries: u64,
+    /// Some of the server's answer went to the client since attach: the
+    /// request can no longer be retried elsewhere.
+    pub responded: bool,
+    /// Preamble messages (ParseComplete, BindComplete, ParameterDescription,
+    /// RowDescription, NoData) forwarded before any real answer. They are
+    /// the same on any server, so a re-run request drops the new server's.
+    pub preamble: u32,
+    /// Preamble messages still to drop from a re-run request's answer.
+    pub drop_preamble: u32,
     /// The client is sending COPY data (between its first CopyData and its
     /// CopyDone/CopyFail).
     pub in_copy: bool,
+    /// The request so far is read-only and kept in `Buffers::replay`.
+    pub replayable: bool,
+    /// A Parse is in the replay copy (so a Bind in it can be re-run).
+    pub replay_has_parse: bool,
+    /// The request in flight ends a transaction (COMMIT/END): if the server
+    /// dies now, the transaction's outcome is unknown.
+    pub commit_in_flight: bool,
     /// Syncs sent since the last Execute. If that Execute started a COPY
     /// FROM STDIN, the server ignores them (it ignores Sync in copy-in mode),
     /// so they earn no ReadyForQuery.
@@ -68,6 +87,12 @@ impl Default for TxState {
             unsynced: false,
             server_skip: 0,
             queries: 0,
+            responded: false,
+            preamble: 0,
+            drop_preamble: 0,
+            replayable: false,
+            replay_has_parse: false,
+            commit_in_flight: false,
             in_copy: false,
             syncs_since_execute: 0,
         }
@@ -114,6 +139,53 @@ pub enum ClientScan {
     Terminate,
 }
 
+/// Messages a server sends before the actual answer, identical on any server
+/// for the same request.
+fn is_preamble(typ: u8) -> bool {
+    matches!(typ, b'1' | b'2' | b't' | b'T' | b'n')
+}
+
+/// The SQL text of a Query ('Q') or Parse ('P') frame ("" if malformed).
+fn query_text(typ: u8, frame: &[u8]) -> &str {
+    let body = &frame[HEADER_LEN..];
+    let body = if typ == b'P' {
+        // Parse: statement name, then the query.
+        match body.iter().position(|&c| c == 0) {
+            Some(i) => &body[i + 1..],
+            None => return "",
+        }
+    } else {
+        body
+    };
+    let end = body.iter().position(|&c| c == 0).unwrap_or(body.len());
+    std::str::from_utf8(&body[..end]).unwrap_or("")
+}
+
+/// COMMIT or END: the statement that makes a transaction's outcome matter.
+fn ends_transaction(sql: &str) -> bool {
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    first.eq_ignore_ascii_case("commit") || first.eq_ignore_ascii_case("end")
+}
+
+/// May this frame be part of a request re-run on another server?
+fn replayable_frame(typ: u8, frame: &[u8], st: &mut TxState) -> bool {
+    match typ {
+        b'Q' => crate::classify::is_read_only(query_text(typ, frame)),
+        b'P' => {
+            st.replay_has_parse = true;
+            crate::classify::is_read_only(query_text(typ, frame))
+        }
+        // A Bind can be re-run only with the Parse it binds.
+        b'B' => st.replay_has_parse,
+        b'D' | b'E' | b'S' | b'H' => true,
+        _ => false,
+    }
+}
+
 /// Moves whole client messages from `from_client` to `to_server`, counting
 /// what the server will owe. Frames are validated here: an unknown type or a
 /// length over `max` is a protocol violation.
@@ -133,6 +205,19 @@ pub fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<Clie
         }
         if buf.len() - pos < len {
             break;
+        }
+        let frame = &buf[pos..pos + len];
+        if matches!(typ, b'Q' | b'P') {
+            let text = query_text(typ, frame);
+            st.commit_in_flight |= ends_transaction(text);
+        }
+        if st.replayable {
+            if !st.responded && replayable_frame(typ, frame, st) {
+                b.replay.extend_from_slice(frame);
+            } else {
+                st.replayable = false;
+                b.replay.clear();
+            }
         }
         match typ {
             b'X' => {
@@ -199,12 +284,38 @@ pub fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<Clie
     Ok(ClientScan::Ok)
 }
 
-/// Moves server bytes from `from_server` to `to_client`. Streaming: a large
-/// message passes through in pieces; only headers (and ReadyForQuery's
-/// status byte) are read.
-pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<(), String> {
+/// Server messages up to this size reach the client only whole, so a server
+/// that dies mid-result leaves the client's protocol stream in step (pgkeel
+/// can still answer with an ErrorResponse). Larger messages (huge rows)
+/// stream through in pieces to keep memory bounded.
+pub const WHOLE_MESSAGE_LIMIT: usize = 1 << 20;
+
+/// Moves server bytes from `from_server` to `to_client`: whole messages,
+/// except ones over `WHOLE_MESSAGE_LIMIT`, which pass in pieces. Only
+/// headers (and ReadyForQuery's status byte, and ErrorResponse severities)
+/// are read. A FATAL or PANIC from the server ends that server connection,
+/// not the client's session: it is not forwarded, and its message is
+/// returned (`Ok(Some(..))`) so the session can say what happened.
+pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<Option<String>, String> {
+    // A re-run request: the client already has this much of the answer.
+    while st.drop_preamble > 0 && st.server_skip == 0 {
+        match protocol::header(&b.from_server) {
+            Some(Ok((typ, len))) if is_preamble(typ) => {
+                if b.from_server.len() < len {
+                    return Ok(None);
+                }
+                b.from_server.advance(len);
+                st.drop_preamble -= 1;
+                // Still counts as preamble the client has, for a further re-run.
+                st.preamble += 1;
+            }
+            Some(_) => st.drop_preamble = 0,
+            None => return Ok(None),
+        }
+    }
     let buf = &b.from_server;
     let mut pos = 0;
+    let mut fatal = None;
     loop {
         if st.server_skip > 0 {
             let n = st.server_skip.min(buf.len() - pos);
@@ -227,21 +338,68 @@ pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<(), String> {
             }
             st.status = buf[pos + 5];
             st.pending = st.pending.saturating_sub(1);
+            if st.pending == 0 {
+                st.commit_in_flight = false;
+            }
+            st.responded = true;
             pos += 6;
             continue;
         }
+        if len <= WHOLE_MESSAGE_LIMIT {
+            if buf.len() - pos < len {
+                break;
+            }
+            if typ == b'E' {
+                let fields = protocol::parse_error_fields(&buf[pos + HEADER_LEN..pos + len]);
+                if matches!(
+                    protocol::error_field(&fields, b'V').or(protocol::error_field(&fields, b'S')),
+                    Some("FATAL" | "PANIC")
+                ) {
+                    let msg = protocol::error_field(&fields, b'M')
+                        .unwrap_or("server error")
+                        .to_owned();
+                    fatal = Some(msg);
+                    break;
+                }
+            }
+            if is_preamble(typ) && !st.responded {
+                st.preamble += 1;
+            } else {
+                st.responded = true;
+            }
+            pos += len;
+            continue;
+        }
+        st.responded = true;
         pos += HEADER_LEN;
         st.server_skip = len - HEADER_LEN;
     }
-    if pos > 0 {
-        if b.to_client.is_empty() && pos == b.from_server.len() {
-            std::mem::swap(&mut b.from_server, &mut b.to_client);
-        } else {
-            b.to_client.extend_from_slice(&b.from_server[..pos]);
-            b.from_server.advance(pos);
-        }
+    if fatal.is_some() {
+        // Whatever follows the FATAL is the connection's end: drop it.
+        b.from_server.truncate(pos);
     }
-    Ok(())
+    if pos == 0 {
+        // Make room for the rest of a partial message in one go.
+        if let Some(Ok((_, len))) = protocol::header(&b.from_server) {
+            if len <= WHOLE_MESSAGE_LIMIT && len > b.from_server.capacity() {
+                b.from_server.reserve(len - b.from_server.len());
+            }
+        }
+        return Ok(fatal);
+    }
+    if b.to_client.is_empty() {
+        // Hand the whole buffer over and copy back only the partial tail:
+        // in steady state nothing is allocated and little is copied.
+        std::mem::swap(&mut b.from_server, &mut b.to_client);
+        if pos < b.to_client.len() {
+            b.from_server.extend_from_slice(&b.to_client[pos..]);
+            b.to_client.truncate(pos);
+        }
+    } else {
+        b.to_client.extend_from_slice(&b.from_server[..pos]);
+        b.from_server.advance(pos);
+    }
+    Ok(fatal)
 }
 
 fn ensure_room(buf: &mut BytesMut) {
@@ -269,7 +427,12 @@ pub async fn pump(
         release_on_idle = true;
     }
     let mut terminated = false;
+    // The server is gone; report it once what it sent before is delivered.
+    let mut lost: Option<std::io::Error> = None;
     loop {
+        if lost.is_some() && b.to_client.is_empty() {
+            return Outcome::ServerLost(lost.take().expect("checked"));
+        }
         if !terminated {
             match scan_client(b, st, opts.max_message_size) {
                 Ok(ClientScan::Ok) => {}
@@ -281,7 +444,7 @@ pub async fn pump(
         if terminated && b.to_server.is_empty() {
             return Outcome::ClientTerminated;
         }
-        if release_on_idle && flushed && st.is_idle() {
+        if release_on_idle && flushed && st.is_idle() && lost.is_none() {
             return Outcome::Released;
         }
         ensure_room(&mut b.from_server);
@@ -291,14 +454,14 @@ pub async fn pump(
                 Ok(0) | Err(_) => return Outcome::ClientGone,
                 Ok(_) => {}
             },
-            r = sr.read_buf(&mut b.from_server), if b.to_client.is_empty() => match r {
+            r = sr.read_buf(&mut b.from_server), if b.to_client.is_empty() && lost.is_none() => match r {
                 Ok(0) => return Outcome::ServerLost(std::io::ErrorKind::UnexpectedEof.into()),
                 Err(e) => return Outcome::ServerLost(e),
-                Ok(_) => {
-                    if let Err(e) = scan_server(b, st) {
-                        return Outcome::ServerProtocol(e);
-                    }
-                }
+                Ok(_) => match scan_server(b, st) {
+                    Ok(None) => {}
+                    Ok(Some(fatal)) => lost = Some(std::io::Error::other(format!("the server ended the connection: {fatal}"))),
+                    Err(e) => return Outcome::ServerProtocol(e),
+                },
             },
             r = cw.write_buf(&mut b.to_client), if !b.to_client.is_empty() => {
                 if r.is_err() {
@@ -328,6 +491,109 @@ mod tests {
         v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
         v.extend_from_slice(body);
         v
+    }
+
+    #[test]
+    fn server_scan_forwards_only_whole_messages() {
+        let mut b = Buffers::default();
+        let mut st = TxState {
+            pending: 1,
+            ..TxState::default()
+        };
+        let row = msg(b'D', &[1u8; 100]);
+        let done = msg(b'C', b"SELECT 2\0");
+        b.from_server.extend_from_slice(&row);
+        b.from_server.extend_from_slice(&done[..4]);
+        scan_server(&mut b, &mut st).unwrap();
+        assert_eq!(
+            &b.to_client[..],
+            &row[..],
+            "the complete row goes, the partial one waits"
+        );
+        assert_eq!(&b.from_server[..], &done[..4]);
+        assert!(st.responded);
+        assert_eq!(st.server_skip, 0);
+        b.to_client.clear();
+        b.from_server.extend_from_slice(&done[4..]);
+        b.from_server.extend_from_slice(&msg(b'Z', b"I"));
+        scan_server(&mut b, &mut st).unwrap();
+        assert_eq!(b.to_client.len(), done.len() + 6);
+        assert!(st.is_idle());
+    }
+
+    #[test]
+    fn a_rerun_drops_the_preamble_the_client_already_has() {
+        let mut b = Buffers::default();
+        let mut st = TxState {
+            pending: 1,
+            ..TxState::default()
+        };
+        b.from_server.extend_from_slice(&msg(b'1', b""));
+        b.from_server.extend_from_slice(&msg(b'2', b""));
+        scan_server(&mut b, &mut st).unwrap();
+        assert_eq!(
+            (st.preamble, st.responded),
+            (2, false),
+            "preamble alone is not an answer"
+        );
+        // The server dies; the request runs again elsewhere.
+        let mut again = TxState {
+            pending: 1,
+            drop_preamble: st.preamble,
+            ..TxState::default()
+        };
+        let mut b = Buffers::default();
+        let rest = [
+            msg(b'D', b"\0\x01\0\0\0\x011"),
+            msg(b'C', b"SELECT 1\0"),
+            msg(b'Z', b"I"),
+        ]
+        .concat();
+        b.from_server.extend_from_slice(&msg(b'1', b""));
+        b.from_server.extend_from_slice(&msg(b'2', b""));
+        b.from_server.extend_from_slice(&rest);
+        scan_server(&mut b, &mut again).unwrap();
+        assert_eq!(&b.to_client[..], &rest[..]);
+        assert!(again.is_idle() && again.responded);
+        assert_eq!(again.preamble, 2, "a further re-run would drop both again");
+    }
+
+    #[test]
+    fn server_fatal_is_not_forwarded() {
+        let mut b = Buffers::default();
+        let mut st = TxState {
+            pending: 1,
+            ..TxState::default()
+        };
+        let row = msg(b'D', &[1u8; 10]);
+        let mut fatal = BytesMut::new();
+        protocol::put_error(
+            &mut fatal,
+            protocol::Severity::Fatal,
+            "57P01",
+            "terminating connection due to administrator command",
+        );
+        b.from_server.extend_from_slice(&row);
+        b.from_server.extend_from_slice(&fatal);
+        let got = scan_server(&mut b, &mut st).unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Some("terminating connection due to administrator command")
+        );
+        assert_eq!(&b.to_client[..], &row[..], "the row before it still goes");
+        assert!(b.from_server.is_empty());
+        // An ERROR is an ordinary answer and passes.
+        let mut b = Buffers::default();
+        let mut err = BytesMut::new();
+        protocol::put_error(
+            &mut err,
+            protocol::Severity::Error,
+            "42P01",
+            "no such table",
+        );
+        b.from_server.extend_from_slice(&err);
+        assert_eq!(scan_server(&mut b, &mut st).unwrap(), None);
+        assert_eq!(&b.to_client[..], &err[..]);
     }
 
     #[test]
@@ -447,10 +713,10 @@ mod tests {
             pending: 1,
             ..TxState::default()
         };
-        let row = msg(b'D', &[7u8; 100]);
+        // A huge row streams through in pieces.
+        let row = msg(b'D', &vec![7u8; WHOLE_MESSAGE_LIMIT + 10]);
         b.from_server.extend_from_slice(&row[..50]);
         scan_server(&mut b, &mut st).unwrap();
-        // The partial row is passed on at once; the rest is owed.
         assert_eq!(b.to_client.len(), 50);
         assert_eq!(st.server_skip, row.len() - 50);
         b.to_client.clear();

@@ -81,6 +81,50 @@ impl From<std::io::Error> for Refusal {
     }
 }
 
+/// The server's parameters for the welcome. Any member's will do (they share
+/// version and settings), so a login during a failover needs no primary.
+/// The first login for a database and user connects once, which also proves
+/// the database exists.
+async fn welcome_params(
+    shared: &Arc<Shared>,
+    cfg: &Config,
+    database: &str,
+    user: &User,
+) -> Result<Vec<(String, String)>, Refusal> {
+    if let Some(p) = shared.pools.welcome_for(database, &user.name) {
+        return Ok(p);
+    }
+    // Wait for a primary, but within the login timeout.
+    let wait = cfg.failover.hold_timeout.0.min(
+        cfg.proxy
+            .client_login_timeout
+            .0
+            .saturating_sub(std::time::Duration::from_millis(500)),
+    );
+    let primary = shared
+        .topology
+        .wait_for_primary(wait)
+        .await
+        .ok_or_else(|| {
+            Refusal::new(
+                sqlstate::CANNOT_CONNECT_NOW,
+                "cannot connect now: no primary server is available",
+            )
+        })?;
+    let pool = shared.pool_for(&primary, database, user);
+    match pool.checkout(cfg.proxy.query_wait_timeout.0).await {
+        Ok(conn) => {
+            conn.release();
+            Ok(pool.welcome().unwrap_or_default())
+        }
+        Err(PoolError::Connect(BackendError::Server(fields))) => Err(Refusal { fields }),
+        Err(e @ PoolError::Timeout(_)) => {
+            Err(Refusal::new(sqlstate::TOO_MANY_CONNECTIONS, e.to_string()))
+        }
+        Err(e) => Err(Refusal::new(sqlstate::CANNOT_CONNECT_NOW, e.to_string())),
+    }
+}
+
 /// Reads an untyped startup-phase packet (length, then body).
 async fn read_startup_packet(stream: &mut TcpStream) -> Result<Option<BytesMut>, Refusal> {
     let mut len = [0u8; 4];
@@ -123,10 +167,17 @@ pub async fn handshake(
                     let pid = body.get_i32();
                     let secret = body.get_i32();
                     shared.metrics.cancel_requests_total.inc();
-                    if let Some(key) = shared.cancels.lookup(pid, secret) {
-                        if let Err(e) = crate::backend::send_cancel(&key).await {
-                            tracing::warn!(error = %e, server = %key.addr, "cannot forward cancel request");
-                        }
+                    match shared.cancels.slot(pid, secret) {
+                        Some(slot) => match slot.current() {
+                            Some(key) => {
+                                if let Err(e) = crate::backend::send_cancel(&key).await {
+                                    tracing::warn!(error = %e, server = %key.addr, "cannot forward cancel request");
+                                }
+                            }
+                            // No server: the statement may be held for a primary.
+                            None => slot.cancel_held(),
+                        },
+                        None => {}
                     }
                 }
                 return Ok(Handshake::Done);
@@ -188,35 +239,8 @@ pub async fn handshake(
     let mut buf = BytesMut::with_capacity(256);
     authenticate(shared, cfg, stream, &user, &mut buf).await?;
 
-    // Learn the server's parameters (and that the database exists) before
-    // saying hello: the first login to a pool connects once.
-    let primary = shared
-        .topology
-        .wait_for_primary(cfg.proxy.query_wait_timeout.0)
-        .await
-        .ok_or_else(|| {
-            Refusal::new(
-                sqlstate::CANNOT_CONNECT_NOW,
-                "no primary server is available",
-            )
-        })?;
-    let pool = shared.pool_for(&primary, &database, &user);
-    let server_params = match pool.welcome() {
-        Some(p) => p,
-        None => match pool.checkout(cfg.proxy.query_wait_timeout.0).await {
-            Ok(conn) => {
-                conn.release();
-                pool.welcome().unwrap_or_default()
-            }
-            Err(PoolError::Connect(BackendError::Server(fields))) => {
-                return Err(Refusal { fields })
-            }
-            Err(e @ PoolError::Timeout(_)) => {
-                return Err(Refusal::new(sqlstate::TOO_MANY_CONNECTIONS, e.to_string()))
-            }
-            Err(e) => return Err(Refusal::new(sqlstate::CONNECTION_FAILURE, e.to_string())),
-        },
-    };
+    let server_params = welcome_params(shared, cfg, &database, &user).await?;
+
     let cancel = shared.cancels.register();
     let mut out = BytesMut::with_capacity(512);
     Authentication::Ok.encode(&mut out).expect("encodes");

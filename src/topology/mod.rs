@@ -11,9 +11,10 @@ pub mod patroni;
 pub mod probe;
 pub mod publisher;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::{mpsc, watch};
@@ -70,6 +71,9 @@ pub struct Topology {
     pub leader: Option<String>,
     /// A planned switchover announced in the `failover` key.
     pub switchover: Option<Switchover>,
+    /// When pgkeel first saw that switchover.
+    #[serde(skip)]
+    pub switchover_seen: Option<Instant>,
     /// etcd is unreachable: this is the last known state.
     pub stale: bool,
     /// etcd revision the state was read at.
@@ -81,6 +85,23 @@ pub struct Topology {
 impl Topology {
     pub fn member(&self, name: &str) -> Option<&MemberState> {
         self.members.iter().find(|m| m.member.name == name)
+    }
+
+    /// The primary, if new transactions may start on it now: none while a
+    /// planned switchover is draining (for at most `drain`).
+    pub fn usable_primary(&self, drain: Duration) -> Option<&Arc<Member>> {
+        if self.draining(drain) {
+            return None;
+        }
+        self.primary.as_ref()
+    }
+
+    /// A switchover is announced and imminent, and `drain` has not passed.
+    pub fn draining(&self, drain: Duration) -> bool {
+        self.switchover
+            .as_ref()
+            .is_some_and(|s| s.scheduled_at.is_none())
+            && self.switchover_seen.is_some_and(|t| t.elapsed() < drain)
     }
 
     fn primary_name(&self) -> Option<&str> {
@@ -122,11 +143,29 @@ impl Topology {
     }
 }
 
+/// One failover as pgkeel lived it, for /status.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailoverRecord {
+    pub kind: &'static str,
+    /// Seconds since the Unix epoch.
+    pub started_at: f64,
+    pub ended_at: Option<f64>,
+    pub outage_ms: Option<u64>,
+    pub old_primary: Option<String>,
+    pub new_primary: Option<String>,
+    pub held_clients_peak: i64,
+    pub errors_returned: u64,
+}
+
+/// How many past failovers /status keeps.
+const FAILOVER_HISTORY: usize = 20;
+
 /// The published topology and a way to wait for the next change.
 pub struct TopologyHandle {
     current: ArcSwap<Topology>,
     changed: watch::Sender<u64>,
     generation: AtomicU64,
+    failovers: Mutex<VecDeque<FailoverRecord>>,
 }
 
 impl TopologyHandle {
@@ -136,7 +175,26 @@ impl TopologyHandle {
             current: ArcSwap::from_pointee(Topology::default()),
             changed,
             generation: AtomicU64::new(0),
+            failovers: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// The last failovers, oldest first (the last may still be going on).
+    pub fn failovers(&self) -> Vec<FailoverRecord> {
+        self.failovers
+            .lock()
+            .expect("failover log poisoned")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn record_failover(&self, f: impl FnOnce(&mut VecDeque<FailoverRecord>)) {
+        let mut log = self.failovers.lock().expect("failover log poisoned");
+        f(&mut log);
+        while log.len() > FAILOVER_HISTORY {
+            log.pop_front();
+        }
     }
 
     pub fn load(&self) -> Guard<Arc<Topology>> {
@@ -182,6 +240,7 @@ pub async fn spawn(
     config: &Config,
     handle: Arc<TopologyHandle>,
     metrics: Metrics,
+    notify: mpsc::Sender<crate::notify::Event>,
     shutdown: watch::Receiver<bool>,
     first_round: Duration,
 ) {
@@ -225,6 +284,7 @@ pub async fn spawn(
         ready_tx,
         results_tx,
         config.etcd.is_some(),
+        notify,
     );
     tokio::spawn(p.run(source, results_rx, shutdown));
     let _ = tokio::time::timeout(first_round, ready_rx.wait_for(|r| *r)).await;

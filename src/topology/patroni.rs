@@ -39,6 +39,9 @@ impl PatroniMember {
 pub struct Switchover {
     pub from: Option<String>,
     pub to: Option<String>,
+    /// Set for `patronictl switchover --scheduled`: not imminent, so no drain
+    /// (the leader key moving at the scheduled time still triggers the hold).
+    pub scheduled_at: Option<String>,
 }
 
 /// Everything pgkeel knows from one scope's keys.
@@ -143,8 +146,12 @@ impl PatroniState {
                 let j: serde_json::Value = serde_json::from_slice(v).unwrap_or_default();
                 let field = |k: &str| j.get(k).and_then(|x| x.as_str()).map(str::to_owned);
                 let (from, to) = (field("leader"), field("member"));
-                self.switchover =
-                    (from.is_some() || to.is_some()).then_some(Switchover { from, to });
+                let scheduled_at = field("scheduled_at");
+                self.switchover = (from.is_some() || to.is_some()).then_some(Switchover {
+                    from,
+                    to,
+                    scheduled_at,
+                });
             }
             ("failover", None) => self.switchover = None,
             (k, v) => {
@@ -231,7 +238,8 @@ mod tests {
             s.switchover,
             Some(Switchover {
                 from: Some("pg1".into()),
-                to: Some("pg2".into())
+                to: Some("pg2".into()),
+                scheduled_at: None
             })
         );
         s.apply("failover", Some(b"{}"));

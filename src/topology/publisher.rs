@@ -18,8 +18,19 @@ use tokio::sync::{mpsc, watch};
 use super::etcd::EtcdEvent;
 use super::patroni::{PatroniMember, PatroniState};
 use super::probe::{self, ProbeResult, ProbeSettings, Prober};
-use super::{Member, MemberState, Role, Topology, TopologyHandle};
+use super::{FailoverRecord, Member, MemberState, Role, Topology, TopologyHandle};
 use crate::metrics::Metrics;
+use crate::notify::Event;
+
+/// A failover in progress: the primary went away (or a switchover was
+/// announced) and no primary is usable yet.
+struct Outage {
+    since: Instant,
+    kind: &'static str,
+    old: Option<String>,
+    held_peak: i64,
+    errors_at_start: u64,
+}
 
 /// How often a new leader is probed until it accepts writes.
 pub const FAST_PROBE: Duration = Duration::from_millis(50);
@@ -57,6 +68,9 @@ pub struct Publisher {
     /// Set once every member has been probed once (start-up waits for it).
     ready: watch::Sender<bool>,
     seen_state: bool,
+    switchover_seen: Option<Instant>,
+    outage: Option<Outage>,
+    notify: mpsc::Sender<Event>,
 }
 
 impl Publisher {
@@ -68,6 +82,7 @@ impl Publisher {
         ready: watch::Sender<bool>,
         results_tx: mpsc::Sender<ProbeResult>,
         etcd_mode: bool,
+        notify: mpsc::Sender<Event>,
     ) -> Publisher {
         Publisher {
             handle,
@@ -84,6 +99,16 @@ impl Publisher {
             next_id: 0,
             ready,
             seen_state: false,
+            switchover_seen: None,
+            outage: None,
+            notify,
+        }
+    }
+
+    fn send(&self, ev: Event) {
+        // Never wait on hooks: if the notifier is backed up, drop the event.
+        if self.notify.try_send(ev).is_err() {
+            tracing::warn!("notify queue full; an event was dropped");
         }
     }
 
@@ -167,10 +192,13 @@ impl Publisher {
             reason,
             "Patroni leader key changed"
         );
-        if let (Some(_), Some(_)) = (&old, &new) {
+        if new.is_some() && self.seen_state {
             self.metrics.leader_changes_total.inc();
-        } else if old.is_none() && new.is_some() && self.seen_state {
-            self.metrics.leader_changes_total.inc();
+            let mut ev = Event::new("leader_change");
+            ev.old_leader = old.clone();
+            ev.new_leader = new.clone();
+            ev.held_clients = self.metrics.held_clients.get();
+            self.send(ev);
         }
         // Stop fast-probing a leader that is no longer the leader.
         if let Some((prev, _)) = self.awaiting.take() {
@@ -306,6 +334,7 @@ impl Publisher {
             primary,
             leader: self.patroni.leader.clone(),
             switchover: self.patroni.switchover.clone(),
+            switchover_seen: self.switchover_seen,
             stale: self.stale,
             revision: self.revision,
             source: if self.etcd_mode { "etcd" } else { "static" },
@@ -314,8 +343,14 @@ impl Publisher {
     }
 
     fn publish(&mut self, reason: &str) {
+        match (&self.patroni.switchover, self.switchover_seen) {
+            (Some(_), None) => self.switchover_seen = Some(Instant::now()),
+            (None, Some(_)) => self.switchover_seen = None,
+            _ => {}
+        }
         let new = self.compute();
-        let old = self.handle.load();
+        let old = self.handle.load_full();
+        self.track_failover(&old, &new);
         if new.same_as(&old) {
             return;
         }
@@ -348,8 +383,108 @@ impl Publisher {
         self.metrics
             .members_up
             .set(new.members.iter().filter(|m| m.healthy).count() as i64);
-        drop(old);
         self.handle.publish(new);
+    }
+
+    /// A failover starts when the primary goes away, or a switchover is
+    /// announced, while there was one; it ends when a primary is usable again.
+    fn track_failover(&mut self, old: &Topology, new: &Topology) {
+        let announced = new
+            .switchover
+            .as_ref()
+            .is_some_and(|s| s.scheduled_at.is_none());
+        let unavailable = new.primary.is_none() || announced;
+        let name = |t: &Topology| t.primary.as_ref().map(|p| p.name.clone());
+        let held = self.metrics.held_clients.get();
+        match &mut self.outage {
+            None if unavailable && old.primary.is_some() => {
+                let kind = if announced || new.switchover.is_some() {
+                    "planned"
+                } else {
+                    "unplanned"
+                };
+                tracing::warn!(
+                    kind,
+                    old_primary = name(old).as_deref().unwrap_or("none"),
+                    "failover started: new transactions are held"
+                );
+                self.outage = Some(Outage {
+                    since: Instant::now(),
+                    kind,
+                    old: name(old),
+                    held_peak: held,
+                    errors_at_start: self.metrics.failover_errors(),
+                });
+                let mut ev = Event::new("failover_start");
+                ev.kind = Some(kind);
+                ev.old_leader = name(old);
+                ev.held_clients = held;
+                let started_at = ev.at;
+                self.send(ev);
+                self.handle.record_failover(|log| {
+                    log.push_back(FailoverRecord {
+                        kind,
+                        started_at,
+                        ended_at: None,
+                        outage_ms: None,
+                        old_primary: name(old),
+                        new_primary: None,
+                        held_clients_peak: held,
+                        errors_returned: 0,
+                    })
+                });
+            }
+            Some(o) if unavailable => {
+                o.held_peak = o.held_peak.max(held);
+                if announced {
+                    o.kind = "planned";
+                }
+            }
+            Some(_) => {
+                let o = self.outage.take().expect("matched Some");
+                let took = o.since.elapsed();
+                let errors = self
+                    .metrics
+                    .failover_errors()
+                    .saturating_sub(o.errors_at_start);
+                let peak = o.held_peak.max(held);
+                self.metrics
+                    .failovers_total
+                    .with_label_values(&[o.kind])
+                    .inc();
+                self.metrics
+                    .primary_unavailable_seconds_total
+                    .inc_by(took.as_secs_f64());
+                tracing::warn!(
+                    kind = o.kind,
+                    old_primary = o.old.as_deref().unwrap_or("none"),
+                    new_primary = name(new).as_deref().unwrap_or("none"),
+                    outage_ms = took.as_millis() as u64,
+                    held_clients_peak = peak,
+                    errors_returned = errors,
+                    "failover ended: held transactions resume"
+                );
+                let mut ev = Event::new("failover_end");
+                ev.kind = Some(o.kind);
+                ev.old_leader = o.old.clone();
+                ev.new_leader = name(new);
+                ev.held_clients = peak;
+                ev.outage_ms = Some(took.as_millis() as u64);
+                let ended_at = ev.at;
+                self.send(ev);
+                self.handle.record_failover(|log| {
+                    if let Some(r) = log.back_mut().filter(|r| r.ended_at.is_none()) {
+                        r.kind = o.kind;
+                        r.ended_at = Some(ended_at);
+                        r.outage_ms = Some(took.as_millis() as u64);
+                        r.new_primary = name(new);
+                        r.held_clients_peak = peak;
+                        r.errors_returned = errors;
+                    }
+                });
+            }
+            None => {}
+        }
     }
 }
 

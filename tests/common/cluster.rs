@@ -15,6 +15,8 @@ pub struct Cluster {
     pub etcd_peer_port: u16,
     pub pg_ports: [u16; 3],
     pub api_ports: [u16; 3],
+    /// Patroni's synchronous_mode: no acknowledged commit is lost when the leader dies.
+    pub synchronous: bool,
 }
 
 fn repo() -> PathBuf {
@@ -36,14 +38,24 @@ fn free_ports<const N: usize>() -> [u16; N] {
 pub fn shared_cluster() -> &'static Cluster {
     static C: OnceLock<Cluster> = OnceLock::new();
     C.get_or_init(|| {
-        std::thread::spawn(Cluster::start)
+        std::thread::spawn(|| Cluster::start(false))
+            .join()
+            .expect("the Patroni cluster starts")
+    })
+}
+
+/// The binary's cluster, in synchronous mode (for tests that count lost writes).
+pub fn shared_sync_cluster() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(|| {
+        std::thread::spawn(|| Cluster::start(true))
             .join()
             .expect("the Patroni cluster starts")
     })
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    fn start(synchronous: bool) -> Cluster {
         let p: [u16; 8] = free_ports();
         let dir = std::env::temp_dir().join(format!("pgkeel-cluster-test-{}", std::process::id()));
         let c = Cluster {
@@ -53,6 +65,7 @@ impl Cluster {
             etcd_peer_port: p[1],
             pg_ports: [p[2], p[3], p[4]],
             api_ports: [p[5], p[6], p[7]],
+            synchronous,
         };
         // The reaper first, so even a failed start is cleaned up. It outlives
         // this process by design, so it is never waited for.
@@ -94,7 +107,11 @@ impl Cluster {
             .env("PGKEEL_WITH_PROXY", "0")
             .env("PGKEEL_TTL", "10")
             .env("PGKEEL_LOOP_WAIT", "2")
-            .env("PGKEEL_RETRY_TIMEOUT", "4");
+            .env("PGKEEL_RETRY_TIMEOUT", "4")
+            .env(
+                "PGKEEL_SYNC_MODE",
+                if self.synchronous { "true" } else { "false" },
+            );
         c
     }
 
@@ -140,7 +157,6 @@ impl Cluster {
             r#"
 [proxy]
 listen = "127.0.0.1:0"
-pool_size = 5
 {proxy_extra}
 [admin]
 listen = "127.0.0.1:0"

@@ -2,6 +2,8 @@
 //! of the shared PostgreSQL, connect through it, speak raw protocol.
 #![allow(dead_code)]
 
+pub mod workload;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

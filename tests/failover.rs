@@ -1,0 +1,204 @@
+//! The acceptance test for failover without errors: nine application-like
+//! clients on persistent connections through pgkeel (transaction pooling)
+//! while the real Patroni cluster (synchronous mode, so no acknowledged
+//! commit can be lost by PostgreSQL itself) goes through a planned
+//! switchover, a killed leader and a killed replica. Counts, not timings.
+
+mod common;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{shared_sync_cluster, Cluster};
+use support::workload::{self, Report};
+use support::*;
+use tokio::sync::{watch, Mutex};
+
+static TURN: Mutex<()> = Mutex::const_new(());
+
+const WRITERS: usize = 5;
+const TRANSACTIONS: usize = 2;
+const READERS: usize = 2;
+
+async fn proxy(c: &Cluster) -> pgkeel::ProxyHandle {
+    let p = start(&c.pgkeel_config(
+        &c.scope,
+        "pool_size = 10\n[failover]\nhold_timeout = \"40s\"",
+    ))
+    .await;
+    let setup = connect(p.local_addr(), "app", "app_password", "app")
+        .await
+        .unwrap();
+    setup.simple_query(workload::SCHEMA).await.unwrap();
+    p
+}
+
+fn url(p: &pgkeel::ProxyHandle) -> String {
+    support::url(p.local_addr(), "app", "app_password", "app")
+}
+
+/// Runs the workload around `event`, until every writing client has written
+/// again for a while after it; returns the report.
+async fn around<F: std::future::Future<Output = ()>>(p: &pgkeel::ProxyHandle, event: F) -> Report {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let clients = workload::start(&url(p), WRITERS, TRANSACTIONS, READERS, stop_rx);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    event.await;
+    let after = Instant::now();
+    // Enough to see every client resume, bounded by the hold timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes_before = p.shared().metrics.transactions_total.get();
+    let resumed = wait_until(Duration::from_secs(45), || async {
+        p.shared().metrics.transactions_total.get() > writes_before + 50
+    })
+    .await;
+    assert!(resumed, "traffic did not resume after the event");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_tx.send_replace(true);
+    let report = clients.await.unwrap();
+    eprintln!(
+        "{:.1}s after the event: {}",
+        after.elapsed().as_secs_f64(),
+        report.summary()
+    );
+    for c in &report.clients {
+        for e in &c.errors {
+            eprintln!("  {:?} error at {:.2}s: {} {}", c.kind, e.0, e.1, e.2);
+        }
+    }
+    report
+}
+
+/// Every acknowledged write is on the (new) leader.
+async fn all_acked_writes_present(c: &Cluster, report: &Report) {
+    let leader = c.leader();
+    let direct = common::pg_client(c.port_of(&leader), "postgres", "postgres", "app").await;
+    let acked = report.acked();
+    let found: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM failover_log WHERE id = ANY($1)",
+            &[&acked],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        found as usize,
+        acked.len(),
+        "acknowledged writes missing on the new leader {leader}"
+    );
+}
+
+fn every_writer_resumed(report: &Report, after: Instant) {
+    for c in &report.clients {
+        assert!(
+            c.last_ok.is_some_and(|t| t > after),
+            "{:?} client never succeeded after the event",
+            c.kind
+        );
+    }
+}
+
+#[tokio::test]
+async fn planned_switchover_no_errors_no_disconnects_no_lost_writes() {
+    let _turn = TURN.lock().await;
+    let c = shared_sync_cluster();
+    c.run_async(&["wait-healthy"]).await;
+    let p = proxy(c).await;
+    let old = c.leader();
+    let mut event_at = Instant::now();
+    let report = around(&p, async {
+        event_at = Instant::now();
+        c.run_async(&["switchover"]).await;
+    })
+    .await;
+    let new = c.leader();
+    let failovers = p.shared().topology.failovers();
+    p.shutdown().await;
+    c.run_async(&["wait-healthy"]).await;
+    assert_ne!(new, old);
+    assert_eq!(
+        report.errors(),
+        0,
+        "clients saw errors through a planned switchover"
+    );
+    assert_eq!(report.disconnects(), 0);
+    every_writer_resumed(&report, event_at);
+    all_acked_writes_present(c, &report).await;
+    let f = failovers;
+    let last = f.last().expect("the failover was recorded");
+    assert_eq!(last.kind, "planned");
+    assert!(last.ended_at.is_some());
+    eprintln!(
+        "switchover: primary unavailable {} ms, {} clients held at most",
+        last.outage_ms.unwrap(),
+        last.held_clients_peak
+    );
+}
+
+#[tokio::test]
+async fn killed_leader_no_disconnects_at_most_one_error_per_client_no_lost_writes() {
+    let _turn = TURN.lock().await;
+    let c = shared_sync_cluster();
+    c.run_async(&["wait-healthy"]).await;
+    let p = proxy(c).await;
+    let old = c.leader();
+    let mut event_at = Instant::now();
+    let report = around(&p, async {
+        event_at = Instant::now();
+        c.run_async(&["kill-leader"]).await;
+    })
+    .await;
+    let failovers = p.shared().topology.failovers();
+    p.shutdown().await;
+    let old: &'static str = Box::leak(old.into_boxed_str());
+    tokio::task::spawn_blocking(move || c.run(&["start-member", old]))
+        .await
+        .unwrap();
+    c.run_async(&["wait-healthy"]).await;
+    assert_eq!(report.disconnects(), 0, "client connections broke");
+    for cl in &report.clients {
+        assert!(
+            cl.errors.len() <= 1,
+            "{:?} client saw {} errors",
+            cl.kind,
+            cl.errors.len()
+        );
+    }
+    every_writer_resumed(&report, event_at);
+    all_acked_writes_present(c, &report).await;
+    let last = failovers.last().expect("the failover was recorded");
+    assert_eq!(last.kind, "unplanned");
+    eprintln!(
+        "leader killed: primary unavailable {} ms, {} clients held at most, {} errors returned",
+        last.outage_ms.unwrap(),
+        last.held_clients_peak,
+        last.errors_returned
+    );
+}
+
+#[tokio::test]
+async fn killed_replica_no_errors() {
+    let _turn = TURN.lock().await;
+    let c = shared_sync_cluster();
+    c.run_async(&["wait-healthy"]).await;
+    let p = proxy(c).await;
+    let leader = c.leader();
+    let replica: &'static str = ["pg1", "pg2", "pg3"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap();
+    let report = around(&p, async {
+        tokio::task::spawn_blocking(move || c.run(&["kill-member", replica]))
+            .await
+            .unwrap();
+    })
+    .await;
+    p.shutdown().await;
+    tokio::task::spawn_blocking(move || c.run(&["start-member", replica]))
+        .await
+        .unwrap();
+    c.run_async(&["wait-healthy"]).await;
+    assert_eq!(report.errors(), 0, "a replica going away caused errors");
+    assert_eq!(report.disconnects(), 0);
+}

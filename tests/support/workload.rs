@@ -1,0 +1,221 @@
+//! Application-like clients for failover tests and the HAProxy comparison:
+//! persistent connections doing autocommit `INSERT ... RETURNING`, short
+//! explicit transactions, and read loops, logging every acknowledged write,
+//! every error and every broken connection.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Writer,
+    Transaction,
+    Reader,
+}
+
+#[derive(Debug)]
+pub struct ClientReport {
+    pub kind: Kind,
+    pub ok: u64,
+    /// (seconds since start, SQLSTATE or "closed", message)
+    pub errors: Vec<(f64, String, String)>,
+    pub disconnects: u64,
+    /// Write ids whose statement (or COMMIT) was acknowledged.
+    pub acked: Vec<i64>,
+    /// Longest time between two successes.
+    pub longest_gap: Duration,
+    pub last_ok: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub clients: Vec<ClientReport>,
+}
+
+impl Report {
+    pub fn errors(&self) -> usize {
+        self.clients.iter().map(|c| c.errors.len()).sum()
+    }
+    pub fn clients_with_errors(&self) -> usize {
+        self.clients.iter().filter(|c| !c.errors.is_empty()).count()
+    }
+    pub fn disconnects(&self) -> u64 {
+        self.clients.iter().map(|c| c.disconnects).sum()
+    }
+    pub fn acked(&self) -> Vec<i64> {
+        self.clients
+            .iter()
+            .flat_map(|c| c.acked.iter().copied())
+            .collect()
+    }
+    /// Longest stretch without a successful write, over the writing clients.
+    pub fn longest_write_gap(&self) -> Duration {
+        self.clients
+            .iter()
+            .filter(|c| c.kind != Kind::Reader)
+            .map(|c| c.longest_gap)
+            .max()
+            .unwrap_or_default()
+    }
+    pub fn summary(&self) -> String {
+        format!(
+            "{} clients, {} ok, {} errors in {} clients, {} broken connections, {} acknowledged writes, longest write gap {:.1}s",
+            self.clients.len(),
+            self.clients.iter().map(|c| c.ok).sum::<u64>(),
+            self.errors(),
+            self.clients_with_errors(),
+            self.disconnects(),
+            self.acked().len(),
+            self.longest_write_gap().as_secs_f64()
+        )
+    }
+}
+
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS failover_log (id bigserial PRIMARY KEY, client int NOT NULL, at timestamptz NOT NULL DEFAULT now())";
+
+fn first_value(msgs: &[SimpleQueryMessage]) -> Option<String> {
+    msgs.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| "closed".into())
+}
+
+/// Runs one client until `stop` turns true.
+async fn client(
+    url: String,
+    id: i32,
+    kind: Kind,
+    started: Instant,
+    mut stop: watch::Receiver<bool>,
+) -> ClientReport {
+    let mut r = ClientReport {
+        kind,
+        ok: 0,
+        errors: Vec::new(),
+        disconnects: 0,
+        acked: Vec::new(),
+        longest_gap: Duration::ZERO,
+        last_ok: None,
+    };
+    let mut conn: Option<tokio_postgres::Client> = None;
+    let insert = format!("INSERT INTO failover_log (client) VALUES ({id}) RETURNING id");
+    while !*stop.borrow() {
+        let c = match &conn {
+            Some(c) if !c.is_closed() => c,
+            Some(_) => {
+                r.disconnects += 1;
+                conn = None;
+                continue;
+            }
+            None => match tokio_postgres::connect(&url, NoTls).await {
+                Ok((c, task)) => {
+                    tokio::spawn(task);
+                    conn = Some(c);
+                    continue;
+                }
+                Err(e) => {
+                    r.errors.push((
+                        started.elapsed().as_secs_f64(),
+                        code(&e),
+                        format!("connect: {e}"),
+                    ));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        let result: Result<Vec<i64>, tokio_postgres::Error> = match kind {
+            Kind::Writer => c.simple_query(&insert).await.map(|m| {
+                first_value(&m)
+                    .and_then(|v| v.parse().ok())
+                    .into_iter()
+                    .collect()
+            }),
+            Kind::Transaction => {
+                async {
+                    c.simple_query("BEGIN").await?;
+                    let a = first_value(&c.simple_query(&insert).await?);
+                    let b = first_value(&c.simple_query(&insert).await?);
+                    c.simple_query("COMMIT").await?;
+                    Ok([a, b]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.parse().ok())
+                        .collect())
+                }
+                .await
+            }
+            Kind::Reader => c
+                .query_typed(
+                    "SELECT count(*) FROM failover_log WHERE client = $1",
+                    &[(&id, tokio_postgres::types::Type::INT4)],
+                )
+                .await
+                .map(|_| Vec::new()),
+        };
+        match result {
+            Ok(ids) => {
+                let now = Instant::now();
+                if let Some(last) = r.last_ok {
+                    r.longest_gap = r.longest_gap.max(now - last);
+                }
+                r.last_ok = Some(now);
+                r.ok += 1;
+                r.acked.extend(ids);
+            }
+            Err(e) => {
+                r.errors
+                    .push((started.elapsed().as_secs_f64(), code(&e), e.to_string()));
+                if kind == Kind::Transaction && !c.is_closed() {
+                    // Leave no transaction open behind an error.
+                    let _ = c.simple_query("ROLLBACK").await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    r
+}
+
+/// Starts the clients; `stop` ends them; the handle yields the report.
+pub fn start(
+    url: &str,
+    writers: usize,
+    transactions: usize,
+    readers: usize,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Report> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let kinds = std::iter::repeat_n(Kind::Writer, writers)
+        .chain(std::iter::repeat_n(Kind::Transaction, transactions))
+        .chain(std::iter::repeat_n(Kind::Reader, readers));
+    for (i, kind) in kinds.enumerate() {
+        tasks.push(tokio::spawn(client(
+            url.to_owned(),
+            i as i32,
+            kind,
+            started,
+            stop.clone(),
+        )));
+    }
+    tokio::spawn(async move {
+        let mut clients = Vec::new();
+        for t in tasks {
+            clients.push(t.await.expect("client task"));
+        }
+        Report { clients }
+    })
+}
