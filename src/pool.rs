@@ -17,6 +17,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::backend::{BackendError, ServerConn, ServerCredentials};
 use crate::metrics::Metrics;
 
+/// ParameterStatus (name, value) pairs a server sent at startup.
+pub type ServerParams = Vec<(String, String)>;
+
 /// Idle time after which a checkout probes the connection before lending it.
 const STALE_CHECK_AFTER: Duration = Duration::from_millis(50);
 
@@ -296,7 +299,7 @@ impl Pool {
 pub struct Pools {
     map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// Welcome parameters of pools since removed, by (database, user).
-    welcomes: Mutex<HashMap<(String, String), Vec<(String, String)>>>,
+    welcomes: Mutex<HashMap<(String, String), ServerParams>>,
 }
 
 impl Pools {

@@ -167,8 +167,8 @@ pub async fn handshake(
                     let pid = body.get_i32();
                     let secret = body.get_i32();
                     shared.metrics.cancel_requests_total.inc();
-                    match shared.cancels.slot(pid, secret) {
-                        Some(slot) => match slot.current() {
+                    if let Some(slot) = shared.cancels.slot(pid, secret) {
+                        match slot.current() {
                             Some(key) => {
                                 if let Err(e) = crate::backend::send_cancel(&key).await {
                                     tracing::warn!(error = %e, server = %key.addr, "cannot forward cancel request");
@@ -176,8 +176,7 @@ pub async fn handshake(
                             }
                             // No server: the statement may be held for a primary.
                             None => slot.cancel_held(),
-                        },
-                        None => {}
+                        }
                     }
                 }
                 return Ok(Handshake::Done);

@@ -251,8 +251,6 @@ pub async fn spawn(
         database: config.health.database.clone(),
         timeout: config.health.timeout.0,
     };
-    let (results_tx, results_rx) = mpsc::channel(256);
-    let (ready_tx, mut ready_rx) = watch::channel(false);
     let source = match &config.etcd {
         Some(e) => {
             let (tx, rx) = mpsc::channel(64);
@@ -276,16 +274,14 @@ pub async fn spawn(
                 .collect(),
         ),
     };
-    let p = publisher::Publisher::new(
+    let (p, mut ready_rx) = publisher::Publisher::new(
         handle,
         metrics,
         settings,
         config.health.interval.0,
-        ready_tx,
-        results_tx,
         config.etcd.is_some(),
         notify,
     );
-    tokio::spawn(p.run(source, results_rx, shutdown));
+    tokio::spawn(p.run(source, shutdown));
     let _ = tokio::time::timeout(first_round, ready_rx.wait_for(|r| *r)).await;
 }

@@ -71,20 +71,24 @@ pub struct Publisher {
     switchover_seen: Option<Instant>,
     outage: Option<Outage>,
     notify: mpsc::Sender<Event>,
+    /// Probe results; taken by `run`.
+    results_rx: Option<mpsc::Receiver<ProbeResult>>,
 }
 
 impl Publisher {
+    /// A publisher, and a receiver that turns true once every member has
+    /// been probed once.
     pub fn new(
         handle: Arc<TopologyHandle>,
         metrics: Metrics,
         probe_settings: ProbeSettings,
         interval: Duration,
-        ready: watch::Sender<bool>,
-        results_tx: mpsc::Sender<ProbeResult>,
         etcd_mode: bool,
         notify: mpsc::Sender<Event>,
-    ) -> Publisher {
-        Publisher {
+    ) -> (Publisher, watch::Receiver<bool>) {
+        let (ready, ready_rx) = watch::channel(false);
+        let (results_tx, results_rx) = mpsc::channel(256);
+        let p = Publisher {
             handle,
             metrics,
             probe_settings,
@@ -102,7 +106,9 @@ impl Publisher {
             switchover_seen: None,
             outage: None,
             notify,
-        }
+            results_rx: Some(results_rx),
+        };
+        (p, ready_rx)
     }
 
     fn send(&self, ev: Event) {
@@ -112,12 +118,8 @@ impl Publisher {
         }
     }
 
-    pub async fn run(
-        mut self,
-        source: Source,
-        mut results: mpsc::Receiver<ProbeResult>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn run(mut self, source: Source, mut shutdown: watch::Receiver<bool>) {
+        let mut results = self.results_rx.take().expect("run once");
         let mut etcd_rx = match source {
             Source::Static(servers) => {
                 let wanted = servers
