@@ -512,3 +512,121 @@ async fn admin_endpoints_report_the_primary_and_metrics() {
     }
     p.shutdown().await;
 }
+
+/// The backend running `marker` for a client of pgkeel, as seen by a superuser.
+async fn backend_running(su: &tokio_postgres::Client, marker: &str) -> bool {
+    one(
+        su,
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND state = 'active' AND pid <> pg_backend_pid()"),
+    )
+    .await
+        == "1"
+}
+
+#[tokio::test]
+async fn a_read_whose_server_dies_is_rerun_transparently() {
+    let p = start(&config(pg_port(), "pool_size = 2", "")).await;
+    let c = app(p.local_addr()).await;
+    // Extended protocol (ParseComplete and BindComplete reach the client
+    // before the server dies) and the simple protocol.
+    for extended in [true, false] {
+        let marker = format!("dp_rerun_{extended}");
+        let sql = format!("SELECT count(*) /* {marker} */ FROM generate_series(1, 40000000)");
+        let q = {
+            let sql = sql.clone();
+            let c2 = app(p.local_addr()).await;
+            tokio::spawn(async move {
+                if extended {
+                    c2.query_typed(&sql, &[])
+                        .await
+                        .map(|r| r[0].get::<_, i64>(0).to_string())
+                } else {
+                    c2.simple_query(&sql).await.map(|m| rows(&m)[0][0].clone())
+                }
+            })
+        };
+        let su = superuser().await;
+        assert!(
+            wait_until(Duration::from_secs(10), || async {
+                backend_running(&su, &marker).await
+            })
+            .await
+        );
+        let before = p.shared().metrics.retried_statements_total.get();
+        su.simple_query(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
+        ))
+        .await
+        .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(60), q)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.expect("the read is re-run, not failed"), "40000000");
+        assert_eq!(
+            p.shared().metrics.retried_statements_total.get(),
+            before + 1
+        );
+    }
+    // A write is never re-run: its outcome is unknown, the client is told.
+    c.simple_query("CREATE TABLE IF NOT EXISTS dp_norerun (v int)")
+        .await
+        .unwrap();
+    let c2 = app(p.local_addr()).await;
+    let w = tokio::spawn(async move {
+        let r = c2
+            .simple_query("INSERT INTO dp_norerun SELECT 1 FROM pg_sleep(30) /* dp_write_dies */")
+            .await;
+        (r, c2)
+    });
+    let su = superuser().await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            backend_running(&su, "dp_write_dies").await
+        })
+        .await
+    );
+    su.simple_query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%dp_write_dies%' AND pid <> pg_backend_pid()")
+        .await
+        .unwrap();
+    let (r, c2) = w.await.unwrap();
+    let e = r.unwrap_err();
+    assert_eq!(sqlstate(&e), "08006", "{e}");
+    assert!(e
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("outcome is unknown"));
+    assert_eq!(one(&c2, "SELECT count(*) FROM dp_norerun").await, "0");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_transaction_whose_server_dies_is_reported_at_the_next_statement() {
+    let p = start(&config(pg_port(), "pool_size = 2", "")).await;
+    let c = app(p.local_addr()).await;
+    c.simple_query("CREATE TABLE IF NOT EXISTS dp_txlost (v int)")
+        .await
+        .unwrap();
+    let su = superuser().await;
+    for ending in ["INSERT INTO dp_txlost VALUES (2)", "ROLLBACK"] {
+        c.simple_query("BEGIN; INSERT INTO dp_txlost VALUES (1); SELECT 'dp_txlost_marker'")
+            .await
+            .unwrap();
+        // The server goes away while the client sits in its transaction.
+        su.simple_query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%dp_txlost_marker%' AND pid <> pg_backend_pid()")
+            .await
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(5), || async { lent(&p) == 0 }).await);
+        let r = c.simple_query(ending).await;
+        if ending == "ROLLBACK" {
+            r.expect("ROLLBACK of a lost transaction is granted");
+        } else {
+            let e = r.unwrap_err();
+            assert_eq!(sqlstate(&e), "40001", "{e}");
+        }
+        // Nothing was committed, and the connection carries on.
+        assert_eq!(one(&c, "SELECT count(*) FROM dp_txlost").await, "0");
+    }
+    p.shutdown().await;
+}

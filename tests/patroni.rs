@@ -416,3 +416,181 @@ async fn noloadbalance_tags_vanishing_members_and_dead_leaders() {
     .await
     .unwrap();
 }
+
+/// Collects the JSON bodies POSTed to it.
+async fn webhook_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            let _ = tx.send(serde_json::from_str(&body[..len]).unwrap());
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
+    let _turn = TURN.lock().await;
+    let c = shared_cluster();
+    wait_healthy(c).await;
+    let scope = scratch("hold");
+    let prefix = format!("/service/{scope}/");
+    let mut etcd = etcd_client::Client::connect([c.etcd_url()], None)
+        .await
+        .unwrap();
+    let leader = c.leader();
+    etcd.put(
+        format!("{prefix}members/L"),
+        member_json(c.port_of(&leader), "master", ""),
+        None,
+    )
+    .await
+    .unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    etcd.put(
+        format!("{prefix}members/D"),
+        member_json(dead, "master", ""),
+        None,
+    )
+    .await
+    .unwrap();
+    etcd.put(format!("{prefix}leader"), "L", None)
+        .await
+        .unwrap();
+
+    let events = tempfile::NamedTempFile::new().unwrap();
+    let (hook_port, mut posted) = webhook_sink().await;
+    let extra = format!(
+        "[failover]\nhold_timeout = \"1500ms\"\n[[notify]]\ncommand = \"echo $PGKEEL_EVENT $PGKEEL_KIND $PGKEEL_OLD_LEADER $PGKEEL_NEW_LEADER >> {}\"\nwebhook = \"http://127.0.0.1:{hook_port}/pgkeel\"\n",
+        events.path().display()
+    );
+    let p = start(&format!("{}\n{extra}", c.pgkeel_config(&scope, ""))).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            p.shared().topology.load().primary.is_some()
+        })
+        .await
+    );
+    let client = connect(p.local_addr(), "app", "app_password", "app")
+        .await
+        .unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+
+    // The leader key names a member that does not answer: no primary.
+    etcd.put(format!("{prefix}leader"), "D", None)
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            p.shared()
+                .topology
+                .failovers()
+                .last()
+                .is_some_and(|f| f.ended_at.is_none())
+        })
+        .await
+    );
+
+    // Held, then told after hold_timeout; the connection stays usable.
+    let started = Instant::now();
+    let e = client.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "57P03", "{e}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "answered before hold_timeout"
+    );
+    assert!(!client.is_closed());
+
+    // A cancel ends a held statement at once.
+    let token = client.cancel_token();
+    let started = Instant::now();
+    let held = tokio::spawn(async move { (client.simple_query("SELECT 2").await, client) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (r, client) = held.await.unwrap();
+    assert_eq!(sqlstate(&r.unwrap_err()), "57014");
+    assert!(started.elapsed() < Duration::from_millis(1400));
+
+    // A statement held while the leader comes back just runs.
+    let held = tokio::spawn(async move { (client.simple_query("SELECT 3").await, client) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    etcd.put(format!("{prefix}leader"), "L", None)
+        .await
+        .unwrap();
+    let (r, _client) = held.await.unwrap();
+    r.expect("held statement runs once a primary is back");
+
+    // Operators heard of it: hooks, /status.
+    let f = p.shared().topology.failovers();
+    let last = f.last().unwrap();
+    assert!(last.ended_at.is_some() && last.kind == "unplanned");
+    assert!(last.errors_returned >= 1, "the hold timeout was counted");
+    assert!(p.shared().metrics.hold_seconds.get_sample_count() >= 3);
+    let (_, status) = http_get(p.admin_addr().unwrap(), "/status").await;
+    assert!(status.contains("\"failovers\""));
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let v = tokio::time::timeout(Duration::from_secs(10), posted.recv())
+            .await
+            .expect("webhook called")
+            .unwrap();
+        seen.push(v["event"].as_str().unwrap().to_owned());
+    }
+    for e in ["leader_change", "failover_start", "failover_end"] {
+        assert!(seen.iter().any(|s| s == e), "{e} not posted: {seen:?}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            let log = std::fs::read_to_string(events.path()).unwrap_or_default();
+            log.contains("failover_start unplanned L")
+                && log.contains("failover_end unplanned L L")
+                && log.contains("leader_change")
+        })
+        .await,
+        "{}",
+        std::fs::read_to_string(events.path()).unwrap_or_default()
+    );
+    p.shutdown().await;
+    etcd.delete(
+        prefix,
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
+}
