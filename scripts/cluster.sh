@@ -43,7 +43,9 @@ export ETCDCTL_API=3
 etcdctl_() { etcdctl --endpoints="$ETCD_URL" "$@"; }
 member_index() { local i; for i in "${!NAMES[@]}"; do [ "${NAMES[$i]}" = "$1" ] && { echo "$i"; return; }; done; echo "no member $1" >&2; return 1; }
 leader() { etcdctl_ get --print-value-only "/service/$SCOPE/leader" 2>/dev/null | head -1; }
-patroni_pid() { pgrep -f "patroni $DIR/$1/patroni.yml" | head -1; }
+# `|| true`: under pipefail a member with no Patroni (killed, never started)
+# would otherwise end the script, and `down` would leave the rest running.
+patroni_pid() { pgrep -o -f "patroni $DIR/$1/patroni.yml" || true; }
 pg_pid() { head -1 "$DIR/$1/data/postmaster.pid" 2>/dev/null || true; }
 etcd_running() { [ -f "$DIR/etcd.pid" ] && kill -0 "$(cat "$DIR/etcd.pid")" 2>/dev/null; }
 pgkeel_running() { [ -f "$DIR/pgkeel.pid" ] && kill -0 "$(cat "$DIR/pgkeel.pid")" 2>/dev/null; }
@@ -290,7 +292,8 @@ switchover() {
 reap_after() {
     local pid=$1
     while kill -0 "$pid" 2>/dev/null; do sleep 0.5; done
-    down --purge >/dev/null 2>&1
+    # Best effort: called in a condition, down goes on past any step that fails.
+    down --purge >/dev/null 2>&1 || true
 }
 
 cmd=${1:-up}

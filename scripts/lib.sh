@@ -23,8 +23,20 @@ install_packages() {
         as_root chmod +x "$policy"
         created=1
     fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    local rc=0 had_pg=""
+    dpkg -s postgresql-15 >/dev/null 2>&1 && had_pg=1
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" || rc=$?
+    # Removed even when the install failed: left behind it would keep every
+    # service on this machine from starting.
     [ -n "$created" ] && as_root rm -f "$policy"
+    [ "$rc" -eq 0 ] || return "$rc"
+    # Debian's postgresql package creates a cluster 15/main on port 5432 (which
+    # policy-rc.d kept from starting). Drop it when this install created it, so
+    # that a reboot cannot start it on a port the cluster script uses; an older
+    # one may hold someone's data and is left alone.
+    if [ -z "$had_pg" ] && [ -d /etc/postgresql/15/main ] && command -v pg_dropcluster >/dev/null; then
+        as_root pg_dropcluster --stop 15 main || echo "warning: could not drop the packaged cluster 15/main" >&2
+    fi
     return 0
 }
 

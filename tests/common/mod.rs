@@ -79,7 +79,10 @@ pub fn shared_pg() -> &'static PgServer {
 }
 
 /// Removes data directories left by earlier test processes that are gone.
-fn remove_stale_dirs() {
+/// A process's own directory stays after it exits (statics are never
+/// dropped, and its server may still be shutting down); the next test
+/// process to start a server removes it here.
+pub fn remove_stale_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };
@@ -91,7 +94,10 @@ fn remove_stale_dirs() {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        if unsafe { libc::kill(pid, 0) } != 0 {
+        // ESRCH: no such process (EPERM would mean alive, but not ours).
+        if unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
