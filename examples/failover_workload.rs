@@ -45,7 +45,11 @@ async fn main() -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let clients = workload::start(&args.url, 5, 2, 2, stop_rx);
     tokio::time::sleep(Duration::from_secs(args.after)).await;
-    let status = tokio::process::Command::new("sh").arg("-c").arg(&args.action).status().await?;
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&args.action)
+        .status()
+        .await?;
     anyhow::ensure!(status.success(), "the action failed: {status}");
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     stop_tx.send_replace(true);
@@ -58,7 +62,13 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..60 {
         if let Ok((c, conn)) = tokio_postgres::connect(&args.url, tokio_postgres::NoTls).await {
             tokio::spawn(conn);
-            if let Ok(row) = c.query_one("SELECT count(*) FROM failover_log WHERE id = ANY($1)", &[&acked]).await {
+            if let Ok(row) = c
+                .query_one(
+                    "SELECT count(*) FROM failover_log WHERE id = ANY($1)",
+                    &[&acked],
+                )
+                .await
+            {
                 missing = Some(acked.len() as i64 - row.get::<_, i64>(0));
                 break;
             }

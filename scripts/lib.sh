@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for pgkeel's scripts. Sourced, not run.
 
 section() { printf '\n==== %s ====\n' "$*"; }
@@ -45,6 +46,7 @@ ensure_rust_components() {
     cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 }
 
+# shellcheck disable=SC2034 # used by the scripts that source this file
 PG_BIN=/usr/lib/postgresql/15/bin
 
 # Runs a command as the postgres user when we are root (PostgreSQL and

@@ -68,6 +68,8 @@ pub struct ServerConn {
     pub key: Arc<ServerKey>,
     /// ParameterStatus values the server sent at startup.
     pub params: Vec<(String, String)>,
+    /// The tracked session parameters this connection has now.
+    pub state: crate::session::params::Params,
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -235,6 +237,9 @@ impl ServerConn {
             stream,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key: Arc::new(key),
+            state: crate::session::params::Params::from_pairs(
+                params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            ),
             params,
             created: now,
             last_used: now,

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub primary_unavailable_seconds_total: Counter,
     pub retried_statements_total: IntCounter,
     pub failover_errors_total: IntCounterVec,
+    pub session_restores_total: IntCounter,
 }
 
 /// Reasons for `pgkeel_failover_errors_total`: errors a failover made pgkeel return.
@@ -176,6 +177,11 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
+            session_restores_total: IntCounter::new(
+                "pgkeel_session_restores_total",
+                "SET preludes that gave a server connection a client's session parameters",
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -210,6 +216,8 @@ impl Metrics {
         r.register(Box::new(m.retried_statements_total.clone()))
             .unwrap();
         r.register(Box::new(m.failover_errors_total.clone()))
+            .unwrap();
+        r.register(Box::new(m.session_restores_total.clone()))
             .unwrap();
         for reason in FAILOVER_ERROR_REASONS {
             m.failover_errors_total.with_label_values(&[reason]);

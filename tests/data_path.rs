@@ -630,3 +630,54 @@ async fn a_transaction_whose_server_dies_is_reported_at_the_next_statement() {
     }
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn session_parameters_follow_each_client_across_shared_server_connections() {
+    // One server connection shared by two clients in transaction mode.
+    let p = start(&config(pg_port(), "pool_size = 1", "")).await;
+    let url = |app: &str| {
+        format!(
+            "{} application_name={app}",
+            support::url(p.local_addr(), "app", "app_password", "appdb")
+        )
+    };
+    let (a, conn) = tokio_postgres::connect(&url("alpha"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (b, conn) = tokio_postgres::connect(&url("beta"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        assert_eq!(one(&a, "SHOW application_name").await, "alpha");
+        assert_eq!(one(&b, "SHOW application_name").await, "beta");
+    }
+    // A client's SET stays with that client, and does not leak to the other.
+    a.simple_query("SET TimeZone = 'Pacific/Auckland'")
+        .await
+        .unwrap();
+    let default_tz = one(&b, "SHOW TimeZone").await;
+    assert_ne!(default_tz, "Pacific/Auckland");
+    assert_eq!(one(&a, "SHOW TimeZone").await, "Pacific/Auckland");
+    assert_eq!(one(&b, "SHOW TimeZone").await, default_tz);
+    a.simple_query("SET application_name = 'alpha2'")
+        .await
+        .unwrap();
+    assert_eq!(one(&b, "SHOW application_name").await, "beta");
+    assert_eq!(one(&a, "SHOW application_name").await, "alpha2");
+    // The server is not SET again while nothing differs.
+    one(&a, "SELECT 1").await;
+    let restores = p.shared().metrics.session_restores_total.get();
+    for _ in 0..3 {
+        one(&a, "SELECT 1").await;
+    }
+    assert_eq!(p.shared().metrics.session_restores_total.get(), restores);
+    one(&b, "SELECT 1").await;
+    assert_eq!(
+        p.shared().metrics.session_restores_total.get(),
+        restores + 1,
+        "switching clients restores once"
+    );
+    p.shutdown().await;
+}

@@ -106,13 +106,55 @@ async fn planned_switchover_no_errors_no_disconnects_no_lost_writes() {
     c.run_async(&["wait-healthy"]).await;
     let p = proxy(c).await;
     let old = c.leader();
+    // A client's session parameters move with it to the new primary.
+    let (keeper, conn) = tokio_postgres::connect(
+        &format!("{} application_name=keeper", url(&p)),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    keeper
+        .simple_query("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
     let mut event_at = Instant::now();
     let report = around(&p, async {
         event_at = Instant::now();
         c.run_async(&["switchover"]).await;
     })
     .await;
+    let show = |sql: &'static str| {
+        let k = &keeper;
+        async move {
+            k.simple_query(sql)
+                .await
+                .unwrap()
+                .into_iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .unwrap()
+        }
+    };
+    let new_port: u16 = show("SELECT inet_server_port()::text")
+        .await
+        .parse()
+        .unwrap();
+    assert_eq!(
+        (
+            show("SHOW application_name").await,
+            show("SHOW TimeZone").await
+        ),
+        ("keeper".into(), "Asia/Tokyo".into())
+    );
     let new = c.leader();
+    assert_eq!(
+        new_port,
+        c.port_of(&new),
+        "the session now runs on the new leader"
+    );
     let failovers = p.shared().topology.failovers();
     p.shutdown().await;
     c.run_async(&["wait-healthy"]).await;

@@ -137,7 +137,10 @@ fn server_dies_with_its_process(hang: bool) {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the child exited ({status}) before its server was up");
         }
-        assert!(Instant::now() < deadline, "the child's server never came up");
+        assert!(
+            Instant::now() < deadline,
+            "the child's server never came up"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let _ = std::fs::remove_file(&out);
@@ -165,7 +168,11 @@ fn server_dies_with_its_process(hang: bool) {
     }
     // The directory stays until a later test process cleans up after the dead one.
     common::remove_stale_dirs();
-    assert!(!Path::new(&dir).exists(), "{} was not removed", dir.display());
+    assert!(
+        !Path::new(&dir).exists(),
+        "{} was not removed",
+        dir.display()
+    );
 }
 
 #[test]

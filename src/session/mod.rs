@@ -5,6 +5,7 @@
 //! for a connection, then the relay pumps until the server is idle again.
 //! Session mode keeps the connection until the client leaves.
 
+pub mod params;
 pub mod relay;
 pub mod startup;
 
@@ -98,6 +99,10 @@ struct Session {
     retries: u8,
     /// Preamble messages the client already got for the request being re-run.
     drop_preamble: u32,
+    /// The session parameters this client wants its server to have.
+    want: params::Params,
+    /// Parameters the last `SET` prelude restored.
+    restoring: Vec<&'static str>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -155,6 +160,7 @@ impl Session {
             ..Buffers::default()
         };
         let shutdown = shared.shutdown.clone();
+        let want = std::mem::take(&mut login.want);
         Session {
             user: login.user.clone(),
             database: login.database.clone(),
@@ -170,6 +176,8 @@ impl Session {
             lost: None,
             retries: 0,
             drop_preamble: 0,
+            want,
+            restoring: Vec::new(),
             shutdown,
         }
     }
@@ -245,6 +253,7 @@ impl Session {
                             ..TxState::default()
                         };
                         self.bufs.replay.clear();
+                        self.restore_params();
                     }
                     Err(u) => {
                         if !self.refuse(typ, u).await {
@@ -269,6 +278,7 @@ impl Session {
                 .metrics
                 .queries_total
                 .inc_by(std::mem::take(&mut self.st.queries));
+            self.note_params();
             match outcome {
                 Outcome::Released => {
                     self.login.cancel.slot.detach();
@@ -306,6 +316,49 @@ impl Session {
                     if !self.server_lost(&m).await {
                         return "server protocol error mid-message";
                     }
+                }
+            }
+        }
+    }
+
+    /// Makes the attached server's session parameters match the client's:
+    /// a `SET` prelude goes ahead of the client's bytes; the relay swallows
+    /// its answer.
+    fn restore_params(&mut self) {
+        let server = self.server.as_mut().expect("attached");
+        let diff = self.want.differing(&server.conn().state);
+        if diff.is_empty() {
+            return;
+        }
+        protocol::put_query(&mut self.bufs.to_server, &self.want.set_statement(&diff));
+        self.shared.metrics.session_restores_total.inc();
+        self.st.swallow = 1;
+        self.restoring = diff;
+    }
+
+    /// Takes in the ParameterStatus messages of the last pump: the server
+    /// now has those values, and (set by the client, or restored for it) the
+    /// client wants them.
+    fn note_params(&mut self) {
+        let reported = std::mem::take(&mut self.st.reported);
+        let restoring = std::mem::take(&mut self.restoring);
+        let server = self.server.as_mut().map(|s| &mut s.conn().state);
+        let Some(state) = server else {
+            for (k, v) in &reported {
+                self.want.set(k, v);
+            }
+            return;
+        };
+        for (k, v) in &reported {
+            state.set(k, v);
+            self.want.set(k, v);
+        }
+        // A restored value the server did not report was already equal in
+        // its own spelling: adopt that spelling, so the next attach agrees.
+        for n in restoring {
+            if !reported.iter().any(|(k, _)| k.eq_ignore_ascii_case(n)) {
+                if let Some(v) = state.get(n).map(str::to_owned) {
+                    self.want.set(n, &v);
                 }
             }
         }

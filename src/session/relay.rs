@@ -63,6 +63,10 @@ pub struct TxState {
     pub preamble: u32,
     /// Preamble messages still to drop from a re-run request's answer.
     pub drop_preamble: u32,
+    /// Answers (up to ReadyForQuery) to swallow: pgkeel's own `SET` prelude.
+    pub swallow: u32,
+    /// ParameterStatus (name, value) the server sent during this attach.
+    pub reported: Vec<(String, String)>,
     /// The client is sending COPY data (between its first CopyData and its
     /// CopyDone/CopyFail).
     pub in_copy: bool,
@@ -90,6 +94,8 @@ impl Default for TxState {
             responded: false,
             preamble: 0,
             drop_preamble: 0,
+            swallow: 0,
+            reported: Vec::new(),
             replayable: false,
             replay_has_parse: false,
             commit_in_flight: false,
@@ -137,6 +143,13 @@ pub struct Options {
 pub enum ClientScan {
     Ok,
     Terminate,
+}
+
+/// Notes a ParameterStatus (name, value) body.
+fn record_parameter(st: &mut TxState, mut body: &[u8]) {
+    if let (Some(k), Some(v)) = (protocol::get_cstr(&mut body), protocol::get_cstr(&mut body)) {
+        st.reported.push((k, v));
+    }
 }
 
 /// Messages a server sends before the actual answer, identical on any server
@@ -297,6 +310,30 @@ pub const WHOLE_MESSAGE_LIMIT: usize = 1 << 20;
 /// not the client's session: it is not forwarded, and its message is
 /// returned (`Ok(Some(..))`) so the session can say what happened.
 pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<Option<String>, String> {
+    // pgkeel's own prelude (restoring session parameters) comes first.
+    while st.swallow > 0 {
+        let Some(h) = protocol::header(&b.from_server) else {
+            return Ok(None);
+        };
+        let (typ, len) = h.map_err(|l| format!("invalid server message length {l}"))?;
+        if b.from_server.len() < len {
+            return Ok(None);
+        }
+        let body = &b.from_server[HEADER_LEN..len];
+        match typ {
+            b'Z' => st.swallow -= 1,
+            b'S' => record_parameter(st, body),
+            b'E' => {
+                let f = protocol::parse_error_fields(body);
+                return Err(format!(
+                    "restoring session parameters failed: {}",
+                    protocol::error_field(&f, b'M').unwrap_or("?")
+                ));
+            }
+            _ => {}
+        }
+        b.from_server.advance(len);
+    }
     // A re-run request: the client already has this much of the answer.
     while st.drop_preamble > 0 && st.server_skip == 0 {
         match protocol::header(&b.from_server) {
@@ -348,6 +385,9 @@ pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<Option<String>, 
         if len <= WHOLE_MESSAGE_LIMIT {
             if buf.len() - pos < len {
                 break;
+            }
+            if typ == b'S' {
+                record_parameter(st, &buf[pos + HEADER_LEN..pos + len]);
             }
             if typ == b'E' {
                 let fields = protocol::parse_error_fields(&buf[pos + HEADER_LEN..pos + len]);
@@ -556,6 +596,39 @@ mod tests {
         assert_eq!(&b.to_client[..], &rest[..]);
         assert!(again.is_idle() && again.responded);
         assert_eq!(again.preamble, 2, "a further re-run would drop both again");
+    }
+
+    #[test]
+    fn the_set_prelude_answer_is_swallowed_and_parameters_noted() {
+        let mut b = Buffers::default();
+        let mut st = TxState {
+            pending: 1,
+            swallow: 1,
+            ..TxState::default()
+        };
+        let prelude = [
+            msg(b'C', b"SET\0"),
+            msg(b'S', b"TimeZone\0UTC\0"),
+            msg(b'Z', b"I"),
+        ]
+        .concat();
+        let answer = [msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")].concat();
+        b.from_server.extend_from_slice(&prelude[..7]);
+        scan_server(&mut b, &mut st).unwrap();
+        assert!(b.to_client.is_empty());
+        b.from_server.extend_from_slice(&prelude[7..]);
+        b.from_server.extend_from_slice(&answer);
+        scan_server(&mut b, &mut st).unwrap();
+        assert_eq!(
+            &b.to_client[..],
+            &answer[..],
+            "only the client's answer goes through"
+        );
+        assert_eq!(
+            st.reported,
+            vec![("TimeZone".to_string(), "UTC".to_string())]
+        );
+        assert!(st.is_idle());
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Login {
     pub cancel: Registration,
     /// Bytes the client sent after its last auth message (kept for the session).
     pub pending: BytesMut,
+    /// The session parameters the client wants (server defaults, overridden
+    /// by its startup packet).
+    pub want: crate::session::params::Params,
 }
 
 pub enum Handshake {
@@ -238,7 +241,20 @@ pub async fn handshake(
     let mut buf = BytesMut::with_capacity(256);
     authenticate(shared, cfg, stream, &user, &mut buf).await?;
 
-    let server_params = welcome_params(shared, cfg, &database, &user).await?;
+    let mut server_params = welcome_params(shared, cfg, &database, &user).await?;
+    // What the client asked for at startup wins over the server's defaults;
+    // the first server it gets is SET to match.
+    let mut want = crate::session::params::Params::from_pairs(
+        server_params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    for (k, v) in &params {
+        want.set(k, v);
+    }
+    for (k, v) in server_params.iter_mut() {
+        if let Some(w) = want.get(k) {
+            *v = w.to_owned();
+        }
+    }
 
     let cancel = shared.cancels.register();
     let mut out = BytesMut::with_capacity(512);
@@ -255,6 +271,7 @@ pub async fn handshake(
         params,
         cancel,
         pending: buf,
+        want,
     })))
 }
 

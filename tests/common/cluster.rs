@@ -69,15 +69,22 @@ impl Cluster {
         };
         // The reaper first, so even a failed start is cleaned up. It outlives
         // this process by design, so it is never waited for.
-        #[allow(clippy::zombie_processes)]
-        c.command("reap-after")
+        let mut reaper = c.command("reap-after");
+        reaper
             .arg(std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("reaper starts");
+            .stderr(Stdio::null());
+        // Its own session: whatever tears down this test's session or
+        // process group must not take the reaper with it.
+        unsafe {
+            reaper.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        #[allow(clippy::zombie_processes)] // it outlives this process by design
+        reaper.spawn().expect("reaper starts");
         let out = c.command("up").output().expect("scripts/cluster.sh runs");
         assert!(
             out.status.success(),
