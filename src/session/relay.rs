@@ -185,18 +185,38 @@ fn ends_transaction(sql: &str) -> bool {
 }
 
 /// May this frame be part of a request re-run on another server?
-fn replayable_frame(typ: u8, frame: &[u8], st: &mut TxState) -> bool {
+/// Only the message types are checked here, on the hot path; whether the
+/// SQL only reads is decided by `replay_reads_only`, when a server has died.
+fn replayable_frame(typ: u8, _frame: &[u8], st: &mut TxState) -> bool {
     match typ {
-        b'Q' => crate::classify::is_read_only(query_text(typ, frame)),
+        b'Q' => true,
         b'P' => {
             st.replay_has_parse = true;
-            crate::classify::is_read_only(query_text(typ, frame))
+            true
         }
         // A Bind can be re-run only with the Parse it binds.
         b'B' => st.replay_has_parse,
         b'D' | b'E' | b'S' | b'H' => true,
         _ => false,
     }
+}
+
+/// True when every Query and Parse in a kept request is read-only, so the
+/// request may run again on another server.
+pub fn replay_reads_only(replay: &[u8]) -> bool {
+    let mut rest = replay;
+    while let Some(Ok((typ, len))) = protocol::header(rest) {
+        if rest.len() < len {
+            return false;
+        }
+        if matches!(typ, b'Q' | b'P')
+            && !crate::classify::is_read_only(query_text(typ, &rest[..len]))
+        {
+            return false;
+        }
+        rest = &rest[len..];
+    }
+    rest.is_empty()
 }
 
 /// Moves whole client messages from `from_client` to `to_server`, counting
@@ -629,6 +649,31 @@ mod tests {
             vec![("TimeZone".to_string(), "UTC".to_string())]
         );
         assert!(st.is_idle());
+    }
+
+    #[test]
+    fn only_requests_that_read_are_replayed() {
+        let read = [
+            msg(b'P', b"\0SELECT count(*) FROM t WHERE id = $1\0\0\0"),
+            msg(b'B', b"\0\0\0\0\0\0\0\0"),
+            msg(b'E', b"\0\0\0\0\0"),
+            msg(b'S', b""),
+        ]
+        .concat();
+        assert!(replay_reads_only(&read));
+        assert!(replay_reads_only(&msg(b'Q', b"SELECT 1\0")));
+        assert!(!replay_reads_only(&msg(
+            b'Q',
+            b"INSERT INTO t VALUES (1)\0"
+        )));
+        assert!(!replay_reads_only(&msg(
+            b'P',
+            b"\0SELECT nextval('s')\0\0\0"
+        )));
+        assert!(
+            !replay_reads_only(&read[..read.len() - 2]),
+            "a truncated copy is not replayed"
+        );
     }
 
     #[test]
