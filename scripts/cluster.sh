@@ -48,7 +48,6 @@ leader() { etcdctl_ get --print-value-only "/service/$SCOPE/leader" 2>/dev/null 
 patroni_pid() { pgrep -o -f "patroni $DIR/$1/patroni.yml" || true; }
 pg_pid() { head -1 "$DIR/$1/data/postmaster.pid" 2>/dev/null || true; }
 etcd_running() { [ -f "$DIR/etcd.pid" ] && kill -0 "$(cat "$DIR/etcd.pid")" 2>/dev/null; }
-pgkeel_running() { [ -f "$DIR/pgkeel.pid" ] && kill -0 "$(cat "$DIR/pgkeel.pid")" 2>/dev/null; }
 
 start_etcd() {
     etcd_running && return 0
@@ -187,17 +186,9 @@ leader_moved_from() { local l; l=$(leader); [ -n "$l" ] && [ "$l" != "$1" ]; }
 leader_port() { local i; i=$(member_index "$(leader)"); echo "${PG_PORTS[$i]}"; }
 
 write_pgkeel_config() {
-    cat > "$DIR/pgkeel.toml" <<TOML
-# Written by scripts/cluster.sh. See config.toml for every key.
-[proxy]
-listen = "$LISTEN"
-pool_mode = "transaction"
-pool_size = 20
-[admin]
-listen = "$ADMIN"
-[health]
-user = "postgres"
-password = "postgres"
+    {
+        pgkeel_config_head "$LISTEN" "$ADMIN"
+        cat <<TOML
 [etcd]
 endpoints = ["$ETCD_URL"]
 namespace = "/service/"
@@ -206,6 +197,7 @@ scope = "$SCOPE"
 name = "app"
 password = "app_password"
 TOML
+    } > "$DIR/pgkeel.toml"
 }
 
 up() {
@@ -233,12 +225,7 @@ up() {
     echo "leader: $(leader)"
     if [ "$WITH_PROXY" = 1 ]; then
         write_pgkeel_config
-        if ! pgkeel_running; then
-            section "pgkeel on $LISTEN"
-            nohup target/release/pgkeel --config "$DIR/pgkeel.toml" >"$DIR/pgkeel.log" 2>&1 &
-            echo $! > "$DIR/pgkeel.pid"
-        fi
-        TIMEOUT=30 wait_for pg_isready -h 127.0.0.1 -p "${LISTEN##*:}" || { echo "pgkeel did not come up; see $DIR/pgkeel.log" >&2; exit 1; }
+        start_pgkeel "$LISTEN"
         cat <<MSG
 
 A 3-member Patroni cluster runs (scope "$SCOPE", leader $(leader)), and pgkeel
@@ -253,11 +240,7 @@ MSG
 }
 
 down() {
-    if pgkeel_running; then
-        kill -TERM "$(cat "$DIR/pgkeel.pid")" 2>/dev/null || true
-        TIMEOUT=35 wait_for bash -c "! kill -0 $(cat "$DIR/pgkeel.pid") 2>/dev/null" || true
-    fi
-    rm -f "$DIR/pgkeel.pid"
+    stop_pgkeel
     for n in "${NAMES[@]}"; do stop_member "$n"; done
     stop_etcd
     [ "${1:-}" = "--purge" ] && rm -rf "$DIR"

@@ -13,7 +13,6 @@ LISTEN=${PGKEEL_LISTEN:-0.0.0.0:54320}
 ADMIN=${PGKEEL_ADMIN:-127.0.0.1:9930}
 
 pg_running() { [ -f "$DIR/data/postmaster.pid" ] && as_postgres "$PG_BIN/pg_ctl" -D "$DIR/data" status >/dev/null 2>&1; }
-pgkeel_running() { [ -f "$DIR/pgkeel.pid" ] && kill -0 "$(cat "$DIR/pgkeel.pid")" 2>/dev/null; }
 
 up() {
     install_packages postgresql-15 postgresql-client-15 ca-certificates
@@ -38,17 +37,9 @@ up() {
             as_postgres psql -h "$DIR" -p "$PG_PORT" -U postgres -q \
                 -c "CREATE ROLE app LOGIN PASSWORD 'app_password'" -c "CREATE DATABASE app OWNER app"
     fi
-    cat > "$DIR/pgkeel.toml" <<TOML
-# Written by scripts/demo.sh. See config.toml for every key.
-[proxy]
-listen = "$LISTEN"
-pool_mode = "transaction"
-pool_size = 20
-[admin]
-listen = "$ADMIN"
-[health]
-user = "postgres"
-password = "postgres"
+    {
+        pgkeel_config_head "$LISTEN" "$ADMIN"
+        cat <<TOML
 [[users]]
 name = "app"
 password = "app_password"
@@ -56,16 +47,9 @@ password = "app_password"
 host = "127.0.0.1"
 port = $PG_PORT
 TOML
-    if ! pgkeel_running; then
-        section "starting pgkeel on $LISTEN"
-        nohup target/release/pgkeel --config "$DIR/pgkeel.toml" >"$DIR/pgkeel.log" 2>&1 &
-        echo $! > "$DIR/pgkeel.pid"
-    fi
+    } > "$DIR/pgkeel.toml"
+    start_pgkeel "$LISTEN"
     local port=${LISTEN##*:}
-    TIMEOUT=30 wait_for pg_isready -h 127.0.0.1 -p "$port" || {
-        echo "pgkeel did not come up; see $DIR/pgkeel.log" >&2
-        exit 1
-    }
     cat <<MSG
 
 pgkeel is running on $LISTEN in front of PostgreSQL on 127.0.0.1:$PG_PORT.
@@ -77,11 +61,7 @@ MSG
 }
 
 down() {
-    if pgkeel_running; then
-        kill -TERM "$(cat "$DIR/pgkeel.pid")"
-        TIMEOUT=35 wait_for bash -c "! kill -0 $(cat "$DIR/pgkeel.pid")" || true
-    fi
-    rm -f "$DIR/pgkeel.pid"
+    stop_pgkeel
     if pg_running; then
         as_postgres "$PG_BIN/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null
     fi

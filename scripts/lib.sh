@@ -67,3 +67,45 @@ wait_for() {
         sleep 0.2
     done
 }
+
+# pgkeel's process, config and log live in $DIR (set by the calling script).
+pgkeel_running() { [ -f "$DIR/pgkeel.pid" ] && kill -0 "$(cat "$DIR/pgkeel.pid")" 2>/dev/null; }
+
+# The [proxy], [admin] and [health] part of the scripts' pgkeel configs.
+pgkeel_config_head() { # listen admin
+    cat <<TOML
+# Written by scripts/$(basename "$0"). See config.toml for every key.
+[proxy]
+listen = "$1"
+pool_mode = "transaction"
+pool_size = 20
+[admin]
+listen = "$2"
+[health]
+user = "postgres"
+password = "postgres"
+TOML
+}
+
+# Starts target/release/pgkeel with $DIR/pgkeel.toml unless it runs, and
+# waits until it accepts connections on the port of $1 (host:port).
+start_pgkeel() {
+    if ! pgkeel_running; then
+        section "pgkeel on $1"
+        nohup target/release/pgkeel --config "$DIR/pgkeel.toml" >"$DIR/pgkeel.log" 2>&1 &
+        echo $! > "$DIR/pgkeel.pid"
+    fi
+    TIMEOUT=30 wait_for pg_isready -h 127.0.0.1 -p "${1##*:}" || {
+        echo "pgkeel did not come up; see $DIR/pgkeel.log" >&2
+        exit 1
+    }
+}
+
+# Stops pgkeel (SIGTERM: it lets transactions finish).
+stop_pgkeel() {
+    if pgkeel_running; then
+        kill -TERM "$(cat "$DIR/pgkeel.pid")" 2>/dev/null || true
+        TIMEOUT=35 wait_for bash -c "! kill -0 $(cat "$DIR/pgkeel.pid") 2>/dev/null" || true
+    fi
+    rm -f "$DIR/pgkeel.pid"
+}

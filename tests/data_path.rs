@@ -471,11 +471,7 @@ async fn graceful_shutdown_lets_open_transactions_finish() {
 #[tokio::test]
 async fn no_primary_is_57p03_and_not_ready() {
     // A port nobody listens on: the health check marks the server down.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = dead_port();
     let p = start(&config(dead, "", "[failover]\nhold_timeout = \"300ms\"")).await;
     let admin = p.admin_addr().unwrap();
     assert_eq!(http_get(admin, "/ready").await.0, 503);

@@ -234,6 +234,24 @@ fn scratch(name: &str) -> String {
     format!("pgkeel-scratch-{}-{name}", std::process::id())
 }
 
+/// Writes a Patroni member key for `name` into a scratch scope.
+async fn put_member(
+    etcd: &mut etcd_client::Client,
+    prefix: &str,
+    name: &str,
+    port: u16,
+    role: &str,
+    tags: &str,
+) {
+    etcd.put(
+        format!("{prefix}members/{name}"),
+        member_json(port, role, tags),
+        None,
+    )
+    .await
+    .unwrap();
+}
+
 fn member_json(port: u16, role: &str, tags: &str) -> String {
     format!(
         r#"{{"conn_url":"postgres://127.0.0.1:{port}/postgres","api_url":"http://127.0.0.1:1/patroni","state":"running","role":"{role}","xlog_location":100,"timeline":1{tags}}}"#
@@ -326,24 +344,16 @@ async fn noloadbalance_tags_vanishing_members_and_dead_leaders() {
         .into_iter()
         .find(|n| *n != leader)
         .unwrap();
-    etcd.put(
-        format!("{prefix}members/L"),
-        member_json(c.port_of(&leader), "master", ""),
-        None,
+    put_member(&mut etcd, &prefix, "L", c.port_of(&leader), "master", "").await;
+    put_member(
+        &mut etcd,
+        &prefix,
+        "R",
+        c.port_of(replica),
+        "replica",
+        r#","tags":{"noloadbalance":true}"#,
     )
-    .await
-    .unwrap();
-    etcd.put(
-        format!("{prefix}members/R"),
-        member_json(
-            c.port_of(replica),
-            "replica",
-            r#","tags":{"noloadbalance":true}"#,
-        ),
-        None,
-    )
-    .await
-    .unwrap();
+    .await;
     etcd.put(format!("{prefix}leader"), "L", None)
         .await
         .unwrap();
@@ -379,18 +389,8 @@ async fn noloadbalance_tags_vanishing_members_and_dead_leaders() {
     );
 
     // A leader key naming a server that does not answer is not routed to.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    etcd.put(
-        format!("{prefix}members/D"),
-        member_json(dead, "master", ""),
-        None,
-    )
-    .await
-    .unwrap();
+    let dead = dead_port();
+    put_member(&mut etcd, &prefix, "D", dead, "master", "").await;
     etcd.put(format!("{prefix}leader"), "D", None)
         .await
         .unwrap();
@@ -471,25 +471,9 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
         .await
         .unwrap();
     let leader = c.leader();
-    etcd.put(
-        format!("{prefix}members/L"),
-        member_json(c.port_of(&leader), "master", ""),
-        None,
-    )
-    .await
-    .unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    etcd.put(
-        format!("{prefix}members/D"),
-        member_json(dead, "master", ""),
-        None,
-    )
-    .await
-    .unwrap();
+    put_member(&mut etcd, &prefix, "L", c.port_of(&leader), "master", "").await;
+    let dead = dead_port();
+    put_member(&mut etcd, &prefix, "D", dead, "master", "").await;
     etcd.put(format!("{prefix}leader"), "L", None)
         .await
         .unwrap();
