@@ -677,3 +677,54 @@ async fn session_parameters_follow_each_client_across_shared_server_connections(
     );
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn pools_keep_min_size_close_idle_and_renew_old_connections() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let p = start(&config(
+        pg_port(),
+        "pool_size = 4\nmin_pool_size = 2\nserver_idle_timeout = \"1s\"\nserver_lifetime = \"3s\"",
+        "",
+    ))
+    .await;
+    let clients: Vec<_> = futures_util::future::join_all((0..4).map(|_| app(p.local_addr()))).await;
+    // Four transactions at once open four server connections.
+    for c in &clients {
+        c.simple_query("BEGIN").await.unwrap();
+    }
+    for c in &clients {
+        c.simple_query("COMMIT").await.unwrap();
+    }
+    let pool = p
+        .shared()
+        .pools
+        .all()
+        .into_iter()
+        .find(|p| p.key.database == "appdb")
+        .unwrap();
+    assert_eq!(pool.stats.total_connections.load(Relaxed), 4);
+    // Idle past server_idle_timeout: closed down to min_pool_size, not below.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            pool.stats.total_connections.load(Relaxed) == 2
+        })
+        .await
+    );
+    // Past server_lifetime they are replaced, keeping min_pool_size open.
+    let connects = pool.stats.connects.load(Relaxed);
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            pool.stats.connects.load(Relaxed) >= connects + 2
+        })
+        .await,
+        "old connections were not renewed"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            pool.stats.total_connections.load(Relaxed) == 2
+        })
+        .await
+    );
+    assert_eq!(one(&clients[0], "SELECT 1").await, "1");
+    p.shutdown().await;
+}

@@ -578,3 +578,35 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn static_mode_finds_the_primary_among_its_servers() {
+    let _turn = TURN.lock().await;
+    let c = shared_cluster();
+    wait_healthy(c).await;
+    let servers: String = c
+        .pg_ports
+        .iter()
+        .map(|port| format!("[[servers]]\nhost = \"127.0.0.1\"\nport = {port}\n"))
+        .collect();
+    let toml = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"\"\n[health]\nuser = \"postgres\"\npassword = \"postgres\"\n[[users]]\nname = \"app\"\npassword = \"app_password\"\n{servers}"
+    );
+    let p = start(&toml).await;
+    let leader = c.leader();
+    let t = p.shared().topology.load_full();
+    assert_eq!(t.primary.as_ref().map(|m| m.port), Some(c.port_of(&leader)));
+    assert_eq!(
+        t.members
+            .iter()
+            .filter(|m| m.role == Role::Replica && m.healthy)
+            .count(),
+        2
+    );
+    setup_table(&p).await;
+    assert_eq!(
+        where_writes_go(&p).await.unwrap(),
+        (c.port_of(&leader), false)
+    );
+    p.shutdown().await;
+}
