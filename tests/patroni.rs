@@ -69,6 +69,17 @@ fn switch_seconds(p: &pgkeel::ProxyHandle) -> (u64, f64) {
     (h.get_sample_count(), h.get_sample_sum())
 }
 
+/// A healthy cluster, and pgkeel following it with its topology settled;
+/// returns the proxy and the leader's name.
+async fn settled_proxy(c: &'static Cluster) -> (pgkeel::ProxyHandle, String) {
+    wait_healthy(c).await;
+    let p = proxy(c).await;
+    setup_table(&p).await;
+    let leader = c.leader();
+    topology_settles(&p, &leader).await;
+    (p, leader)
+}
+
 async fn wait_healthy(c: &'static Cluster) {
     c.run_async(&["wait-healthy"]).await;
 }
@@ -95,11 +106,7 @@ async fn topology_settles(p: &pgkeel::ProxyHandle, leader: &str) {
 async fn follows_a_planned_switchover() {
     let _turn = TURN.lock().await;
     let c = shared_cluster();
-    wait_healthy(c).await;
-    let p = proxy(c).await;
-    setup_table(&p).await;
-    let old = c.leader();
-    topology_settles(&p, &old).await;
+    let (p, old) = settled_proxy(c).await;
     assert_eq!(where_writes_go(&p).await.unwrap(), (c.port_of(&old), false));
 
     let started = Instant::now();
@@ -129,11 +136,7 @@ async fn follows_a_planned_switchover() {
 async fn follows_a_killed_leader_and_sees_it_rejoin() {
     let _turn = TURN.lock().await;
     let c = shared_cluster();
-    wait_healthy(c).await;
-    let p = proxy(c).await;
-    setup_table(&p).await;
-    let old = c.leader();
-    topology_settles(&p, &old).await;
+    let (p, old) = settled_proxy(c).await;
 
     let started = Instant::now();
     c.run_async(&["kill-leader"]).await;
@@ -183,11 +186,7 @@ async fn follows_a_killed_leader_and_sees_it_rejoin() {
 async fn keeps_serving_through_an_etcd_restart() {
     let _turn = TURN.lock().await;
     let c = shared_cluster();
-    wait_healthy(c).await;
-    let p = proxy(c).await;
-    setup_table(&p).await;
-    let leader = c.leader();
-    topology_settles(&p, &leader).await;
+    let (p, leader) = settled_proxy(c).await;
     let client = connect(p.local_addr(), "app", "app_password", "app")
         .await
         .unwrap();
