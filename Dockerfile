@@ -2,6 +2,8 @@
 # Run:   docker run -p 54320:54320 -v $PWD/config.toml:/etc/pgkeel/config.toml pgkeel
 # (The packaging issue adds compose files and a multi-instance setup.)
 FROM rust:1-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler \
+    libprotobuf-dev libclang-dev clang && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src

@@ -203,7 +203,7 @@ TOML
 up() {
     install_packages postgresql-15 postgresql-client-15 etcd-server etcd-client patroni curl ca-certificates
     if [ "$WITH_PROXY" = 1 ]; then
-        install_packages protobuf-compiler libprotobuf-dev
+        install_packages "${BUILD_PACKAGES[@]}"
         section "building pgkeel"
         cargo build --release --bin pgkeel
     fi

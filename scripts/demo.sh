@@ -15,7 +15,7 @@ ADMIN=${PGKEEL_ADMIN:-127.0.0.1:9930}
 pg_running() { [ -f "$DIR/data/postmaster.pid" ] && as_postgres "$PG_BIN/pg_ctl" -D "$DIR/data" status >/dev/null 2>&1; }
 
 up() {
-    install_packages postgresql-15 postgresql-client-15 ca-certificates
+    install_packages postgresql-15 postgresql-client-15 ca-certificates "${BUILD_PACKAGES[@]}"
     section "building pgkeel"
     cargo build --release
     mkdir -p "$DIR"

@@ -7,6 +7,11 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# What building pgkeel needs beyond Rust: protoc and protobuf's .proto
+# includes (etcd-client), libclang for bindgen and a C compiler (pg_query
+# builds PostgreSQL's own parser).
+BUILD_PACKAGES=(protobuf-compiler libprotobuf-dev libclang-dev clang)
+
 # Installs the Debian packages named, if any is missing (one apt-get update).
 install_packages() {
     local missing=()

@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 # PostgreSQL for every integration test; etcd and Patroni for tests/patroni.rs;
-# protoc and protobuf's .proto includes for the etcd-client crate's build.
+# and the packages the build needs (BUILD_PACKAGES in lib.sh).
 install_packages postgresql-15 postgresql-client-15 etcd-server etcd-client patroni \
-    protobuf-compiler libprotobuf-dev curl ca-certificates
+    curl ca-certificates "${BUILD_PACKAGES[@]}"
 ensure_rust_components
 
 section "cargo fmt --check"

@@ -283,6 +283,50 @@ impl ServerConn {
             .unwrap_or_else(|_| Err(format!("{sql:?} timed out")))
     }
 
+    /// Runs `sql` (one statement returning one row) and returns the text of
+    /// its first column, `None` for NULL.
+    pub async fn query_value(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Option<String>, String> {
+        let fut = async {
+            let mut out = BytesMut::new();
+            protocol::put_query(&mut out, sql);
+            self.stream
+                .write_all(&out)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut buf = BytesMut::with_capacity(256);
+            let mut value = None;
+            let mut failed = None;
+            loop {
+                let (typ, body) = protocol::read_message(&mut self.stream, &mut buf, 1 << 20)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match typ {
+                    b'D' => value = Some(first_column(&body)),
+                    b'E' => {
+                        let f = parse_error_fields(&body);
+                        failed = Some(error_field(&f, b'M').unwrap_or("error").to_owned());
+                    }
+                    b'Z' if body.first() == Some(&b'I') => {
+                        return match (failed, value) {
+                            (Some(m), _) => Err(m),
+                            (None, Some(v)) => Ok(v),
+                            (None, None) => Err(format!("{sql:?} returned no row")),
+                        };
+                    }
+                    b'Z' => return Err(format!("{sql:?} left a transaction open")),
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .unwrap_or_else(|_| Err(format!("{sql:?} timed out")))
+    }
+
     /// True when the server closed the connection or sent something unasked
     /// (a FATAL on shutdown, a notification) while it sat idle. Such a
     /// connection is not handed to a client.
@@ -290,6 +334,14 @@ impl ServerConn {
         let mut b = [0u8; 1];
         !matches!(self.stream.try_read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
+}
+
+/// The first column of a DataRow body, as text (`None` for NULL).
+fn first_column(body: &[u8]) -> Option<String> {
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    let v = body.get(6..6 + len)?;
+    Some(String::from_utf8_lossy(v).into_owned())
 }
 
 fn proto(e: pgwire::error::PgWireError) -> BackendError {

@@ -367,6 +367,117 @@ impl EtcdConfig {
     }
 }
 
+/// Where a statement, rule, hint or listener sends work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    Primary,
+    Replica,
+    /// Any member that may take reads, the primary included.
+    Any,
+}
+
+/// What a listener does with the statements it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerRoute {
+    /// Split reads from writes (the main `listen` address).
+    Auto,
+    /// Everything to the primary, like HAProxy's primary port.
+    Primary,
+    /// Everything to the replicas, like HAProxy's replica port.
+    Replica,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    LeastConnections,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Reads go to the primary while no replica is usable.
+    Primary,
+    /// Reads wait for a replica (up to `hold_timeout`), then fail.
+    Error,
+}
+
+/// The read/write split.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Send read-only statements and transactions to replicas.
+    pub read_write_split: bool,
+    pub balance: Balance,
+    /// Relative share of reads per member name (default 1; 0 takes none).
+    pub weights: std::collections::BTreeMap<String, u32>,
+    /// A replica further behind the primary than this takes no reads.
+    pub max_replica_lag_bytes: Option<ByteSize>,
+    /// A replica whose last replayed transaction is older than this (while
+    /// it has more to replay) takes no reads.
+    pub max_replica_lag_time: Option<Dur>,
+    pub replica_fallback: Fallback,
+    /// After a client's write commits, its reads go only to servers that
+    /// have replayed that commit.
+    pub read_your_writes: bool,
+    /// Where statements calling functions pgkeel does not know go:
+    /// "primary" or "replica".
+    pub unknown_functions: Route,
+    /// More functions that need the primary (`name` or `prefix*`).
+    pub primary_functions: Vec<String>,
+    /// User functions that only read, so statements calling them may go to replicas.
+    pub replica_functions: Vec<String>,
+    /// Statement shapes whose classification is remembered.
+    pub classify_cache_size: usize,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            read_write_split: true,
+            balance: Balance::RoundRobin,
+            weights: Default::default(),
+            max_replica_lag_bytes: None,
+            max_replica_lag_time: None,
+            replica_fallback: Fallback::Primary,
+            read_your_writes: false,
+            unknown_functions: Route::Primary,
+            primary_functions: Vec::new(),
+            replica_functions: Vec::new(),
+            classify_cache_size: 10_000,
+        }
+    }
+}
+
+/// An extra listener with a fixed route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: String,
+    pub route: ListenerRoute,
+}
+
+/// A ProxySQL-style rule: the first rule whose matchers all match decides
+/// the route of a statement.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRule {
+    /// Regular expression, matched case-insensitively against the
+    /// statement's normalized text (literals as `?`, comments removed).
+    pub pattern: Option<String>,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub application_name: Option<String>,
+    pub route: Route,
+    /// Log each statement the rule routes.
+    #[serde(default)]
+    pub log: bool,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -399,6 +510,12 @@ struct RawConfig {
     failover: FailoverConfig,
     #[serde(default)]
     notify: Vec<NotifyConfig>,
+    #[serde(default)]
+    routing: RoutingConfig,
+    #[serde(default)]
+    listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    query_rules: Vec<QueryRule>,
 }
 
 /// A validated configuration.
@@ -414,6 +531,10 @@ pub struct Config {
     pub etcd: Option<EtcdConfig>,
     pub failover: FailoverConfig,
     pub notify: Vec<NotifyConfig>,
+    pub routing: RoutingConfig,
+    /// Extra listeners with fixed routes, parsed.
+    pub listeners: Vec<(SocketAddr, ListenerRoute)>,
+    pub query_rules: Vec<QueryRule>,
     pub listen_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
 }
@@ -508,7 +629,10 @@ fn locate(src: &str, table: &str, index: usize, key: Option<&str>) -> Option<usi
 
 fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError> {
     let err = |table: &str, index: usize, key: &str, message: String| {
-        let path = if table == "users" || table == "servers" || table == "notify" {
+        let path = if matches!(
+            table,
+            "users" | "servers" | "notify" | "listeners" | "query_rules"
+        ) {
             format!("{table}[{index}].{key}")
         } else {
             format!("{table}.{key}")
@@ -738,6 +862,77 @@ fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError> {
             return Err(err("servers", i, "port", "must not be 0".into()));
         }
     }
+    let routing = &raw.routing;
+    if routing.unknown_functions == Route::Any {
+        return Err(err(
+            "routing",
+            0,
+            "unknown_functions",
+            "must be \"primary\" or \"replica\"".into(),
+        ));
+    }
+    if routing.classify_cache_size == 0 {
+        return Err(err(
+            "routing",
+            0,
+            "classify_cache_size",
+            "must be at least 1".into(),
+        ));
+    }
+    let mut listeners = Vec::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let addr: SocketAddr = l.address.parse().map_err(|_| {
+            err(
+                "listeners",
+                i,
+                "address",
+                format!("{:?} is not an address like \"0.0.0.0:54321\"", l.address),
+            )
+        })?;
+        if addr == listen_addr && addr.port() != 0 {
+            return Err(err(
+                "listeners",
+                i,
+                "address",
+                "is the same as proxy.listen".into(),
+            ));
+        }
+        listeners.push((addr, l.route));
+    }
+    if raw.query_rules.len() > crate::router::MAX_RULES {
+        return Err(ConfigError {
+            key: Some("query_rules".into()),
+            line: None,
+            message: format!("at most {} rules are supported", crate::router::MAX_RULES),
+        });
+    }
+    for (i, r) in raw.query_rules.iter().enumerate() {
+        if r.pattern.is_none()
+            && r.user.is_none()
+            && r.database.is_none()
+            && r.application_name.is_none()
+        {
+            return Err(err(
+                "query_rules",
+                i,
+                "route",
+                "a rule needs at least one of pattern, user, database, application_name".into(),
+            ));
+        }
+        if let Some(p) = &r.pattern {
+            if let Err(e) = regex::bytes::RegexBuilder::new(p)
+                .case_insensitive(true)
+                .build()
+            {
+                return Err(err(
+                    "query_rules",
+                    i,
+                    "pattern",
+                    format!("invalid regular expression: {e}"),
+                ));
+            }
+        }
+    }
     Ok(Config {
         proxy: raw.proxy,
         admin: raw.admin,
@@ -748,6 +943,9 @@ fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError> {
         etcd: raw.etcd,
         failover: raw.failover,
         notify: raw.notify,
+        routing: raw.routing,
+        listeners,
+        query_rules: raw.query_rules,
         listen_addr,
         admin_addr,
     })

@@ -1,35 +1,63 @@
 //! Accepts client connections and spawns a session for each; enforces
-//! `max_client_connections`; on shutdown stops accepting and lets sessions
-//! finish up to `shutdown_timeout`, then aborts what is left.
+//! `max_client_connections` across all listeners; on shutdown stops
+//! accepting and lets sessions finish up to `shutdown_timeout`, then aborts
+//! what is left. Each listener has a route: the main one splits reads from
+//! writes, `[[listeners]]` may pin everything to the primary or replicas.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::config::ListenerRoute;
 use crate::protocol::{self, sqlstate, Severity};
 use crate::proxy::Shared;
 
-pub async fn run(shared: Arc<Shared>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+type Accepted = (TcpStream, std::net::SocketAddr, ListenerRoute);
+
+/// Accepts on one listener until the channel closes.
+async fn accept(listener: TcpListener, route: ListenerRoute, to: mpsc::Sender<Accepted>) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    if to.send((stream, peer, route)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = to.closed() => return,
+        }
+    }
+}
+
+pub async fn run(
+    shared: Arc<Shared>,
+    listeners: Vec<(TcpListener, ListenerRoute)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let max_clients = shared.config.load().proxy.max_client_connections as usize;
     let slots = Arc::new(Semaphore::new(max_clients));
     let mut sessions = JoinSet::new();
+    let (tx, mut accepted) = mpsc::channel::<Accepted>(64);
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|(l, route)| tokio::spawn(accept(l, route, tx.clone())))
+        .collect();
+    drop(tx);
     loop {
         tokio::select! {
-            r = listener.accept() => {
-                let (mut stream, peer) = match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            r = accepted.recv() => {
+                let Some((mut stream, peer, route)) = r else { break };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, max_clients, "client refused: max_client_connections reached");
                     shared.metrics.client_login_failures_total.with_label_values(&[sqlstate::TOO_MANY_CONNECTIONS]).inc();
@@ -44,7 +72,7 @@ pub async fn run(shared: Arc<Shared>, listener: TcpListener, mut shutdown: watch
                 shared.metrics.client_connections_total.inc();
                 shared.metrics.clients_connected.inc();
                 sessions.spawn(async move {
-                    crate::session::serve(shared.clone(), stream, peer).await;
+                    crate::session::serve(shared.clone(), stream, peer, route).await;
                     shared.metrics.clients_connected.dec();
                     drop(slot);
                 });
@@ -54,7 +82,11 @@ pub async fn run(shared: Arc<Shared>, listener: TcpListener, mut shutdown: watch
             _ = shutdown.changed() => break,
         }
     }
-    drop(listener);
+    // Stop accepting: the sockets close with their tasks.
+    drop(accepted);
+    for a in acceptors {
+        a.abort();
+    }
     let timeout = shared.config.load().proxy.shutdown_timeout.0;
     tracing::info!(
         sessions = sessions.len(),

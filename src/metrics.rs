@@ -2,7 +2,8 @@
 //! state), so two instances can run side by side in one process.
 
 use prometheus::{
-    Counter, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Counter, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -12,8 +13,20 @@ pub struct Metrics {
     pub client_connections_total: IntCounter,
     pub client_login_failures_total: IntCounterVec,
     pub server_connections: IntGauge,
-    pub transactions_total: IntCounter,
-    pub queries_total: IntCounter,
+    pub transactions_total: IntCounterVec,
+    pub queries_total: IntCounterVec,
+    /// `transactions_total` and `queries_total` children for the primary
+    /// ([0]) and other members ([1]), looked up once: they are on the hot path.
+    pub transactions: [IntCounter; 2],
+    pub queries: [IntCounter; 2],
+    pub routed_total: IntCounterVec,
+    /// `routed_total` children: [route index * reasons + reason index].
+    routed: Vec<IntCounter>,
+    pub classify_cache_hits_total: IntCounter,
+    pub classify_cache_misses_total: IntCounter,
+    pub replica_lag_bytes: IntGaugeVec,
+    pub replica_lag_seconds: GaugeVec,
+    pub replica_reads_on_primary_total: IntCounter,
     pub errors_total: IntCounterVec,
     pub pool_wait_seconds: Histogram,
     pub cancel_requests_total: IntCounter,
@@ -31,6 +44,9 @@ pub struct Metrics {
     pub failover_errors_total: IntCounterVec,
     pub session_restores_total: IntCounter,
 }
+
+/// `route` labels of `pgkeel_routed_total`, in `config::Route` order.
+const ROUTE_LABELS: [&str; 3] = ["primary", "replica", "any"];
 
 /// Reasons for `pgkeel_failover_errors_total`: errors a failover made pgkeel return.
 pub const FAILOVER_ERROR_REASONS: [&str; 6] = [
@@ -51,6 +67,16 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        let by_role =
+            |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["role"]).unwrap();
+        let transactions_total = by_role(
+            "pgkeel_transactions_total",
+            "Transactions (server checkouts) completed, by role of the server",
+        );
+        let queries_total = by_role(
+            "pgkeel_queries_total",
+            "Simple queries and extended-protocol syncs forwarded, by role of the server",
+        );
         let m = Metrics {
             clients_connected: IntGauge::new(
                 "pgkeel_clients_connected",
@@ -75,14 +101,54 @@ impl Metrics {
                 "Server connections currently open",
             )
             .unwrap(),
-            transactions_total: IntCounter::new(
-                "pgkeel_transactions_total",
-                "Transactions (server checkouts) completed",
+            transactions_total: transactions_total.clone(),
+            queries_total: queries_total.clone(),
+            transactions: [
+                transactions_total.with_label_values(&["primary"]),
+                transactions_total.with_label_values(&["replica"]),
+            ],
+            queries: [
+                queries_total.with_label_values(&["primary"]),
+                queries_total.with_label_values(&["replica"]),
+            ],
+            routed_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_routed_total",
+                    "Routing decisions for transactions, by route asked for and reason",
+                ),
+                &["route", "reason"],
             )
             .unwrap(),
-            queries_total: IntCounter::new(
-                "pgkeel_queries_total",
-                "Simple queries and extended-protocol syncs forwarded",
+            routed: Vec::new(),
+            classify_cache_hits_total: IntCounter::new(
+                "pgkeel_classify_cache_hits_total",
+                "Statements whose classification came from the cache",
+            )
+            .unwrap(),
+            classify_cache_misses_total: IntCounter::new(
+                "pgkeel_classify_cache_misses_total",
+                "Statements parsed to classify them",
+            )
+            .unwrap(),
+            replica_lag_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "pgkeel_replica_lag_bytes",
+                    "Bytes of WAL a replica is behind the primary",
+                ),
+                &["member"],
+            )
+            .unwrap(),
+            replica_lag_seconds: GaugeVec::new(
+                Opts::new(
+                    "pgkeel_replica_lag_seconds",
+                    "Seconds a replica's replay is behind (0 when caught up)",
+                ),
+                &["member"],
+            )
+            .unwrap(),
+            replica_reads_on_primary_total: IntCounter::new(
+                "pgkeel_replica_reads_on_primary_total",
+                "Transactions routed to replicas that ran on the primary: no replica was usable (down, lagging, or behind the client's last write)",
             )
             .unwrap(),
             errors_total: IntCounterVec::new(
@@ -184,6 +250,16 @@ impl Metrics {
             .unwrap(),
             registry,
         };
+        let mut m = m;
+        m.routed = ROUTE_LABELS
+            .iter()
+            .flat_map(|route| {
+                let v = m.routed_total.clone();
+                crate::router::Why::ALL
+                    .iter()
+                    .map(move |why| v.with_label_values(&[route, why.label()]))
+            })
+            .collect();
         let r = &m.registry;
         r.register(Box::new(m.clients_connected.clone())).unwrap();
         r.register(Box::new(m.client_connections_total.clone()))
@@ -219,6 +295,15 @@ impl Metrics {
             .unwrap();
         r.register(Box::new(m.session_restores_total.clone()))
             .unwrap();
+        r.register(Box::new(m.routed_total.clone())).unwrap();
+        r.register(Box::new(m.classify_cache_hits_total.clone()))
+            .unwrap();
+        r.register(Box::new(m.classify_cache_misses_total.clone()))
+            .unwrap();
+        r.register(Box::new(m.replica_lag_bytes.clone())).unwrap();
+        r.register(Box::new(m.replica_lag_seconds.clone())).unwrap();
+        r.register(Box::new(m.replica_reads_on_primary_total.clone()))
+            .unwrap();
         for reason in FAILOVER_ERROR_REASONS {
             m.failover_errors_total.with_label_values(&[reason]);
         }
@@ -233,6 +318,21 @@ impl Metrics {
             .iter()
             .map(|r| self.failover_errors_total.with_label_values(&[r]).get())
             .sum()
+    }
+
+    /// Counts one routing decision.
+    pub fn routed(&self, route: crate::config::Route, why: crate::router::Why) -> &IntCounter {
+        let r = route as usize;
+        let w = crate::router::Why::ALL
+            .iter()
+            .position(|x| *x == why)
+            .unwrap_or(0);
+        &self.routed[r * crate::router::Why::ALL.len() + w]
+    }
+
+    /// Transactions completed on any server.
+    pub fn transactions_completed(&self) -> u64 {
+        self.transactions.iter().map(IntCounter::get).sum()
     }
 
     pub fn render(&self) -> String {

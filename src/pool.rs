@@ -357,6 +357,21 @@ impl Pools {
         })
     }
 
+    /// Server connections lent out by the pool for (host, port, database, user).
+    pub fn active_on(&self, host: &str, port: u16, database: &str, user: &str) -> usize {
+        self.map
+            .lock()
+            .expect("pools poisoned")
+            .values()
+            .find(|p| {
+                p.key.port == port
+                    && p.key.host == host
+                    && p.key.database == database
+                    && p.key.user == user
+            })
+            .map_or(0, |p| p.stats.active.load(Ordering::Relaxed))
+    }
+
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.map
             .lock()

@@ -134,6 +134,22 @@ pub fn put_command_complete(buf: &mut BytesMut, tag: &str) {
 }
 
 /// Appends a simple Query message.
+/// The SQL bytes of a whole Query ('Q') or Parse ('P') frame (empty if malformed).
+pub fn query_text(typ: u8, frame: &[u8]) -> &[u8] {
+    let body = frame.get(HEADER_LEN..).unwrap_or_default();
+    let body = if typ == b'P' {
+        // Parse: statement name, then the query.
+        match body.iter().position(|&c| c == 0) {
+            Some(i) => &body[i + 1..],
+            None => return &[],
+        }
+    } else {
+        body
+    };
+    let end = body.iter().position(|&c| c == 0).unwrap_or(body.len());
+    &body[..end]
+}
+
 pub fn put_query(buf: &mut BytesMut, sql: &str) {
     buf.put_u8(b'Q');
     buf.put_i32((4 + sql.len() + 1) as i32);

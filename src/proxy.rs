@@ -16,7 +16,7 @@ use crate::auth::scram::ScramKeys;
 use crate::auth::Secret;
 use crate::backend::ServerCredentials;
 use crate::cancel::CancelRegistry;
-use crate::config::{Config, User};
+use crate::config::{Config, ListenerRoute, User};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolKey, PoolSettings, Pools};
 use crate::topology::{self, Member, TopologyHandle};
@@ -29,6 +29,8 @@ pub struct Shared {
     pub cancels: Arc<CancelRegistry>,
     pub metrics: Metrics,
     pub shutdown: watch::Receiver<bool>,
+    /// Routing built from the current config; swapped with it on reload.
+    pub router: ArcSwap<crate::router::Router>,
     /// SCRAM keys recovered from client logins, per user, for users whose
     /// server password pgkeel does not know.
     scram_keys: Mutex<HashMap<String, ScramKeys>>,
@@ -93,6 +95,8 @@ pub struct Proxy;
 /// A running instance.
 pub struct ProxyHandle {
     local_addr: SocketAddr,
+    /// `[[listeners]]`, bound (port 0 becomes a real port).
+    extra_addrs: Vec<(SocketAddr, ListenerRoute)>,
     admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
@@ -107,6 +111,15 @@ impl Proxy {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr))?;
         let local_addr = listener.local_addr()?;
+        let mut listeners = vec![(listener, ListenerRoute::Auto)];
+        let mut extra_addrs = Vec::new();
+        for (addr, route) in &config.listeners {
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} ({route:?} listener): {e}")
+            })?;
+            extra_addrs.push((l.local_addr()?, *route));
+            listeners.push((l, *route));
+        }
         let admin = match config.admin_addr {
             Some(a) => Some(
                 TcpListener::bind(a)
@@ -135,6 +148,7 @@ impl Proxy {
         .await;
 
         let shared = Arc::new(Shared {
+            router: ArcSwap::from_pointee(crate::router::Router::new(&config)),
             config: ArcSwap::from_pointee(config),
             topology,
             pools: Pools::default(),
@@ -147,10 +161,11 @@ impl Proxy {
             tokio::spawn(crate::admin::run(shared.clone(), l, shutdown_rx.clone()));
         }
         tokio::spawn(maintain_pools(shared.clone(), shutdown_rx.clone()));
-        let listener = tokio::spawn(crate::listener::run(shared.clone(), listener, shutdown_rx));
-        tracing::info!(listen = %local_addr, admin = ?admin_addr, "pgkeel is ready");
+        let listener = tokio::spawn(crate::listener::run(shared.clone(), listeners, shutdown_rx));
+        tracing::info!(listen = %local_addr, extra = ?extra_addrs, admin = ?admin_addr, "pgkeel is ready");
         Ok(ProxyHandle {
             local_addr,
+            extra_addrs,
             admin_addr,
             shutdown: shutdown_tx,
             listener,
@@ -162,6 +177,14 @@ impl Proxy {
 impl ProxyHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound address of the first `[[listeners]]` entry with `route`.
+    pub fn listener_addr(&self, route: ListenerRoute) -> Option<SocketAddr> {
+        self.extra_addrs
+            .iter()
+            .find(|(_, r)| *r == route)
+            .map(|(a, _)| *a)
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {

@@ -47,9 +47,9 @@ async fn around<F: std::future::Future<Output = ()>>(p: &pgkeel::ProxyHandle, ev
     let after = Instant::now();
     // Enough to see every client resume, bounded by the hold timeout.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let writes_before = p.shared().metrics.transactions_total.get();
+    let writes_before = p.shared().metrics.transactions_completed();
     let resumed = wait_until(Duration::from_secs(45), || async {
-        p.shared().metrics.transactions_total.get() > writes_before + 50
+        p.shared().metrics.transactions_completed() > writes_before + 50
     })
     .await;
     assert!(resumed, "traffic did not resume after the event");

@@ -19,11 +19,12 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::backend::{self, BackendError};
-use crate::config::{PoolMode, User};
+use crate::classify::Kind;
+use crate::config::{ListenerRoute, PoolMode, Route, User};
 use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::{self, sqlstate, Severity};
 use crate::proxy::Shared;
-use crate::router;
+use crate::router::{Decision, Picked, SessionView};
 use crate::topology::Member;
 use relay::{Buffers, Outcome, TxState};
 use startup::{Handshake, Login};
@@ -32,7 +33,12 @@ use startup::{Handshake, Login};
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one accepted client connection to the end.
-pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    listener: ListenerRoute,
+) {
     let _ = stream.set_nodelay(true);
     let cfg = shared.config.load_full();
     let login = tokio::time::timeout(
@@ -72,7 +78,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr)
         }
     };
     tracing::info!(%peer, user = %login.user.name, database = %login.database, "client connected");
-    let mut session = Session::new(shared, stream, peer, *login);
+    let mut session = Session::new(shared, stream, peer, *login, listener);
     let reason = session.run().await;
     tracing::info!(%peer, user = %session.user.name, reason, "client disconnected");
 }
@@ -87,8 +93,26 @@ struct Session {
     bufs: Buffers,
     st: TxState,
     server: Option<PooledConn>,
-    /// The pool last used, valid while the primary stays the same member.
-    pool: Option<(Arc<Member>, Arc<Pool>)>,
+    /// Pools this session used lately, by member (the `Arc` stays the same
+    /// while a member keeps its address).
+    pools: Vec<(Arc<Member>, Arc<Pool>)>,
+    /// The listener's route for everything this client sends.
+    listener: ListenerRoute,
+    /// Reused buffer for routing keys.
+    scratch: Vec<u8>,
+    /// `default_transaction_read_only` is on (startup or SET).
+    default_read_only: bool,
+    /// A bare BEGIN already answered, sent ahead of the next statement.
+    deferred_begin: Option<BytesMut>,
+    /// The deferred transaction failed before reaching a server: statements
+    /// get 25P02 until ROLLBACK, as in an aborted transaction.
+    deferred_aborted: bool,
+    /// Read-your-writes: the primary's WAL position after this client's last write.
+    min_lsn: Option<u64>,
+    /// The attached server is the primary.
+    on_primary: bool,
+    /// The attached transaction may write (it was routed as one).
+    may_write: bool,
     /// After an error pgkeel itself returned mid extended-protocol batch,
     /// the client's messages are dropped up to its Sync, as PostgreSQL does.
     skip_until_sync: bool,
@@ -111,6 +135,9 @@ enum Lost {
     Transaction,
     SessionState,
 }
+
+/// The primary's WAL write position as a byte offset.
+const CURRENT_LSN: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8";
 
 /// A request is re-run on a new server at most this often.
 const MAX_RETRIES: u8 = 3;
@@ -145,6 +172,17 @@ fn transient(fields: &[(u8, String)]) -> bool {
     code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
 }
 
+/// Session pools remembered per session (one per member is typical).
+const POOL_CACHE: usize = 8;
+
+/// The first statement of a simple Query, if it is COMMIT or END.
+fn is_commit(frame: &[u8]) -> bool {
+    let body = frame.get(protocol::HEADER_LEN..).unwrap_or_default();
+    let text = String::from_utf8_lossy(body);
+    let t = text.trim_matches(|c: char| c.is_whitespace() || c == ';' || c == '\0');
+    t.eq_ignore_ascii_case("commit") || t.eq_ignore_ascii_case("end")
+}
+
 /// The first statement of a simple Query, if it is ROLLBACK or ABORT.
 fn is_rollback(frame: &[u8]) -> bool {
     let body = frame.get(protocol::HEADER_LEN..).unwrap_or_default();
@@ -154,13 +192,23 @@ fn is_rollback(frame: &[u8]) -> bool {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, mut login: Login) -> Session {
+    fn new(
+        shared: Arc<Shared>,
+        client: TcpStream,
+        peer: SocketAddr,
+        mut login: Login,
+        listener: ListenerRoute,
+    ) -> Session {
         let bufs = Buffers {
             from_client: std::mem::take(&mut login.pending),
             ..Buffers::default()
         };
         let shutdown = shared.shutdown.clone();
         let want = std::mem::take(&mut login.want);
+        let default_read_only = login.params.iter().any(|(k, v)| {
+            k == "default_transaction_read_only"
+                && matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "1" | "yes")
+        });
         Session {
             user: login.user.clone(),
             database: login.database.clone(),
@@ -171,7 +219,15 @@ impl Session {
             bufs,
             st: TxState::default(),
             server: None,
-            pool: None,
+            pools: Vec::new(),
+            listener,
+            scratch: Vec::new(),
+            default_read_only,
+            deferred_begin: None,
+            deferred_aborted: false,
+            min_lsn: None,
+            on_primary: true,
+            may_write: true,
             skip_until_sync: false,
             lost: None,
             retries: 0,
@@ -229,7 +285,8 @@ impl Session {
                         b'X' => return "client terminated",
                         b'S' => {
                             self.skip_until_sync = false;
-                            if !self.reply(|out| protocol::put_ready(out, b'I')).await {
+                            let status = self.idle_status();
+                            if !self.reply(|out| protocol::put_ready(out, status)).await {
                                 return "client gone";
                             }
                         }
@@ -243,17 +300,36 @@ impl Session {
                     }
                     continue;
                 }
-                match self.acquire().await {
-                    Ok(conn) => {
+                let route = match self.route().await {
+                    Some(r) => r,
+                    None => continue,
+                };
+                let route = match route {
+                    Ok(r) => r,
+                    Err(()) => return "client gone",
+                };
+                match self.acquire(route).await {
+                    Ok((conn, on_primary)) => {
                         self.login.cancel.slot.attach(conn.server_key());
                         self.server = Some(conn);
+                        self.on_primary = on_primary;
                         self.st = TxState {
                             replayable: retry_reads,
                             drop_preamble: std::mem::take(&mut self.drop_preamble),
+                            // Elsewhere than the primary, the next request
+                            // may be a write: forward one at a time.
+                            one_request: !on_primary,
                             ..TxState::default()
                         };
                         self.bufs.replay.clear();
                         self.restore_params();
+                        if let Some(begin) = self.deferred_begin.take() {
+                            // The BEGIN the client was already answered for.
+                            self.bufs.to_server.extend_from_slice(&begin);
+                            self.st.swallow += 1;
+                            self.st.status = b'T';
+                            self.st.replayable = false;
+                        }
                     }
                     Err(u) => {
                         if !self.refuse(typ, u).await {
@@ -274,17 +350,36 @@ impl Session {
                 &mut self.shutdown,
             )
             .await;
-            self.shared
-                .metrics
-                .queries_total
-                .inc_by(std::mem::take(&mut self.st.queries));
+            let role = usize::from(!self.on_primary);
+            self.shared.metrics.queries[role].inc_by(std::mem::take(&mut self.st.queries));
             self.note_params();
             match outcome {
                 Outcome::Released => {
                     self.login.cancel.slot.detach();
-                    self.server.take().expect("attached").release();
+                    let mut server = self.server.take().expect("attached");
                     self.retries = 0;
-                    self.shared.metrics.transactions_total.inc();
+                    self.shared.metrics.transactions[role].inc();
+                    if self.on_primary
+                        && self.may_write
+                        && self.shared.router.load().settings().read_your_writes
+                    {
+                        // Read-your-writes: where the primary's WAL is now,
+                        // after this client's commit.
+                        match server
+                            .conn()
+                            .query_value(CURRENT_LSN, CLEANUP_TIMEOUT)
+                            .await
+                        {
+                            Ok(Some(v)) => {
+                                self.min_lsn = v.parse().ok();
+                                server.release();
+                            }
+                            // Not released: the connection's state is unknown.
+                            _ => self.min_lsn = Some(u64::MAX),
+                        }
+                    } else {
+                        server.release();
+                    }
                     if *self.shutdown.borrow() {
                         self.send_fatal(
                             sqlstate::ADMIN_SHUTDOWN,
@@ -382,10 +477,15 @@ impl Session {
         } else {
             self.skip_until_sync = true;
         }
+        if self.deferred_begin.is_some() {
+            // The client believes it is in a transaction: now a failed one.
+            self.deferred_aborted = true;
+        }
+        let status = self.idle_status();
         self.reply(|out| {
             protocol::put_error_fields(out, u.fields);
             if simple {
-                protocol::put_ready(out, b'I');
+                protocol::put_ready(out, status);
             }
         })
         .await
@@ -461,7 +561,7 @@ impl Session {
     /// A server connection for the next transaction. When no primary is
     /// usable (none known, a switchover draining, the primary refusing
     /// connections), the client is held until one is, up to `hold_timeout`.
-    async fn acquire(&mut self) -> Result<PooledConn, Unavailable> {
+    async fn acquire(&mut self, route: Route) -> Result<(PooledConn, bool), Unavailable> {
         let (wait, drain, hold, max_held) = {
             let c = self.shared.config.load();
             (
@@ -473,15 +573,29 @@ impl Session {
         };
         let mut held: Option<(Instant, watch::Receiver<u64>)> = None;
         let result = loop {
-            let member = {
+            let (picked, on_primary) = {
                 let topo = self.shared.topology.load();
-                router::pick(&topo, router::route(), drain)
+                let router = self.shared.router.load();
+                let min_lsn = self.min_lsn.filter(|_| router.settings().read_your_writes);
+                let pools = &self.shared.pools;
+                let picked = router.pick(&topo, route, drain, min_lsn, |m| {
+                    pools.active_on(&m.host, m.port, &self.database, &self.user.name)
+                });
+                let on_primary = match &picked {
+                    Picked::Member(m) => topo.primary.as_ref().is_some_and(|p| Arc::ptr_eq(p, m)),
+                    Picked::Nothing(_) => false,
+                };
+                (picked, on_primary)
             };
-            let why = match member {
-                Some(member) => {
+            let why = match picked {
+                Picked::Member(member) => {
+                    if on_primary && route == Route::Replica {
+                        self.shared.metrics.replica_reads_on_primary_total.inc();
+                    }
+                    let name = member.name.clone();
                     let pool = self.pool_for(member);
                     match pool.checkout(wait).await {
-                        Ok(conn) => break Ok(conn),
+                        Ok(conn) => break Ok((conn, on_primary)),
                         Err(e @ PoolError::Timeout(_)) => {
                             break Err(Unavailable::new(
                                 sqlstate::TOO_MANY_CONNECTIONS,
@@ -499,10 +613,10 @@ impl Session {
                             }
                             break Err(Unavailable { fields });
                         }
-                        Err(e) => format!("the primary does not accept connections: {e}"),
+                        Err(e) => format!("{name} does not accept connections: {e}"),
                     }
                 }
-                None => "no primary is available".to_owned(),
+                Picked::Nothing(why) => why.to_owned(),
             };
             // Hold: wait for the topology to change, a re-check, or a cancel.
             let (since, changed) = match &mut held {
@@ -526,7 +640,7 @@ impl Session {
                 break Err(Unavailable::new(
                     sqlstate::CANNOT_CONNECT_NOW,
                     format!(
-                        "cannot connect now: no primary available for {}s ({why})",
+                        "cannot connect now: no server available for {}s ({why})",
                         hold.as_secs()
                     ),
                 ));
@@ -551,12 +665,129 @@ impl Session {
     }
 
     fn pool_for(&mut self, member: Arc<Member>) -> Arc<Pool> {
-        match &self.pool {
-            Some((m, p)) if Arc::ptr_eq(m, &member) => p.clone(),
-            _ => {
-                let p = self.shared.pool_for(&member, &self.database, &self.user);
-                self.pool = Some((member, p.clone()));
-                p
+        if let Some((_, p)) = self.pools.iter().find(|(m, _)| Arc::ptr_eq(m, &member)) {
+            return p.clone();
+        }
+        let p = self.shared.pool_for(&member, &self.database, &self.user);
+        if self.pools.len() >= POOL_CACHE {
+            self.pools.remove(0);
+        }
+        self.pools.push((member, p.clone()));
+        p
+    }
+
+    /// ReadyForQuery status while no server is attached.
+    fn idle_status(&self) -> u8 {
+        match (&self.deferred_begin, self.deferred_aborted) {
+            (Some(_), true) => b'E',
+            (Some(_), false) => b'T',
+            (None, _) => b'I',
+        }
+    }
+
+    /// Routes the request at the head of the client's buffer. `None`: it was
+    /// answered here (a deferred BEGIN, its COMMIT, or an aborted deferred
+    /// transaction); `Some(Err)`: the client is gone.
+    async fn route(&mut self) -> Option<Result<Route, ()>> {
+        let simple = self.bufs.from_client.first() == Some(&b'Q');
+        if self.deferred_aborted {
+            let len = self.first_frame_len();
+            let frame = &self.bufs.from_client[..len];
+            if simple && (is_rollback(frame) || is_commit(frame)) {
+                let _ = self.bufs.from_client.split_to(len);
+                self.deferred_begin = None;
+                self.deferred_aborted = false;
+                let ok = self
+                    .reply(|out| {
+                        protocol::put_command_complete(out, "ROLLBACK");
+                        protocol::put_ready(out, b'I');
+                    })
+                    .await;
+                return if ok { None } else { Some(Err(())) };
+            }
+            let typ = self.bufs.from_client[0];
+            let u = Unavailable::new(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block"
+                    .into(),
+            );
+            return if self.refuse(typ, u).await {
+                None
+            } else {
+                Some(Err(()))
+            };
+        }
+        let decision = {
+            let router = self.shared.router.load();
+            let view = SessionView {
+                user: &self.user.name,
+                database: &self.database,
+                application_name: self.want.get("application_name").unwrap_or(""),
+                listener: self.listener,
+                pool_mode: self.user.pool_mode,
+                default_read_only: self.default_read_only,
+                deferred_begin: self.deferred_begin.is_some(),
+            };
+            router.decide(
+                &view,
+                &self.bufs.from_client,
+                &mut self.scratch,
+                &self.shared.metrics,
+            )
+        };
+        match decision {
+            Decision::Route { route, why, kind } => {
+                self.shared.metrics.routed(route, why).inc();
+                if let Kind::SetDefaultReadOnly(on) = kind {
+                    self.default_read_only = on;
+                }
+                self.may_write = self.deferred_begin.is_some()
+                    || !matches!(
+                        kind,
+                        Kind::Read
+                            | Kind::Begin {
+                                read_only: true,
+                                ..
+                            }
+                            | Kind::SetTransactionReadOnly
+                    );
+                Some(Ok(route))
+            }
+            Decision::DeferBegin => {
+                let len = self.first_frame_len();
+                self.deferred_begin = Some(self.bufs.from_client.split_to(len));
+                let ok = self
+                    .reply(|out| {
+                        protocol::put_command_complete(out, "BEGIN");
+                        protocol::put_ready(out, b'T');
+                    })
+                    .await;
+                if ok {
+                    None
+                } else {
+                    Some(Err(()))
+                }
+            }
+            Decision::LocalEnd => {
+                let len = self.first_frame_len();
+                let frame = self.bufs.from_client.split_to(len);
+                let tag = if is_rollback(&frame) {
+                    "ROLLBACK"
+                } else {
+                    "COMMIT"
+                };
+                self.deferred_begin = None;
+                let ok = self
+                    .reply(|out| {
+                        protocol::put_command_complete(out, tag);
+                        protocol::put_ready(out, b'I');
+                    })
+                    .await;
+                if ok {
+                    None
+                } else {
+                    Some(Err(()))
+                }
             }
         }
     }

@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::classify;
 use crate::protocol::{self, HEADER_LEN};
 
 /// Read granularity: large enough that a big result moves in few syscalls.
@@ -77,6 +78,12 @@ pub struct TxState {
     /// The request in flight ends a transaction (COMMIT/END): if the server
     /// dies now, the transaction's outcome is unknown.
     pub commit_in_flight: bool,
+    /// Forward one request at a time (the session routes each request on
+    /// its own: attached to a replica, the next one may be a write).
+    pub one_request: bool,
+    /// With `one_request`: a whole request went to the server; the next
+    /// waits until its ReadyForQuery.
+    pub request_done: bool,
     /// Syncs sent since the last Execute. If that Execute started a COPY
     /// FROM STDIN, the server ignores them (it ignores Sync in copy-in mode),
     /// so they earn no ReadyForQuery.
@@ -100,6 +107,8 @@ impl Default for TxState {
             replay_has_parse: false,
             commit_in_flight: false,
             in_copy: false,
+            one_request: false,
+            request_done: false,
             syncs_since_execute: 0,
         }
     }
@@ -160,18 +169,7 @@ fn is_preamble(typ: u8) -> bool {
 
 /// The SQL text of a Query ('Q') or Parse ('P') frame ("" if malformed).
 fn query_text(typ: u8, frame: &[u8]) -> &str {
-    let body = &frame[HEADER_LEN..];
-    let body = if typ == b'P' {
-        // Parse: statement name, then the query.
-        match body.iter().position(|&c| c == 0) {
-            Some(i) => &body[i + 1..],
-            None => return "",
-        }
-    } else {
-        body
-    };
-    let end = body.iter().position(|&c| c == 0).unwrap_or(body.len());
-    std::str::from_utf8(&body[..end]).unwrap_or("")
+    std::str::from_utf8(protocol::query_text(typ, frame)).unwrap_or("")
 }
 
 /// COMMIT or END: the statement that makes a transaction's outcome matter.
@@ -210,7 +208,8 @@ pub fn replay_reads_only(replay: &[u8]) -> bool {
             return false;
         }
         if matches!(typ, b'Q' | b'P')
-            && !crate::classify::is_read_only(query_text(typ, &rest[..len]))
+            && classify::classify(query_text(typ, &rest[..len]), &Default::default())
+                != classify::Kind::Read
         {
             return false;
         }
@@ -227,6 +226,9 @@ pub fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<Clie
     let mut pos = 0;
     let mut terminate = None;
     while let Some(h) = protocol::header(&buf[pos..]) {
+        if st.request_done {
+            break;
+        }
         let (typ, len) = h.map_err(|l| format!("invalid message length {l}"))?;
         if !protocol::is_frontend_type(typ) {
             return Err(format!("invalid frontend message type {typ}"));
@@ -260,6 +262,7 @@ pub fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<Clie
             b'Q' | b'F' => {
                 st.pending += 1;
                 st.queries += 1;
+                st.request_done = st.one_request;
             }
             // The server ignores Sync in copy-in mode.
             b'S' if st.in_copy => {}
@@ -268,6 +271,7 @@ pub fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<Clie
                 st.queries += 1;
                 st.unsynced = false;
                 st.syncs_since_execute += 1;
+                st.request_done = st.one_request;
             }
             b'E' => {
                 st.unsynced = true;
@@ -397,6 +401,7 @@ pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<Option<String>, 
             st.pending = st.pending.saturating_sub(1);
             if st.pending == 0 {
                 st.commit_in_flight = false;
+                st.request_done = false;
             }
             st.responded = true;
             pos += 6;
@@ -408,6 +413,10 @@ pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<Option<String>, 
             }
             if typ == b'S' {
                 record_parameter(st, &buf[pos + HEADER_LEN..pos + len]);
+            }
+            if typ == b'G' {
+                // CopyInResponse: the COPY data is part of the request.
+                st.request_done = false;
             }
             if typ == b'E' {
                 let fields = protocol::parse_error_fields(&buf[pos + HEADER_LEN..pos + len]);
@@ -510,7 +519,7 @@ pub async fn pump(
         ensure_room(&mut b.from_server);
         ensure_room(&mut b.from_client);
         tokio::select! {
-            r = cr.read_buf(&mut b.from_client), if b.to_server.is_empty() && !terminated => match r {
+            r = cr.read_buf(&mut b.from_client), if b.to_server.is_empty() && !terminated && !st.request_done => match r {
                 Ok(0) | Err(_) => return Outcome::ClientGone,
                 Ok(_) => {}
             },

@@ -41,7 +41,7 @@ pub struct Member {
     pub port: u16,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct MemberState {
     pub member: Arc<Member>,
     /// What pgkeel's probe last saw (`Unknown` until it answered).
@@ -50,14 +50,34 @@ pub struct MemberState {
     pub last_error: Option<String>,
     /// What Patroni says about the member (etcd mode).
     pub patroni: Option<PatroniMember>,
-    /// Bytes of WAL the member is behind the leader's last optime (etcd mode).
+    /// Bytes of WAL a replica is behind the primary: from pgkeel's probes
+    /// when both answered, else from Patroni's keys (etcd mode).
     pub lag_bytes: Option<u64>,
+    /// WAL position from the last probe: the primary's write position, or
+    /// what a replica has replayed (read-your-writes compares against it).
+    pub lsn: Option<u64>,
+    /// A replica has streamed WAL since it started.
+    pub streaming: bool,
+    /// Seconds a replica's replay is behind (0 when caught up), from its probe.
+    pub replay_lag: Option<f64>,
 }
 
 impl MemberState {
     /// May take reads: healthy and not tagged `noloadbalance`.
     pub fn readable(&self) -> bool {
         self.healthy && !self.patroni.as_ref().is_some_and(|p| p.noloadbalance)
+    }
+
+    /// May take reads as a replica: readable, in recovery, streaming, and
+    /// (in etcd mode) running as far as Patroni knows.
+    pub fn serves_reads(&self) -> bool {
+        self.readable()
+            && self.role == Role::Replica
+            && self.streaming
+            && self
+                .patroni
+                .as_ref()
+                .is_none_or(|p| matches!(p.state.as_str(), "running" | "streaming"))
     }
 }
 
@@ -127,6 +147,7 @@ impl Topology {
             };
             a.member == b.member
                 && a.role == b.role
+                && a.streaming == b.streaming
                 && a.healthy == b.healthy
                 && patroni(a) == patroni(b)
         }

@@ -1,6 +1,6 @@
 //! pgkeel's own view of a member: is it up, and is it writable?
 //! One task per member keeps a control connection and runs
-//! `SELECT pg_is_in_recovery()` on an interval the publisher can change
+//! `PROBE_SQL` (role, WAL position, replay lag) on an interval the publisher can change
 //! (fast while a new leader is being confirmed). Dropping the handle stops it.
 
 use std::time::Duration;
@@ -18,12 +18,34 @@ pub struct ProbeSettings {
     pub timeout: Duration,
 }
 
+/// What one health check saw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Probe {
+    pub role: Role,
+    /// WAL position as a byte offset: the primary's current write position,
+    /// or what a replica has replayed.
+    pub lsn: Option<u64>,
+    /// A replica has received WAL by streaming since it started (a restarted
+    /// old primary has not, until it follows the new leader).
+    pub streaming: bool,
+    /// Seconds since the last transaction a replica replayed, while it has
+    /// received WAL it has not replayed yet; 0 when caught up.
+    pub replay_lag: Option<f64>,
+}
+
 pub struct ProbeResult {
     pub name: String,
     /// Which prober (a member re-added with another address gets a new one).
     pub id: u64,
-    pub result: Result<Role, String>,
+    pub result: Result<Probe, String>,
 }
+
+/// One round trip tells role, WAL position and replay lag.
+const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
+    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::int8, \
+    pg_last_wal_receive_lsn() IS NOT NULL, \
+    CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0::float8 \
+    ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END";
 
 /// Controls one running prober.
 pub struct Prober {
@@ -108,7 +130,7 @@ async fn run(
 async fn probe_once(
     pg: &tokio_postgres::Config,
     client: &mut Option<tokio_postgres::Client>,
-) -> Result<Role, String> {
+) -> Result<Probe, String> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
         let (c, conn) = pg
             .connect(tokio_postgres::NoTls)
@@ -121,13 +143,19 @@ async fn probe_once(
     }
     let c = client.as_ref().expect("connected above");
     let row = c
-        .query_one("SELECT pg_is_in_recovery()", &[])
+        .query_one(PROBE_SQL, &[])
         .await
         .map_err(|e| e.to_string())?;
     let in_recovery: bool = row.get(0);
-    Ok(if in_recovery {
-        Role::Replica
-    } else {
-        Role::Primary
+    let lsn: Option<i64> = row.get(1);
+    Ok(Probe {
+        role: if in_recovery {
+            Role::Replica
+        } else {
+            Role::Primary
+        },
+        lsn: lsn.and_then(|l| u64::try_from(l).ok()),
+        streaming: row.get(2),
+        replay_lag: row.get(3),
     })
 }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::etcd::EtcdEvent;
 use super::patroni::{PatroniMember, PatroniState};
-use super::probe::{self, ProbeResult, ProbeSettings, Prober};
+use super::probe::{self, Probe, ProbeResult, ProbeSettings, Prober};
 use super::{FailoverRecord, Member, MemberState, Role, Topology, TopologyHandle};
 use crate::metrics::Metrics;
 use crate::notify::Event;
@@ -46,7 +46,7 @@ pub enum Source {
 struct Entry {
     member: Arc<Member>,
     patroni: Option<PatroniMember>,
-    probe: Option<Result<Role, String>>,
+    probe: Option<Result<Probe, String>>,
     prober: Prober,
 }
 
@@ -275,14 +275,22 @@ impl Publisher {
             (Some(Ok(_)) | None, Err(err)) => {
                 tracing::warn!(member = %r.name, error = %err, "health check failed; member marked down");
             }
-            (Some(Err(_)), Ok(role)) => {
-                tracing::info!(member = %r.name, ?role, "member answers health checks again")
+            (Some(Err(_)), Ok(p)) => {
+                tracing::info!(member = %r.name, role = ?p.role, "member answers health checks again")
             }
             _ => {}
         }
         e.probe = Some(r.result);
         if let Some((name, since)) = &self.awaiting {
-            if *name == r.name && matches!(e.probe, Some(Ok(Role::Primary))) {
+            if *name == r.name
+                && matches!(
+                    e.probe,
+                    Some(Ok(Probe {
+                        role: Role::Primary,
+                        ..
+                    }))
+                )
+            {
                 match since {
                     Some(since) => {
                         let took = since.elapsed();
@@ -304,22 +312,43 @@ impl Publisher {
     }
 
     fn compute(&self) -> Topology {
+        // The furthest WAL position a primary reported: what replicas chase.
+        let head = self
+            .entries
+            .values()
+            .filter_map(|e| match &e.probe {
+                Some(Ok(p)) if p.role == Role::Primary => p.lsn,
+                _ => None,
+            })
+            .max();
         let members: Vec<MemberState> = self
             .entries
             .values()
-            .map(|e| MemberState {
-                member: e.member.clone(),
-                role: match &e.probe {
-                    Some(Ok(r)) => *r,
-                    _ => Role::Unknown,
-                },
-                healthy: matches!(e.probe, Some(Ok(_))),
-                last_error: match &e.probe {
-                    Some(Err(m)) => Some(m.clone()),
+            .map(|e| {
+                let probe = e.probe.as_ref().and_then(|p| p.as_ref().ok());
+                // pgkeel's own measure when it has one; Patroni's (updated
+                // every loop_wait) otherwise.
+                let own_lag = match (probe, head) {
+                    (Some(p), Some(head)) if p.role == Role::Replica => {
+                        p.lsn.map(|l| head.saturating_sub(l))
+                    }
                     _ => None,
-                },
-                lag_bytes: e.patroni.as_ref().and_then(|p| self.patroni.lag_bytes(p)),
-                patroni: e.patroni.clone(),
+                };
+                MemberState {
+                    member: e.member.clone(),
+                    role: probe.map_or(Role::Unknown, |p| p.role),
+                    healthy: probe.is_some(),
+                    last_error: match &e.probe {
+                        Some(Err(m)) => Some(m.clone()),
+                        _ => None,
+                    },
+                    lag_bytes: own_lag
+                        .or_else(|| e.patroni.as_ref().and_then(|p| self.patroni.lag_bytes(p))),
+                    lsn: probe.and_then(|p| p.lsn),
+                    streaming: probe.is_some_and(|p| p.streaming),
+                    replay_lag: probe.and_then(|p| p.replay_lag),
+                    patroni: e.patroni.clone(),
+                }
             })
             .collect();
         let primary = if self.etcd_mode {
@@ -385,6 +414,19 @@ impl Publisher {
         self.metrics
             .members_up
             .set(new.members.iter().filter(|m| m.healthy).count() as i64);
+        // Lag per replica; members that left or became primary drop out.
+        self.metrics.replica_lag_bytes.reset();
+        self.metrics.replica_lag_seconds.reset();
+        for m in new.members.iter().filter(|m| m.role == Role::Replica) {
+            let name = [m.member.name.as_str()];
+            if let Some(b) = m.lag_bytes {
+                let b = i64::try_from(b).unwrap_or(i64::MAX);
+                self.metrics.replica_lag_bytes.with_label_values(&name).set(b);
+            }
+            if let Some(s) = m.replay_lag {
+                self.metrics.replica_lag_seconds.with_label_values(&name).set(s);
+            }
+        }
         self.handle.publish(new);
     }
 
