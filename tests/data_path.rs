@@ -228,7 +228,10 @@ async fn pool_exhausted_past_query_wait_timeout_is_53300() {
     .await;
     let a = app(p.local_addr()).await;
     let b = app(p.local_addr()).await;
+    // A bare BEGIN takes no server connection yet; its first statement does.
     a.simple_query("BEGIN").await.unwrap();
+    assert_eq!(one(&b, "SELECT 6").await, "6");
+    a.simple_query("SELECT 1").await.unwrap();
     let e = b.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&e), "53300", "{e}");
     // Extended protocol gets the same error, and the session stays in step.

@@ -138,7 +138,7 @@ async fn planned_switchover_no_errors_no_disconnects_no_lost_writes() {
                 .unwrap()
         }
     };
-    let new_port: u16 = show("SELECT inet_server_port()::text")
+    let new_port: u16 = show("/* pgkeel: primary */ SELECT inet_server_port()::text")
         .await
         .parse()
         .unwrap();

@@ -223,7 +223,10 @@ async fn keeps_serving_through_an_etcd_restart() {
     c.run_async(&["switchover"]).await;
     let new = c.leader();
     writes_reach(&p, c.port_of(&new), Duration::from_secs(30)).await;
-    client.simple_query("SELECT 1").await.ok();
+    client
+        .simple_query("/* pgkeel: primary */ SELECT 1")
+        .await
+        .ok();
     wait_healthy(c).await;
     p.shutdown().await;
 }
@@ -493,7 +496,10 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
     let client = connect(p.local_addr(), "app", "app_password", "app")
         .await
         .unwrap();
-    client.simple_query("SELECT 1").await.unwrap();
+    client
+        .simple_query("/* pgkeel: primary */ SELECT 1")
+        .await
+        .unwrap();
 
     // The leader key names a member that does not answer: no primary.
     etcd.put(format!("{prefix}leader"), "D", None)
@@ -512,7 +518,10 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
 
     // Held, then told after hold_timeout; the connection stays usable.
     let started = Instant::now();
-    let e = client.simple_query("SELECT 1").await.unwrap_err();
+    let e = client
+        .simple_query("/* pgkeel: primary */ SELECT 1")
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "57P03", "{e}");
     assert!(
         started.elapsed() >= Duration::from_millis(1400),
@@ -523,7 +532,12 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
     // A cancel ends a held statement at once.
     let token = client.cancel_token();
     let started = Instant::now();
-    let held = tokio::spawn(async move { (client.simple_query("SELECT 2").await, client) });
+    let held = tokio::spawn(async move {
+        (
+            client.simple_query("/* pgkeel: primary */ SELECT 2").await,
+            client,
+        )
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let (r, client) = held.await.unwrap();
@@ -531,7 +545,12 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
     assert!(started.elapsed() < Duration::from_millis(1400));
 
     // A statement held while the leader comes back just runs.
-    let held = tokio::spawn(async move { (client.simple_query("SELECT 3").await, client) });
+    let held = tokio::spawn(async move {
+        (
+            client.simple_query("/* pgkeel: primary */ SELECT 3").await,
+            client,
+        )
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     etcd.put(format!("{prefix}leader"), "L", None)
         .await

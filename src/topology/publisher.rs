@@ -421,10 +421,16 @@ impl Publisher {
             let name = [m.member.name.as_str()];
             if let Some(b) = m.lag_bytes {
                 let b = i64::try_from(b).unwrap_or(i64::MAX);
-                self.metrics.replica_lag_bytes.with_label_values(&name).set(b);
+                self.metrics
+                    .replica_lag_bytes
+                    .with_label_values(&name)
+                    .set(b);
             }
             if let Some(s) = m.replay_lag {
-                self.metrics.replica_lag_seconds.with_label_values(&name).set(s);
+                self.metrics
+                    .replica_lag_seconds
+                    .with_label_values(&name)
+                    .set(s);
             }
         }
         self.handle.publish(new);

@@ -1,0 +1,482 @@
+//! The read/write split against a real Patroni cluster: reads spread over
+//! the replicas, writes and plain transactions stay on the primary, rules,
+//! hints and fixed-route listeners override, a lagging replica is skipped,
+//! read-your-writes holds with a replica's replay paused, and after a
+//! switchover the old primary takes reads only once it streams again.
+//! One cluster for the binary; the tests take turns, since several pause
+//! replicas or move the leader.
+
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::cluster::{shared_cluster, Cluster};
+use pgkeel::topology::Role;
+use support::*;
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+static TURN: Mutex<()> = Mutex::const_new(());
+
+async fn proxy(c: &'static Cluster, extra: &str) -> pgkeel::ProxyHandle {
+    let p = start(&format!(
+        "{}\n{extra}",
+        c.pgkeel_config(&c.scope, "query_wait_timeout = \"5s\"")
+    ))
+    .await;
+    settle(c, &p).await;
+    p
+}
+
+/// Waits until pgkeel sees the leader as primary and both others as
+/// streaming replicas; returns the leader's name.
+async fn settle(c: &'static Cluster, p: &pgkeel::ProxyHandle) -> String {
+    c.run_async(&["wait-healthy"]).await;
+    let leader = c.leader();
+    let ok = wait_until(Duration::from_secs(30), || async {
+        let t = p.shared().topology.load();
+        t.members.len() == 3
+            && t.primary.as_ref().is_some_and(|m| m.name == leader)
+            && t.members
+                .iter()
+                .filter(|m| m.member.name != leader)
+                .all(|m| m.serves_reads())
+    })
+    .await;
+    assert!(
+        ok,
+        "topology did not settle: {:?}",
+        p.shared().topology.load()
+    );
+    leader
+}
+
+async fn client(addr: std::net::SocketAddr) -> Client {
+    connect(addr, "app", "app_password", "app").await.unwrap()
+}
+
+/// The first row of a simple query, as text columns.
+async fn row(c: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    let msgs = c.simple_query(sql).await?;
+    Ok(msgs
+        .into_iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+async fn port(c: &Client, sql: &str) -> u16 {
+    row(c, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))[0]
+        .parse()
+        .unwrap()
+}
+
+/// How many of `n` runs of `sql` landed on each port.
+async fn spread(c: &Client, sql: &str, n: usize) -> BTreeMap<u16, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        *seen.entry(port(c, sql).await).or_default() += 1;
+    }
+    seen
+}
+
+fn replica_ports(c: &Cluster, leader: &str) -> Vec<u16> {
+    ["pg1", "pg2", "pg3"]
+        .iter()
+        .filter(|n| **n != leader)
+        .map(|n| c.port_of(n))
+        .collect()
+}
+
+async fn superuser(port: u16) -> Client {
+    common::pg_client(port, "postgres", "postgres", "app").await
+}
+
+/// Pauses WAL replay on a member; resumes it when dropped, even when a test fails.
+struct Paused(u16);
+
+impl Paused {
+    async fn new(port: u16) -> Paused {
+        superuser(port)
+            .await
+            .simple_query("SELECT pg_wal_replay_pause()")
+            .await
+            .unwrap();
+        Paused(port)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.0.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "app",
+            ])
+            .args(["-Atc", "SELECT pg_wal_replay_resume()"])
+            .env("PGPASSWORD", "postgres")
+            .output();
+    }
+}
+
+async fn table(p: &pgkeel::ProxyHandle) {
+    client(p.local_addr())
+        .await
+        .simple_query("CREATE TABLE IF NOT EXISTS routing_rows (id bigserial PRIMARY KEY, v text); CREATE SEQUENCE IF NOT EXISTS routing_seq; CREATE TABLE IF NOT EXISTS routing_reports (x int)")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reads_spread_over_replicas_and_writes_stay_on_the_primary() {
+    let _turn = TURN.lock().await;
+    let c = shared_cluster();
+    let p = proxy(c, "").await;
+    let leader = settle(c, &p).await;
+    let primary = c.port_of(&leader);
+    let replicas = replica_ports(c, &leader);
+    table(&p).await;
+    let app = client(p.local_addr()).await;
+
+    let reads = spread(&app, "SELECT inet_server_port()", 20).await;
+    assert_eq!(
+        reads.keys().copied().collect::<Vec<_>>(),
+        {
+            let mut r = replicas.clone();
+            r.sort();
+            r
+        },
+        "reads went to {reads:?}"
+    );
+    assert!(reads.values().all(|n| *n == 10), "round robin: {reads:?}");
+
+    // Extended protocol (unnamed statement) reads are split too.
+    let r = app
+        .query_typed("SELECT inet_server_port()::int", &[])
+        .await
+        .unwrap();
+    assert!(replicas.contains(&(r[0].get::<_, i32>(0) as u16)));
+
+    // Writes, and reads that need the primary, reach only the primary.
+    for sql in [
+        "INSERT INTO routing_rows (v) VALUES ('w') RETURNING inet_server_port()",
+        "WITH d AS (DELETE FROM routing_rows WHERE false RETURNING 1) SELECT inet_server_port()",
+        "SELECT inet_server_port() FROM routing_rows FOR UPDATE",
+        "SELECT inet_server_port() FROM routing_rows FOR SHARE",
+        "SELECT inet_server_port(), nextval('routing_seq')",
+        "SELECT inet_server_port(), set_config('application_name', 'x', true)",
+        "SELECT inet_server_port(), txid_current()",
+        "SELECT inet_server_port(), pg_current_wal_lsn()",
+        "SELECT inet_server_port(), pg_advisory_xact_lock(42)",
+        "SELECT inet_server_port(), lower('A') FROM (SELECT 1) s WHERE EXISTS (SELECT pg_try_advisory_xact_lock(7))",
+    ] {
+        for _ in 0..3 {
+            assert_eq!(port(&app, sql).await, primary, "{sql}");
+        }
+    }
+
+    // A plain transaction never splits, whatever it runs.
+    app.simple_query("BEGIN").await.unwrap();
+    let a = port(&app, "SELECT inet_server_port()").await;
+    let b = port(&app, "SELECT inet_server_port()").await;
+    app.simple_query("COMMIT").await.unwrap();
+    assert_eq!((a, b), (primary, primary));
+    // Declared read-only, it goes to one replica, all of it.
+    for begin in ["BEGIN READ ONLY", "START TRANSACTION READ ONLY"] {
+        app.simple_query(begin).await.unwrap();
+        let a = port(&app, "SELECT inet_server_port()").await;
+        let b = port(&app, "SELECT inet_server_port()").await;
+        app.simple_query("COMMIT").await.unwrap();
+        assert!(replicas.contains(&a) && a == b, "{begin}: {a} then {b}");
+    }
+    app.simple_query("BEGIN").await.unwrap();
+    app.simple_query("SET TRANSACTION READ ONLY").await.unwrap();
+    let a = port(&app, "SELECT inet_server_port()").await;
+    let ro = row(&app, "SHOW transaction_read_only").await.unwrap();
+    app.simple_query("COMMIT").await.unwrap();
+    assert!(
+        replicas.contains(&a),
+        "SET TRANSACTION READ ONLY went to {a}"
+    );
+    assert_eq!(ro, ["on"]);
+    // A deferred BEGIN that ends at once needs no server at all.
+    app.simple_query("BEGIN").await.unwrap();
+    app.simple_query("ROLLBACK").await.unwrap();
+    // And a write after a deferred BEGIN is one transaction on the primary.
+    app.simple_query("BEGIN").await.unwrap();
+    let a = port(
+        &app,
+        "INSERT INTO routing_rows (v) VALUES ('t') RETURNING inet_server_port()",
+    )
+    .await;
+    app.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(a, primary);
+
+    let m = &p.shared().metrics;
+    assert!(m.queries[1].get() >= 20, "replica queries counted");
+    assert!(m.classify_cache_hits_total.get() > m.classify_cache_misses_total.get());
+    let (_, text) = http_get(p.admin_addr().unwrap(), "/metrics").await;
+    assert!(
+        text.contains("pgkeel_routed_total{reason=\"read\",route=\"replica\"}"),
+        "{text}"
+    );
+    assert!(text.contains("pgkeel_replica_lag_bytes{member="));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn rules_hints_and_fixed_route_listeners_override_the_sql() {
+    let _turn = TURN.lock().await;
+    let c = shared_cluster();
+    let p = proxy(
+        c,
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\nroute = \"replica\"\n\
+         [[listeners]]\naddress = \"127.0.0.1:0\"\nroute = \"primary\"\n\
+         [[query_rules]]\npattern = \"from routing_reports\"\nroute = \"primary\"\nlog = true\n\
+         [[query_rules]]\napplication_name = \"reporting\"\nroute = \"replica\"\n",
+    )
+    .await;
+    let leader = settle(c, &p).await;
+    let primary = c.port_of(&leader);
+    let replicas = replica_ports(c, &leader);
+    table(&p).await;
+    let app = client(p.local_addr()).await;
+
+    // Hints win over the SQL: a write sent to a replica fails there.
+    assert_eq!(
+        port(&app, "/* pgkeel: primary */ SELECT inet_server_port()").await,
+        primary
+    );
+    let e = app
+        .simple_query("/* pgkeel: replica */ INSERT INTO routing_rows (v) VALUES ('x')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "25006", "{e}");
+    // A pattern rule (matched on the normalized text, any case, any literal).
+    app.simple_query("INSERT INTO routing_reports VALUES (5), (6)")
+        .await
+        .unwrap();
+    for x in [5, 6, 5, 6] {
+        let sql = format!("SELECT inet_server_port() FROM Routing_Reports WHERE x = {x}");
+        assert_eq!(port(&app, &sql).await, primary, "{sql}");
+    }
+    // An application_name rule sends even a transaction to the replicas.
+    app.simple_query("SET application_name = 'reporting'")
+        .await
+        .unwrap();
+    app.simple_query("BEGIN").await.unwrap();
+    let a = port(&app, "SELECT inet_server_port()").await;
+    app.simple_query("COMMIT").await.unwrap();
+    assert!(replicas.contains(&a), "reporting transaction on {a}");
+    app.simple_query("SET application_name = 'web'")
+        .await
+        .unwrap();
+
+    // The two-port setup: everything to the replicas, or to the primary.
+    let ro = client(
+        p.listener_addr(pgkeel::config::ListenerRoute::Replica)
+            .unwrap(),
+    )
+    .await;
+    let reads = spread(&ro, "SELECT inet_server_port()", 6).await;
+    assert!(reads.keys().all(|p| replicas.contains(p)), "{reads:?}");
+    let e = ro
+        .simple_query("INSERT INTO routing_rows (v) VALUES ('x')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "25006");
+    let rw = client(
+        p.listener_addr(pgkeel::config::ListenerRoute::Primary)
+            .unwrap(),
+    )
+    .await;
+    let reads = spread(&rw, "SELECT inet_server_port()", 4).await;
+    assert_eq!(reads.keys().copied().collect::<Vec<_>>(), [primary]);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lagging_replica_takes_no_reads_until_it_catches_up() {
+    let _turn = TURN.lock().await;
+    let c = shared_cluster();
+    let p = proxy(c, "[routing]\nmax_replica_lag_bytes = \"256KB\"\n").await;
+    let leader = settle(c, &p).await;
+    let replicas = replica_ports(c, &leader);
+    let (lagging, other) = (replicas[0], replicas[1]);
+    table(&p).await;
+    let app = client(p.local_addr()).await;
+    let lag_of = |port: u16| {
+        let t = p.shared().topology.load();
+        t.members
+            .iter()
+            .find(|m| m.member.port == port)
+            .and_then(|m| m.lag_bytes)
+    };
+
+    let paused = Paused::new(lagging).await;
+    // About 1 MB of WAL the paused replica receives but does not replay.
+    app.simple_query(
+        "INSERT INTO routing_rows (v) SELECT repeat('x', 100) FROM generate_series(1, 5000)",
+    )
+    .await
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            lag_of(lagging).is_some_and(|l| l > 256 << 10)
+        })
+        .await,
+        "lag never showed: {:?}",
+        lag_of(lagging)
+    );
+    let reads = spread(&app, "SELECT inet_server_port()", 10).await;
+    assert_eq!(
+        reads.keys().copied().collect::<Vec<_>>(),
+        [other],
+        "{reads:?}"
+    );
+
+    drop(paused);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            port(&app, "SELECT inet_server_port()").await == lagging
+        })
+        .await,
+        "the replica never took reads again"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn read_your_writes_holds_with_a_replica_paused() {
+    let _turn = TURN.lock().await;
+    let c = shared_cluster();
+    let p = proxy(c, "[routing]\nread_your_writes = true\n").await;
+    let plain = proxy(c, "").await;
+    let leader = settle(c, &p).await;
+    let replicas = replica_ports(c, &leader);
+    table(&p).await;
+    let _paused = Paused::new(replicas[0]).await;
+    let ryw = client(p.local_addr()).await;
+    let other = client(plain.local_addr()).await;
+
+    let insert = "INSERT INTO routing_rows (v) VALUES ('ryw') RETURNING id";
+    let mut stale_without = 0;
+    for _ in 0..20 {
+        let id = &row(&ryw, insert).await.unwrap()[0];
+        let seen = row(
+            &ryw,
+            &format!("SELECT count(*), inet_server_port() FROM routing_rows WHERE id = {id}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            seen[0], "1",
+            "read-your-writes: row {id} not seen on port {}",
+            seen[1]
+        );
+
+        // The same without read-your-writes: the paused replica misses it.
+        let id = &row(&other, insert).await.unwrap()[0];
+        for _ in 0..2 {
+            let seen = row(
+                &other,
+                &format!("SELECT count(*) FROM routing_rows WHERE id = {id}"),
+            )
+            .await
+            .unwrap();
+            stale_without += usize::from(seen[0] == "0");
+        }
+    }
+    assert!(
+        stale_without >= 20,
+        "without read-your-writes the paused replica served {stale_without} stale reads"
+    );
+    // Once the live replica has replayed the write, reads go there again
+    // (never to the paused one).
+    let id = &row(&ryw, insert).await.unwrap()[0];
+    let sql = format!("SELECT count(*), inet_server_port() FROM routing_rows WHERE id = {id}");
+    let mut ports = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ports.last() != Some(&replicas[1]) {
+        assert!(
+            Instant::now() < deadline,
+            "reads never returned to the live replica: {ports:?}"
+        );
+        let r = row(&ryw, &sql).await.unwrap();
+        assert_eq!(r[0], "1");
+        ports.push(r[1].parse::<u16>().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!ports.contains(&replicas[0]));
+    assert!(p.shared().metrics.replica_reads_on_primary_total.get() >= 10);
+    p.shutdown().await;
+    plain.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_a_switchover_the_old_primary_takes_reads_once_it_streams() {
+    let _turn = TURN.lock().await;
+    let c = shared_cluster();
+    let p = proxy(c, "").await;
+    let old = settle(c, &p).await;
+    let old_port = c.port_of(&old);
+    let app = client(p.local_addr()).await;
+    let sql =
+        "SELECT inet_server_port(), pg_is_in_recovery(), pg_last_wal_receive_lsn() IS NOT NULL";
+
+    let reader = {
+        let stop = Instant::now() + Duration::from_secs(40);
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while Instant::now() < stop {
+                match row(&app, sql).await {
+                    Ok(r) => seen.push((Instant::now(), r)),
+                    Err(e) => panic!("read failed during the switchover: {e}"),
+                }
+                let back = seen
+                    .last()
+                    .is_some_and(|(_, r)| r[0] == old_port.to_string());
+                if back && seen.len() > 20 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let switched_at = Instant::now();
+    c.run_async(&["switchover"]).await;
+    let seen = reader.await.unwrap();
+    let on_old: Vec<_> = seen
+        .iter()
+        .filter(|(t, r)| *t > switched_at && r[0] == old_port.to_string())
+        .collect();
+    assert!(!on_old.is_empty(), "the old primary never took reads again");
+    for (_, r) in &on_old {
+        assert_eq!(
+            (r[1].as_str(), r[2].as_str()),
+            ("t", "t"),
+            "read on the old primary before it streamed: {r:?}"
+        );
+    }
+    let t = p.shared().topology.load();
+    let m = t.members.iter().find(|m| m.member.name == old).unwrap();
+    assert_eq!(m.role, Role::Replica);
+    drop(t);
+    p.shutdown().await;
+}
