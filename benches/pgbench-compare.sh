@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side pgbench: PostgreSQL direct vs PgBouncer vs pgkeel (both in
-# transaction mode, same pool size), interleaved rounds in one run, because
+# Side-by-side pgbench: PostgreSQL direct vs PgBouncer vs pgkeel (split on,
+# and split off) (all in transaction mode, same pool size), interleaved
+# rounds in one run, because
 # this machine is shared and noisy: compare the ratios, not the absolutes.
 #
 #   benches/pgbench-compare.sh            defaults below
@@ -22,6 +23,7 @@ OUT=${OUT:-benches/results/latest.md}
 PG_PORT=${PG_PORT:-55432}
 BOUNCER_PORT=${BOUNCER_PORT:-56432}
 PGKEEL_PORT=${PGKEEL_PORT:-56433}
+PGKEEL_NOSPLIT_PORT=${PGKEEL_NOSPLIT_PORT:-56434}
 ALL_WORKLOADS="select-simple select-extended select-prepared tpcb connect-per-txn single-client"
 WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS}
 
@@ -77,10 +79,14 @@ TIMEOUT=10 wait_for test -s "$WORK/pgbouncer.pid"
 BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")
 PIDS+=("$BOUNCER_PID")
 
-section "pgkeel on 127.0.0.1:$PGKEEL_PORT"
-cat > "$WORK/pgkeel.toml" <<TOML
+# Two pgkeel instances: as shipped (read/write split on: every statement is
+# classified, and with no replica here reads fall back to the primary), and
+# with read_write_split = false, so the difference is the split's cost.
+start_pgkeel_bench() { # name port split -> sets PID_<name>
+    local name=$1 port=$2 split=$3
+    cat > "$WORK/$name.toml" <<TOML
 [proxy]
-listen = "127.0.0.1:$PGKEEL_PORT"
+listen = "127.0.0.1:$port"
 pool_mode = "transaction"
 pool_size = $POOL_SIZE
 [admin]
@@ -91,6 +97,8 @@ level = "warn"
 user = "bench"
 password = "bench"
 database = "bench"
+[routing]
+read_write_split = $split
 [[users]]
 name = "bench"
 password = "bench"
@@ -98,15 +106,20 @@ password = "bench"
 host = "127.0.0.1"
 port = $PG_PORT
 TOML
-PGKEEL_PID=""
-if [ -x target/release/pgkeel ]; then
-    target/release/pgkeel --config "$WORK/pgkeel.toml" >"$WORK/pgkeel.log" 2>&1 &
-    PGKEEL_PID=$!
-    PIDS+=("$PGKEEL_PID")
-    TIMEOUT=20 wait_for pg_isready -h 127.0.0.1 -p "$PGKEEL_PORT" || { echo "pgkeel did not start: see $WORK/pgkeel.log"; PGKEEL_PID=""; }
-else
-    echo "pgkeel binary not available: its rows will say so"
-fi
+    local pid=""
+    if [ -x target/release/pgkeel ]; then
+        target/release/pgkeel --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        TIMEOUT=20 wait_for pg_isready -h 127.0.0.1 -p "$port" || { echo "$name did not start: see $WORK/$name.log"; pid=""; }
+    else
+        echo "pgkeel binary not available: its rows will say so"
+    fi
+    printf -v "PID_${name//-/_}" '%s' "$pid"
+}
+section "pgkeel on 127.0.0.1:$PGKEEL_PORT (split on) and :$PGKEEL_NOSPLIT_PORT (split off)"
+start_pgkeel_bench pgkeel "$PGKEEL_PORT" true
+start_pgkeel_bench pgkeel-nosplit "$PGKEEL_NOSPLIT_PORT" false
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
@@ -148,19 +161,21 @@ run_one() { # workload target port pid
     echo "  $w $t: tps $tps, latency $lat ms, proxy CPU $per us/txn"
 }
 
-TARGETS=(direct pgbouncer pgkeel)
+TARGETS=(direct pgbouncer pgkeel pgkeel-nosplit)
 for w in $WORKLOADS; do
     section "$w ($(args_for "$w"), ${DURATION}s x $ROUNDS rounds)"
     for r in $(seq 1 "$ROUNDS"); do
         # Rotate the order each round so no target always runs first.
-        for i in 0 1 2; do
-            t=${TARGETS[$(( (i + r - 1) % 3 ))]}
+        for i in 0 1 2 3; do
+            t=${TARGETS[$(( (i + r - 1) % 4 ))]}
             case $t in
                 direct) run_one "$w" direct "$PG_PORT" "" ;;
                 pgbouncer) run_one "$w" pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" ;;
-                pgkeel)
-                    if [ -n "$PGKEEL_PID" ]; then run_one "$w" pgkeel "$PGKEEL_PORT" "$PGKEEL_PID"
-                    else printf '%s\tpgkeel\tn/a\t-\t-\n' "$w" >> "$RAW"; fi ;;
+                pgkeel|pgkeel-nosplit)
+                    local_pid=PID_${t//-/_}
+                    port=$PGKEEL_PORT; [ "$t" = pgkeel-nosplit ] && port=$PGKEEL_NOSPLIT_PORT
+                    if [ -n "${!local_pid}" ]; then run_one "$w" "$t" "$port" "${!local_pid}"
+                    else printf '%s\t%s\tn/a\t-\t-\n' "$w" "$t" >> "$RAW"; fi ;;
             esac
         done
     done
