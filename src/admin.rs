@@ -94,6 +94,7 @@ fn status_json(shared: &Shared) -> String {
         "held_clients": shared.metrics.held_clients.get(),
         "pools": pools,
         "clients": shared.cancels.len(),
+        "config": &**shared.config_info.load(),
     })
     .to_string()
 }

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod session;
 pub mod topology;

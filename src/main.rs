@@ -68,6 +68,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // Edits to the file, and SIGHUP, reload it without a restart.
+        handle.watch_config(cli.config.clone());
         wait_for_signal().await;
         tracing::info!("shutting down");
         handle.shutdown().await;

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub retried_statements_total: IntCounter,
     pub failover_errors_total: IntCounterVec,
     pub session_restores_total: IntCounter,
+    pub config_reloads_total: IntCounterVec,
 }
 
 /// `route` labels of `pgkeel_routed_total`, in `config::Route` order.
@@ -248,6 +249,14 @@ impl Metrics {
                 "SET preludes that gave a server connection a client's session parameters",
             )
             .unwrap(),
+            config_reloads_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_config_reloads_total",
+                    "Configuration reloads, by result (ok, error)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
             registry,
         };
         let mut m = m;
@@ -296,6 +305,11 @@ impl Metrics {
         r.register(Box::new(m.session_restores_total.clone()))
             .unwrap();
         r.register(Box::new(m.routed_total.clone())).unwrap();
+        r.register(Box::new(m.config_reloads_total.clone()))
+            .unwrap();
+        for result in ["ok", "error"] {
+            m.config_reloads_total.with_label_values(&[result]);
+        }
         r.register(Box::new(m.classify_cache_hits_total.clone()))
             .unwrap();
         r.register(Box::new(m.classify_cache_misses_total.clone()))

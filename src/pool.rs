@@ -54,6 +54,9 @@ pub struct Pool {
     creds: ArcSwap<ServerCredentials>,
     idle: Mutex<Vec<ServerConn>>,
     permits: Arc<Semaphore>,
+    /// Permits to retire as lent connections come back (the pool shrank
+    /// below what is lent).
+    shrink_pending: AtomicUsize,
     /// Server ParameterStatus values, learnt from the first connection; sent
     /// to clients at login without a server round trip.
     welcome: ArcSwap<Option<Vec<(String, String)>>>,
@@ -76,7 +79,7 @@ pub struct PoolStats {
 pub struct PooledConn {
     conn: Option<ServerConn>,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl PooledConn {
@@ -101,6 +104,11 @@ impl PooledConn {
     /// Returns a clean connection to the idle stack (or closes it if it is past its lifetime).
     pub fn release(mut self) {
         let mut conn = self.conn.take().expect("released once");
+        if self.pool.retire_permit(&mut self.permit) {
+            // The pool shrank while this was lent: the connection goes too.
+            self.pool.closed(conn);
+            return;
+        }
         let s = self.pool.settings.load();
         conn.last_used = Instant::now();
         if conn.created.elapsed() >= s.lifetime {
@@ -114,6 +122,7 @@ impl PooledConn {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.pool.retire_permit(&mut self.permit);
         if let Some(conn) = self.conn.take() {
             self.pool.closed(conn);
         }
@@ -130,6 +139,7 @@ impl Pool {
         Arc::new(Pool {
             key,
             permits: Arc::new(Semaphore::new(settings.size as usize)),
+            shrink_pending: AtomicUsize::new(0),
             settings: ArcSwap::from_pointee(settings),
             creds: ArcSwap::from_pointee(creds),
             idle: Mutex::new(Vec::new()),
@@ -141,6 +151,60 @@ impl Pool {
 
     pub fn settings(&self) -> Arc<PoolSettings> {
         self.settings.load_full()
+    }
+
+    /// New size and timeouts (a reload). Growing adds permits at once;
+    /// shrinking retires free permits and idle connections first, and the
+    /// rest as lent connections come back.
+    pub fn apply_settings(&self, s: PoolSettings) {
+        let old = self.settings.load().size as usize;
+        let new = s.size as usize;
+        self.settings.store(Arc::new(s));
+        if new > old {
+            let mut grow = new - old;
+            // Cancel retirements still pending before adding permits.
+            let _ = self
+                .shrink_pending
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                    let cancel = p.min(grow);
+                    grow -= cancel;
+                    Some(p - cancel)
+                });
+            self.permits.add_permits(grow);
+        } else if new < old {
+            let excess = old - new;
+            let forgotten = self.permits.forget_permits(excess);
+            self.shrink_pending
+                .fetch_add(excess - forgotten, Ordering::AcqRel);
+            // Idle connections beyond the new size close now.
+            let surplus: Vec<ServerConn> = {
+                let mut idle = self.idle.lock().expect("pool poisoned");
+                let total = self.stats.total_connections.load(Ordering::Relaxed);
+                let n = total.saturating_sub(new).min(idle.len());
+                idle.drain(..n).collect()
+            };
+            for c in surplus {
+                self.closed(c);
+            }
+        }
+    }
+
+    /// Forgets `permit` instead of returning it when the pool has shrunk
+    /// below what is lent; true when it did.
+    fn retire_permit(&self, permit: &mut Option<OwnedSemaphorePermit>) -> bool {
+        if permit.is_none() {
+            return false;
+        }
+        let retire = self
+            .shrink_pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1))
+            .is_ok();
+        if retire {
+            if let Some(p) = permit.take() {
+                p.forget();
+            }
+        }
+        retire
     }
 
     /// New credentials (e.g. SCRAM keys learnt at a client's login) for new connections.
@@ -190,7 +254,7 @@ impl Pool {
         let mut lent = PooledConn {
             conn: None,
             pool: self.clone(),
-            _permit: permit,
+            permit: Some(permit),
         };
         let s = self.settings.load();
         loop {

@@ -31,6 +31,10 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Routing built from the current config; swapped with it on reload.
     pub router: ArcSwap<crate::router::Router>,
+    /// Bumped by every reload, so sessions notice cheaply.
+    pub config_version: std::sync::atomic::AtomicU64,
+    /// Version, file hash and last reload error, for /status.
+    pub config_info: ArcSwap<crate::reload::ConfigInfo>,
     /// SCRAM keys recovered from client logins, per user, for users whose
     /// server password pgkeel does not know.
     scram_keys: Mutex<HashMap<String, ScramKeys>>,
@@ -44,7 +48,18 @@ impl Shared {
             .insert(user.to_owned(), keys);
     }
 
-    fn credentials(&self, user: &User) -> ServerCredentials {
+    /// Pool settings for `user` under `cfg`.
+    pub fn pool_settings(&self, cfg: &Config, user: &User) -> PoolSettings {
+        PoolSettings {
+            size: user.pool_size,
+            min_size: cfg.proxy.min_pool_size.min(user.pool_size),
+            connect_timeout: cfg.proxy.connect_timeout.0,
+            idle_timeout: cfg.proxy.server_idle_timeout.0,
+            lifetime: cfg.proxy.server_lifetime.0,
+        }
+    }
+
+    pub fn credentials(&self, user: &User) -> ServerCredentials {
         ServerCredentials {
             user: user.server_user.clone(),
             password: user.server_password.clone(),
@@ -70,14 +85,10 @@ impl Shared {
             user: user.name.clone(),
         };
         let pool = self.pools.get_or_create(key, |key| {
+            // The user as configured now (a reload may have changed it).
             let cfg = self.config.load();
-            let settings = PoolSettings {
-                size: user.pool_size,
-                min_size: cfg.proxy.min_pool_size.min(user.pool_size),
-                connect_timeout: cfg.proxy.connect_timeout.0,
-                idle_timeout: cfg.proxy.server_idle_timeout.0,
-                lifetime: cfg.proxy.server_lifetime.0,
-            };
+            let user = cfg.user(&user.name).unwrap_or(user);
+            let settings = self.pool_settings(&cfg, user);
             Pool::new(key, settings, self.credentials(user), self.metrics.clone())
         });
         if user.server_password.is_none() {
@@ -149,6 +160,11 @@ impl Proxy {
 
         let shared = Arc::new(Shared {
             router: ArcSwap::from_pointee(crate::router::Router::new(&config)),
+            config_version: std::sync::atomic::AtomicU64::new(1),
+            config_info: ArcSwap::from_pointee(crate::reload::ConfigInfo {
+                version: 1,
+                ..Default::default()
+            }),
             config: ArcSwap::from_pointee(config),
             topology,
             pools: Pools::default(),
@@ -177,6 +193,20 @@ impl Proxy {
 impl ProxyHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Reloads the configuration from `path` now (as SIGHUP does).
+    pub fn reload(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<Vec<String>, crate::config::ConfigError> {
+        crate::reload::reload_file(&self.shared, path)
+    }
+
+    /// Reloads from `path` whenever it changes or SIGHUP arrives, until shutdown.
+    pub fn watch_config(&self, path: std::path::PathBuf) {
+        crate::reload::loaded_at_start(&self.shared, &path);
+        crate::reload::spawn(self.shared.clone(), path, self.shared.shutdown.clone());
     }
 
     /// The bound address of the first `[[listeners]]` entry with `route`.

@@ -113,6 +113,8 @@ struct Session {
     on_primary: bool,
     /// The attached transaction may write (it was routed as one).
     may_write: bool,
+    /// The config version this session last checked its user against.
+    config_version: u64,
     /// After an error pgkeel itself returned mid extended-protocol batch,
     /// the client's messages are dropped up to its Sync, as PostgreSQL does.
     skip_until_sync: bool,
@@ -228,6 +230,7 @@ impl Session {
             min_lsn: None,
             on_primary: true,
             may_write: true,
+            config_version: 0,
             skip_until_sync: false,
             lost: None,
             retries: 0,
@@ -293,6 +296,11 @@ impl Session {
                         _ => {}
                     }
                     continue;
+                }
+                if let Some(reason) = self.removed_by_reload() {
+                    self.send_fatal(sqlstate::INVALID_AUTHORIZATION, &reason)
+                        .await;
+                    return "user removed by a reload";
                 }
                 if let Some(lost) = self.lost.take() {
                     if !self.report_lost(lost, typ).await {
@@ -674,6 +682,26 @@ impl Session {
         }
         self.pools.push((member, p.clone()));
         p
+    }
+
+    /// After a reload, between transactions: the reason to end the session
+    /// if its user was removed from the configuration.
+    fn removed_by_reload(&mut self) -> Option<String> {
+        let v = self
+            .shared
+            .config_version
+            .load(std::sync::atomic::Ordering::Acquire);
+        if v == self.config_version {
+            return None;
+        }
+        self.config_version = v;
+        let cfg = self.shared.config.load();
+        cfg.user(&self.user.name).is_none().then(|| {
+            format!(
+                "terminating connection: user \"{}\" was removed from pgkeel's configuration",
+                self.user.name
+            )
+        })
     }
 
     /// ReadyForQuery status while no server is attached.

@@ -1,0 +1,235 @@
+//! Live configuration reload: on a change of the config file (watched with
+//! `notify`), on SIGHUP, or when asked (`ProxyHandle::reload`).
+//!
+//! The new file is parsed and validated completely first; an invalid file
+//! changes nothing (the error, with key and line, is logged, counted and
+//! shown in /status). A valid one is swapped in as a whole: config and
+//! router are `ArcSwap`s, so each transaction sees the old or the new one,
+//! never a mix. Pools take their new size and timeouts at once (a shrinking
+//! pool closes idle connections first and retires busy ones as they come
+//! back); a removed user's clients finish their transaction and are then
+//! told. Keys that need a restart keep their running value and are named.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, ConfigError};
+use crate::proxy::Shared;
+
+/// What /status says about the configuration.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConfigInfo {
+    /// Bumped by every successful reload (1 at start).
+    pub version: u64,
+    pub path: Option<String>,
+    /// SHA-256 of the file last loaded.
+    pub sha256: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub loaded_at: f64,
+    pub last_error: Option<String>,
+    /// Changed keys that keep their running value until a restart.
+    pub pending_restart: Vec<String>,
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Reloads from `path`. Returns the keys that need a restart to change.
+pub fn reload_file(shared: &Shared, path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        key: None,
+        line: None,
+        message: format!("cannot read {}: {e}", path.display()),
+    });
+    let parsed = text.and_then(|t| Config::from_toml_str(&t).map(|c| (c, t)));
+    let (new, text) = match parsed {
+        Ok(x) => x,
+        Err(e) => {
+            shared
+                .metrics
+                .config_reloads_total
+                .with_label_values(&["error"])
+                .inc();
+            tracing::error!(path = %path.display(), error = %e, "configuration not reloaded: the file is invalid; the running configuration stays");
+            let mut info = (**shared.config_info.load()).clone();
+            info.last_error = Some(e.to_string());
+            shared.config_info.store(Arc::new(info));
+            return Err(e);
+        }
+    };
+    let pending = apply(shared, new);
+    let mut info = (**shared.config_info.load()).clone();
+    info.version += 1;
+    info.path = Some(path.display().to_string());
+    info.sha256 = Some(hex(&Sha256::digest(text.as_bytes())));
+    info.loaded_at = now();
+    info.last_error = None;
+    info.pending_restart = pending.clone();
+    shared.config_info.store(Arc::new(info));
+    shared
+        .metrics
+        .config_reloads_total
+        .with_label_values(&["ok"])
+        .inc();
+    Ok(pending)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Records the file loaded at start, for /status.
+pub fn loaded_at_start(shared: &Shared, path: &Path) {
+    let sha = std::fs::read(path).ok().map(|b| hex(&Sha256::digest(&b)));
+    shared.config_info.store(Arc::new(ConfigInfo {
+        version: 1,
+        path: Some(path.display().to_string()),
+        sha256: sha,
+        loaded_at: now(),
+        ..ConfigInfo::default()
+    }));
+}
+
+/// Swaps `new` in; returns the keys that changed but need a restart (they
+/// keep their running values).
+pub fn apply(shared: &Shared, mut new: Config) -> Vec<String> {
+    let old = shared.config.load_full();
+    let mut pending = Vec::new();
+    macro_rules! keep {
+        ($name:expr, $($field:tt)+) => {
+            if format!("{:?}", new.$($field)+) != format!("{:?}", old.$($field)+) {
+                pending.push($name.to_string());
+                new.$($field)+ = old.$($field)+.clone();
+            }
+        };
+    }
+    keep!("proxy.listen", proxy.listen);
+    keep!("proxy.listen", listen_addr);
+    keep!("listeners", listeners);
+    keep!("admin.listen", admin);
+    keep!("admin.listen", admin_addr);
+    keep!("proxy.max_client_connections", proxy.max_client_connections);
+    keep!("log", log);
+    keep!("health", health);
+    keep!("etcd", etcd);
+    keep!("servers", servers);
+    pending.dedup();
+    if !pending.is_empty() {
+        tracing::warn!(keys = ?pending, "configuration reloaded, but these keys only change at a restart");
+    }
+    let removed: Vec<String> = old
+        .users
+        .iter()
+        .filter(|u| new.user(&u.name).is_none())
+        .map(|u| u.name.clone())
+        .collect();
+    let added: Vec<String> = new
+        .users
+        .iter()
+        .filter(|u| old.user(&u.name).is_none())
+        .map(|u| u.name.clone())
+        .collect();
+    let new = Arc::new(new);
+    shared
+        .router
+        .store(Arc::new(crate::router::Router::new(&new)));
+    shared.config.store(new.clone());
+    // Pools take their new settings; a removed user's pools close what is idle.
+    for pool in shared.pools.all() {
+        match new.user(&pool.key.user) {
+            Some(user) => {
+                pool.apply_settings(shared.pool_settings(&new, user));
+                pool.set_credentials(shared.credentials(user));
+            }
+            None => pool.close_idle(),
+        }
+    }
+    shared
+        .config_version
+        .fetch_add(1, std::sync::atomic::Ordering::Release);
+    tracing::info!(
+        ?added,
+        ?removed,
+        users = new.users.len(),
+        "configuration reloaded"
+    );
+    pending
+}
+
+/// Watches `path` and SIGHUP, and reloads on either, until shutdown.
+/// The SIGHUP handler is installed before this returns (a SIGHUP arriving
+/// without one would end the process).
+pub fn spawn(shared: Arc<Shared>, path: PathBuf, shutdown: watch::Receiver<bool>) {
+    let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; reload by editing the file");
+            None
+        }
+    };
+    tokio::spawn(run(shared, path, shutdown, hup));
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+    mut hup: Option<tokio::signal::unix::Signal>,
+) {
+    let (tx, mut rx) = mpsc::channel::<&'static str>(8);
+    let _watcher = watch_file(&path, tx.clone());
+    loop {
+        let why = tokio::select! {
+            Some(why) = rx.recv() => why,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = shutdown.changed() => return,
+        };
+        // Editors write in several steps: let them finish, then read once.
+        tokio::time::sleep(DEBOUNCE).await;
+        while rx.try_recv().is_ok() {}
+        tracing::info!(path = %path.display(), trigger = why, "reloading configuration");
+        let _ = reload_file(&shared, &path);
+    }
+}
+
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Watches the file's directory (editors replace files by renaming) and
+/// sends a trigger for events on the file.
+fn watch_file(path: &Path, tx: mpsc::Sender<&'static str>) -> Option<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name()?.to_owned();
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        let relevant = matches!(
+            ev.kind,
+            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+        ) && ev
+            .paths
+            .iter()
+            .any(|p| p.file_name() == Some(name.as_os_str()));
+        if relevant {
+            let _ = tx.try_send("file changed");
+        }
+    })
+    .map_err(
+        |e| tracing::warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP"),
+    )
+    .ok()?;
+    if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the configuration directory; reload with SIGHUP");
+        return None;
+    }
+    Some(w)
+}

@@ -1,0 +1,263 @@
+//! Live reload under load: pgbench runs through pgkeel while its config file
+//! is rewritten 20 times (pool size, query rules, a user added and removed,
+//! invalid files in between); no pgbench client sees an error, each valid
+//! change is live at once, each invalid one changes nothing, and SIGHUP
+//! reloads too.
+
+mod common;
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::shared_pg;
+use pgkeel::ProxyHandle;
+use support::*;
+
+/// Writes like a careful editor: a new file renamed over the old one, so
+/// the watcher never sees half a file.
+fn write_config(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn version(p: &ProxyHandle) -> u64 {
+    p.shared().config_info.load().version
+}
+
+fn reload_errors(p: &ProxyHandle) -> u64 {
+    p.shared()
+        .metrics
+        .config_reloads_total
+        .with_label_values(&["error"])
+        .get()
+}
+
+async fn wait_version(p: &ProxyHandle, v: u64) {
+    assert!(
+        wait_until(Duration::from_secs(10), || async { version(p) >= v }).await,
+        "config version stayed {} (wanted {v}); last error {:?}",
+        version(p),
+        p.shared().config_info.load().last_error
+    );
+}
+
+fn pgbench_init(port: u16) {
+    let out = std::process::Command::new("pgbench")
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "appdb",
+        ])
+        .env("PGPASSWORD", "postgres")
+        .output()
+        .expect("pgbench runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "appdb",
+            "-qc",
+        ])
+        .arg("GRANT ALL ON ALL TABLES IN SCHEMA public TO app")
+        .env("PGPASSWORD", "postgres")
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_rewrites_under_pgbench_no_client_error() {
+    let pg = shared_pg();
+    pgbench_init(pg.port);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgkeel.toml");
+    let text = |pool: u32, extra: &str| config(pg.port, &format!("pool_size = {pool}"), extra);
+    write_config(&path, &text(4, ""));
+    let p = pgkeel::Proxy::start(pgkeel::config::Config::from_file(&path).unwrap())
+        .await
+        .unwrap();
+    p.watch_config(path.clone());
+    let port = p.local_addr().port().to_string();
+
+    let bench = tokio::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-N",
+            "-c",
+            "6",
+            "-j",
+            "2",
+            "-T",
+            "25",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "app",
+            "appdb",
+        ])
+        .env("PGPASSWORD", "app_password")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pgbench starts");
+
+    let temp_user = "[[users]]\nname = \"temp\"\npassword = \"temp_password\"\nserver_user = \"app\"\nserver_password = \"app_password\"\n";
+    let rule = "[[query_rules]]\npattern = \"pgbench_branches\"\nroute = \"primary\"\n";
+    let mut expected = version(&p);
+    let mut temp_client = None;
+    for i in 0..20u32 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if i % 5 == 3 {
+            // Invalid: nothing changes, the error is counted and shown.
+            let errors = reload_errors(&p);
+            let before = p.shared().config.load().users[0].pool_size;
+            write_config(
+                &path,
+                &text(4, "").replace("pool_size = 4", "pool_size = 0"),
+            );
+            assert!(
+                wait_until(Duration::from_secs(10), || async {
+                    reload_errors(&p) > errors
+                })
+                .await
+            );
+            assert_eq!(p.shared().config.load().users[0].pool_size, before);
+            let err = p.shared().config_info.load().last_error.clone().unwrap();
+            assert!(err.contains("proxy.pool_size"), "{err}");
+            continue;
+        }
+        let pool = 2 + i % 4;
+        let mut extra = String::new();
+        if (6..12).contains(&i) {
+            extra.push_str(temp_user);
+        }
+        if i % 2 == 0 {
+            extra.push_str(rule);
+        }
+        write_config(&path, &text(pool, &extra));
+        expected += 1;
+        wait_version(&p, expected).await;
+        let cfg = p.shared().config.load_full();
+        assert_eq!(cfg.users[0].pool_size, pool);
+        assert_eq!(cfg.query_rules.len(), usize::from(i % 2 == 0));
+        assert!(
+            p.shared()
+                .pools
+                .all()
+                .iter()
+                .filter(|pl| pl.key.user == "app")
+                .all(|pl| pl.settings().size == pool),
+            "pools follow pool_size"
+        );
+        if i == 6 {
+            let c = connect(p.local_addr(), "temp", "temp_password", "appdb")
+                .await
+                .unwrap();
+            c.simple_query("SELECT 1").await.unwrap();
+            temp_client = Some(c);
+        }
+        if i == 12 {
+            // The removed user's idle client is told at its next statement;
+            // new logins are refused.
+            let c = temp_client.take().unwrap();
+            let e = c.simple_query("SELECT 1").await.unwrap_err();
+            let db = e.as_db_error().expect("an ErrorResponse");
+            assert_eq!(db.code().code(), "28000");
+            assert!(
+                db.message().contains("removed from pgkeel's configuration"),
+                "{db:?}"
+            );
+            let e = connect(p.local_addr(), "temp", "temp_password", "appdb")
+                .await
+                .unwrap_err();
+            assert_eq!(sqlstate(&e), "28000", "{e}");
+        }
+    }
+    // SIGHUP reloads without a file change.
+    let before = version(&p);
+    unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+    wait_version(&p, before + 1).await;
+
+    let out = bench.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench failed:\n{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("error") && !stdout.contains("aborted"),
+        "pgbench saw errors:\n{stdout}\n{stderr}"
+    );
+    let processed: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        processed > 100,
+        "pgbench ran only {processed} transactions:\n{stdout}"
+    );
+
+    let (_, status) = http_get(p.admin_addr().unwrap(), "/status").await;
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["config"]["version"], serde_json::json!(version(&p)));
+    assert_eq!(v["config"]["sha256"].as_str().map(str::len), Some(64));
+    let (_, metrics) = http_get(p.admin_addr().unwrap(), "/metrics").await;
+    assert!(metrics.contains("pgkeel_config_reloads_total{result=\"ok\"}"));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn keys_that_need_a_restart_keep_their_running_value() {
+    let pg = shared_pg();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgkeel.toml");
+    write_config(&path, &config(pg.port, "", ""));
+    let p = pgkeel::Proxy::start(pgkeel::config::Config::from_file(&path).unwrap())
+        .await
+        .unwrap();
+    let listen = p.shared().config.load().listen_addr;
+    write_config(
+        &path,
+        &config(pg.port, "query_wait_timeout = \"7s\"", "")
+            .replace("127.0.0.1:0\"\n", "127.0.0.1:1\"\n"),
+    );
+    let pending = p.reload(&path).unwrap();
+    assert!(pending.contains(&"proxy.listen".to_string()), "{pending:?}");
+    let cfg = p.shared().config.load();
+    assert_eq!(cfg.listen_addr, listen, "the running address stays");
+    assert_eq!(
+        cfg.proxy.query_wait_timeout.0,
+        Duration::from_secs(7),
+        "the rest applies"
+    );
+    assert_eq!(p.shared().config_info.load().pending_restart, pending);
+    drop(cfg);
+    p.shutdown().await;
+}
