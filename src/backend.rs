@@ -249,47 +249,30 @@ impl ServerConn {
     /// Runs one simple query and waits for ReadyForQuery; returns the
     /// transaction status it reports, or an error when the query failed.
     pub async fn run_simple(&mut self, sql: &str, timeout: Duration) -> Result<u8, String> {
-        let fut = async {
-            let mut out = BytesMut::new();
-            protocol::put_query(&mut out, sql);
-            self.stream
-                .write_all(&out)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut buf = BytesMut::with_capacity(256);
-            let mut failed = None;
-            loop {
-                let (typ, body) = protocol::read_message(&mut self.stream, &mut buf, 1 << 30)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match typ {
-                    b'E' => {
-                        let f = parse_error_fields(&body);
-                        failed = Some(error_field(&f, b'M').unwrap_or("error").to_owned());
-                    }
-                    b'Z' => {
-                        let status = body.first().copied().unwrap_or(b'I');
-                        return match failed {
-                            Some(m) => Err(m),
-                            None => Ok(status),
-                        };
-                    }
-                    _ => {}
-                }
-            }
-        };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .unwrap_or_else(|_| Err(format!("{sql:?} timed out")))
+        self.exchange(sql, timeout).await.map(|(status, _)| status)
     }
 
-    /// Runs `sql` (one statement returning one row) and returns the text of
-    /// its first column, `None` for NULL.
+    /// Runs `sql` (one statement returning one row, outside a transaction)
+    /// and returns the text of its first column, `None` for NULL.
     pub async fn query_value(
         &mut self,
         sql: &str,
         timeout: Duration,
     ) -> Result<Option<String>, String> {
+        match self.exchange(sql, timeout).await? {
+            (b'I', Some(v)) => Ok(v),
+            (b'I', None) => Err(format!("{sql:?} returned no row")),
+            _ => Err(format!("{sql:?} left a transaction open")),
+        }
+    }
+
+    /// One simple query to its ReadyForQuery: the status byte and the first
+    /// column of the last row, or the error message.
+    async fn exchange(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<(u8, Option<Option<String>>), String> {
         let fut = async {
             let mut out = BytesMut::new();
             protocol::put_query(&mut out, sql);
@@ -301,7 +284,7 @@ impl ServerConn {
             let mut value = None;
             let mut failed = None;
             loop {
-                let (typ, body) = protocol::read_message(&mut self.stream, &mut buf, 1 << 20)
+                let (typ, body) = protocol::read_message(&mut self.stream, &mut buf, 1 << 30)
                     .await
                     .map_err(|e| e.to_string())?;
                 match typ {
@@ -310,14 +293,13 @@ impl ServerConn {
                         let f = parse_error_fields(&body);
                         failed = Some(error_field(&f, b'M').unwrap_or("error").to_owned());
                     }
-                    b'Z' if body.first() == Some(&b'I') => {
-                        return match (failed, value) {
-                            (Some(m), _) => Err(m),
-                            (None, Some(v)) => Ok(v),
-                            (None, None) => Err(format!("{sql:?} returned no row")),
+                    b'Z' => {
+                        let status = body.first().copied().unwrap_or(b'I');
+                        return match failed {
+                            Some(m) => Err(m),
+                            None => Ok((status, value)),
                         };
                     }
-                    b'Z' => return Err(format!("{sql:?} left a transaction open")),
                     _ => {}
                 }
             }

@@ -336,7 +336,10 @@ async fn a_lagging_replica_takes_no_reads_until_it_catches_up() {
     .unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || async {
+            // The live replica replays the same WAL at once; wait until
+            // pgkeel has measured it caught up, and the paused one behind.
             lag_of(lagging).is_some_and(|l| l > 256 << 10)
+                && lag_of(other).is_some_and(|l| l <= 256 << 10)
         })
         .await,
         "lag never showed: {:?}",
@@ -369,6 +372,19 @@ async fn read_your_writes_holds_with_a_replica_paused() {
     let leader = settle(c, &p).await;
     let replicas = replica_ports(c, &leader);
     table(&p).await;
+    // Both replicas have the table before one stops replaying.
+    for port in &replicas {
+        let su = superuser(*port).await;
+        assert!(
+            wait_until(Duration::from_secs(10), || async {
+                row(&su, "SELECT to_regclass('routing_rows') IS NOT NULL")
+                    .await
+                    .is_ok_and(|r| r[0] == "t")
+            })
+            .await,
+            "routing_rows never reached the replica on {port}"
+        );
+    }
     let _paused = Paused::new(replicas[0]).await;
     let ryw = client(p.local_addr()).await;
     let other = client(plain.local_addr()).await;
