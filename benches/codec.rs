@@ -4,7 +4,9 @@
 //! per byte on top of the syscalls.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use pgkeel::session::relay::{scan_client, scan_server, Buffers, TxState};
+use pgkeel::session::prepared::Prepared;
+use pgkeel::session::relay::{scan_client, scan_server, Buffers, Track, TxState};
+use pgkeel::statements::ConnStatements;
 
 fn msg(t: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![t];
@@ -52,12 +54,34 @@ fn bench(c: &mut Criterion) {
         let mut st = TxState::default();
         b.iter(|| {
             bufs.from_client.extend_from_slice(&req);
-            scan_client(&mut bufs, &mut st, 1 << 30).unwrap();
+            scan_client(&mut bufs, &mut st, 1 << 30, None).unwrap();
             bufs.to_server.clear();
             bufs.from_server.extend_from_slice(&resp);
-            scan_server(&mut bufs, &mut st).unwrap();
+            scan_server(&mut bufs, &mut st, None).unwrap();
             bufs.to_client.clear();
             assert!(st.is_idle());
+        })
+    });
+    // The same in transaction mode: statement tracking and session-effect
+    // scanning on (the unnamed statement passes through unchanged).
+    g.bench_function("pgbench_select_round_trip_tracked", |b| {
+        let mut bufs = Buffers::default();
+        let mut st = TxState::default();
+        let mut prepared = Prepared::new(Default::default());
+        let mut conn = ConnStatements::default();
+        b.iter(|| {
+            let mut track = Track {
+                prepared: &mut prepared,
+                conn: &mut conn,
+                pin_on: &[],
+            };
+            bufs.from_client.extend_from_slice(&req);
+            scan_client(&mut bufs, &mut st, 1 << 30, Some(&mut track)).unwrap();
+            bufs.to_server.clear();
+            bufs.from_server.extend_from_slice(&resp);
+            scan_server(&mut bufs, &mut st, Some(&mut track)).unwrap();
+            bufs.to_client.clear();
+            assert!(st.is_idle() && prepared.settled());
         })
     });
 
@@ -82,7 +106,7 @@ fn bench(c: &mut Criterion) {
             |(mut bufs, mut st)| {
                 for chunk in stream.chunks(32 * 1024) {
                     bufs.from_server.extend_from_slice(chunk);
-                    scan_server(&mut bufs, &mut st).unwrap();
+                    scan_server(&mut bufs, &mut st, None).unwrap();
                     bufs.to_client.clear();
                 }
                 bufs

@@ -70,6 +70,8 @@ pub struct ServerConn {
     pub params: Vec<(String, String)>,
     /// The tracked session parameters this connection has now.
     pub state: crate::session::params::Params,
+    /// Prepared statements pgkeel made on this connection.
+    pub statements: crate::statements::ConnStatements,
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -241,6 +243,7 @@ impl ServerConn {
                 params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             ),
             params,
+            statements: Default::default(),
             created: now,
             last_used: now,
         })

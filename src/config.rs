@@ -41,6 +41,49 @@ pub enum PoolMode {
     Session,
 }
 
+/// Session features that cannot be shared in transaction mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinFeature {
+    /// LISTEN: notifications arrive on the connection that listens.
+    Listen,
+    /// pg_advisory_lock() and friends (not the _xact_ ones).
+    AdvisoryLocks,
+    /// DECLARE ... WITH HOLD cursors.
+    HoldCursors,
+    /// CREATE TEMP TABLE (without ON COMMIT DROP).
+    TempTables,
+}
+
+impl PinFeature {
+    pub const ALL: [PinFeature; 4] = [
+        PinFeature::Listen,
+        PinFeature::AdvisoryLocks,
+        PinFeature::HoldCursors,
+        PinFeature::TempTables,
+    ];
+
+    /// The name used in `pin_on` and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            PinFeature::Listen => "listen",
+            PinFeature::AdvisoryLocks => "advisory_locks",
+            PinFeature::HoldCursors => "hold_cursors",
+            PinFeature::TempTables => "temp_tables",
+        }
+    }
+
+    /// What the client did, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PinFeature::Listen => "LISTEN",
+            PinFeature::AdvisoryLocks => "session-level advisory locks",
+            PinFeature::HoldCursors => "WITH HOLD cursors",
+            PinFeature::TempTables => "temporary tables",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum AuthMethod {
     #[serde(rename = "scram-sha-256")]
@@ -183,6 +226,14 @@ pub struct ProxyConfig {
     pub max_message_size: ByteSize,
     /// Run on a server connection when a session-mode client leaves.
     pub server_reset_query: String,
+    /// Named prepared statements follow clients across server connections
+    /// in transaction mode (prepared again where missing).
+    pub prepared_statements: bool,
+    /// Prepared statements kept per server connection (LRU beyond that).
+    pub prepared_statements_cache_size: u32,
+    /// Session features that pin a transaction-mode client to its server
+    /// connection for the rest of its session; the others are refused.
+    pub pin_on: Vec<PinFeature>,
 }
 
 impl Default for ProxyConfig {
@@ -202,6 +253,9 @@ impl Default for ProxyConfig {
             shutdown_timeout: d(30),
             max_message_size: ByteSize(256 << 20),
             server_reset_query: "DISCARD ALL".into(),
+            prepared_statements: true,
+            prepared_statements_cache_size: 500,
+            pin_on: PinFeature::ALL.to_vec(),
         }
     }
 }
@@ -679,6 +733,14 @@ fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError> {
                 "{} is larger than pool_size ({})",
                 p.min_pool_size, p.pool_size
             ),
+        ));
+    }
+    if p.prepared_statements_cache_size == 0 {
+        return Err(err(
+            "proxy",
+            0,
+            "prepared_statements_cache_size",
+            "must be at least 1 (set prepared_statements = false to turn the feature off)".into(),
         ));
     }
     if p.max_client_connections == 0 {

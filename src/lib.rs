@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod session;
+pub mod statements;
 pub mod topology;
 
 pub use proxy::{Proxy, ProxyHandle};

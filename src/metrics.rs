@@ -43,6 +43,11 @@ pub struct Metrics {
     pub retried_statements_total: IntCounter,
     pub failover_errors_total: IntCounterVec,
     pub session_restores_total: IntCounter,
+    pub prepared_statements_prepared_total: IntCounter,
+    pub prepared_statements_hits_total: IntCounter,
+    pub prepared_statements_evictions_total: IntCounter,
+    pub pinned_clients: IntGauge,
+    pub client_pins_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
 }
 
@@ -249,6 +254,34 @@ impl Metrics {
                 "SET preludes that gave a server connection a client's session parameters",
             )
             .unwrap(),
+            prepared_statements_prepared_total: IntCounter::new(
+                "pgkeel_prepared_statements_prepared_total",
+                "Named statements pgkeel prepared on a server connection (transaction mode)",
+            )
+            .unwrap(),
+            prepared_statements_hits_total: IntCounter::new(
+                "pgkeel_prepared_statements_hits_total",
+                "Uses of a named statement the server connection already had prepared",
+            )
+            .unwrap(),
+            prepared_statements_evictions_total: IntCounter::new(
+                "pgkeel_prepared_statements_evictions_total",
+                "Statements closed on a server connection to stay within prepared_statements_cache_size",
+            )
+            .unwrap(),
+            pinned_clients: IntGauge::new(
+                "pgkeel_pinned_clients",
+                "Transaction-mode clients pinned to their server connection (pin_on)",
+            )
+            .unwrap(),
+            client_pins_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_client_pins_total",
+                    "Clients pinned to their server connection, by the feature that pinned them",
+                ),
+                &["feature"],
+            )
+            .unwrap(),
             config_reloads_total: IntCounterVec::new(
                 Opts::new(
                     "pgkeel_config_reloads_total",
@@ -304,6 +337,17 @@ impl Metrics {
             .unwrap();
         r.register(Box::new(m.session_restores_total.clone()))
             .unwrap();
+        r.register(Box::new(m.prepared_statements_prepared_total.clone()))
+            .unwrap();
+        r.register(Box::new(m.prepared_statements_hits_total.clone()))
+            .unwrap();
+        r.register(Box::new(m.prepared_statements_evictions_total.clone()))
+            .unwrap();
+        r.register(Box::new(m.pinned_clients.clone())).unwrap();
+        r.register(Box::new(m.client_pins_total.clone())).unwrap();
+        for f in crate::config::PinFeature::ALL {
+            m.client_pins_total.with_label_values(&[f.name()]);
+        }
         r.register(Box::new(m.routed_total.clone())).unwrap();
         r.register(Box::new(m.config_reloads_total.clone()))
             .unwrap();

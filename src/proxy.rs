@@ -38,6 +38,8 @@ pub struct Shared {
     /// SCRAM keys recovered from client logins, per user, for users whose
     /// server password pgkeel does not know.
     scram_keys: Mutex<HashMap<String, ScramKeys>>,
+    /// Named prepared statements of all clients, by content.
+    pub statements: Arc<crate::statements::StatementCache>,
 }
 
 impl Shared {
@@ -172,6 +174,7 @@ impl Proxy {
             metrics,
             shutdown: shutdown_rx.clone(),
             scram_keys: Mutex::new(HashMap::new()),
+            statements: Arc::default(),
         });
         if let Some(l) = admin {
             tokio::spawn(crate::admin::run(shared.clone(), l, shutdown_rx.clone()));

@@ -311,7 +311,9 @@ impl Router {
             Kind::Begin { .. } if s.default_read_only => {
                 route(Route::Replica, Why::ReadOnlyTransaction)
             }
-            Kind::Begin { bare: true, .. } => Decision::DeferBegin,
+            // Only a simple Query can be answered "BEGIN" here: a Parse of
+            // BEGIN (pgbench -M prepared) wants ParseComplete.
+            Kind::Begin { bare: true, .. } if frames.first() == Some(&b'Q') => Decision::DeferBegin,
             Kind::Begin { .. } => route(Route::Primary, Why::Transaction),
             Kind::End | Kind::SetDefaultReadOnly(_) | Kind::Write => {
                 route(Route::Primary, Why::Write)
@@ -490,6 +492,12 @@ mod tests {
             Some((Route::Primary, Why::Write))
         );
         assert_eq!(decide(&r, &s, &q("BEGIN")), Decision::DeferBegin);
+        let parse_begin = [&b"P\0\0\0\x0fP_0\0BEGIN;\0\0\0"[..], b"S\0\0\0\x04"].concat();
+        assert_eq!(
+            route_of(decide(&r, &s, &parse_begin)),
+            Some((Route::Primary, Why::Transaction)),
+            "a prepared BEGIN is not answered by pgkeel"
+        );
         assert_eq!(
             route_of(decide(&r, &s, &q("BEGIN READ ONLY"))),
             Some((Route::Replica, Why::ReadOnlyTransaction))

@@ -5,7 +5,9 @@
 //! for a connection, then the relay pumps until the server is idle again.
 //! Session mode keeps the connection until the client leaves.
 
+pub mod effects;
 pub mod params;
+pub mod prepared;
 pub mod relay;
 pub mod startup;
 
@@ -20,13 +22,15 @@ use tokio::sync::watch;
 
 use crate::backend::{self, BackendError};
 use crate::classify::Kind;
-use crate::config::{ListenerRoute, PoolMode, Route, User};
+use crate::config::{ListenerRoute, PinFeature, PoolMode, Route, User};
 use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::{self, sqlstate, Severity};
 use crate::proxy::Shared;
 use crate::router::{Decision, Picked, SessionView};
 use crate::topology::Member;
-use relay::{Buffers, Outcome, TxState};
+use effects::Effects;
+use prepared::Prepared;
+use relay::{Buffers, Outcome, Track, TxState};
 use startup::{Handshake, Login};
 
 /// Time allowed for ROLLBACK / reset queries when a client leaves.
@@ -80,6 +84,9 @@ pub async fn serve(
     tracing::info!(%peer, user = %login.user.name, database = %login.database, "client connected");
     let mut session = Session::new(shared, stream, peer, *login, listener);
     let reason = session.run().await;
+    if session.pinned.is_some() {
+        session.shared.metrics.pinned_clients.dec();
+    }
     tracing::info!(%peer, user = %session.user.name, reason, "client disconnected");
 }
 
@@ -129,6 +136,13 @@ struct Session {
     want: params::Params,
     /// Parameters the last `SET` prelude restored.
     restoring: Vec<&'static str>,
+    /// Named prepared statements (transaction mode).
+    prepared: Prepared,
+    /// A session feature (LISTEN...) tied this transaction-mode client to
+    /// its server connection for the rest of its session.
+    pinned: Option<PinFeature>,
+    /// `[proxy] pin_on` as of the last config this session saw.
+    pin_on: Vec<PinFeature>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -207,6 +221,7 @@ impl Session {
         };
         let shutdown = shared.shutdown.clone();
         let want = std::mem::take(&mut login.want);
+        let prepared = Prepared::new(shared.statements.clone());
         let default_read_only = login.params.iter().any(|(k, v)| {
             k == "default_transaction_read_only"
                 && matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "1" | "yes")
@@ -237,8 +252,25 @@ impl Session {
             drop_preamble: 0,
             want,
             restoring: Vec::new(),
+            prepared,
+            pinned: None,
+            pin_on: Vec::new(),
             shutdown,
         }
+    }
+
+    /// Takes in the settings of the current config that sessions follow.
+    fn adopt_config(&mut self) {
+        let cfg = self.shared.config.load();
+        self.prepared.enabled = cfg.proxy.prepared_statements;
+        self.prepared.cap = cfg.proxy.prepared_statements_cache_size as usize;
+        self.pin_on.clone_from(&cfg.proxy.pin_on);
+    }
+
+    /// Session state lives on the server connection (session mode, or a
+    /// pinned client): it is lost with it.
+    fn keeps_server(&self) -> bool {
+        self.user.pool_mode == PoolMode::Session || self.pinned.is_some()
     }
 
     fn first_frame_len(&self) -> usize {
@@ -259,10 +291,11 @@ impl Session {
         let cfg = self.shared.config.load_full();
         let mode = self.user.pool_mode;
         let retry_reads = cfg.failover.retry_reads && mode == PoolMode::Transaction;
-        let opts = relay::Options {
+        let mut opts = relay::Options {
             release_on_idle: mode == PoolMode::Transaction,
             max_message_size: cfg.proxy.max_message_size.0 as usize,
         };
+        self.adopt_config();
         loop {
             if self.server.is_none() {
                 let typ = match self.next_message(opts.max_message_size).await {
@@ -330,6 +363,7 @@ impl Session {
                             ..TxState::default()
                         };
                         self.bufs.replay.clear();
+                        self.prepared.reset_queue();
                         self.restore_params();
                         if let Some(begin) = self.deferred_begin.take() {
                             // The BEGIN the client was already answered for.
@@ -348,26 +382,51 @@ impl Session {
                 }
             }
 
-            let server = self.server.as_mut().expect("attached above");
+            let server = self.server.as_mut().expect("attached above").conn();
+            opts.release_on_idle = mode == PoolMode::Transaction && self.pinned.is_none();
+            let track = (mode == PoolMode::Transaction).then_some(Track {
+                prepared: &mut self.prepared,
+                conn: &mut server.statements,
+                pin_on: &self.pin_on,
+            });
             let outcome = relay::pump(
                 &mut self.client,
-                &mut server.conn().stream,
+                &mut server.stream,
                 &mut self.bufs,
                 &mut self.st,
                 &opts,
+                track,
                 &mut self.shutdown,
             )
             .await;
             let role = usize::from(!self.on_primary);
             self.shared.metrics.queries[role].inc_by(std::mem::take(&mut self.st.queries));
             self.note_params();
+            self.count_statements();
             match outcome {
+                Outcome::Pinned => {
+                    let feature = self.st.pinned.expect("pinned");
+                    self.pinned = Some(feature);
+                    let m = &self.shared.metrics;
+                    m.pinned_clients.inc();
+                    m.client_pins_total
+                        .with_label_values(&[feature.name()])
+                        .inc();
+                    tracing::info!(peer = %self.peer, user = %self.user.name, feature = feature.name(), "client pinned to its server connection (pin_on)");
+                }
                 Outcome::Released => {
                     self.login.cancel.slot.detach();
                     let mut server = self.server.take().expect("attached");
                     self.retries = 0;
                     self.shared.metrics.transactions[role].inc();
-                    if self.on_primary
+                    // Not released when a follow-up query fails: the
+                    // connection's state is unknown.
+                    let mut clean = true;
+                    if self.st.effects.contains(Effects::SETTINGS) {
+                        clean = self.read_settings(server.conn()).await;
+                    }
+                    if clean
+                        && self.on_primary
                         && self.may_write
                         && self.shared.router.load().settings().read_your_writes
                     {
@@ -378,14 +437,14 @@ impl Session {
                             .query_value(CURRENT_LSN, CLEANUP_TIMEOUT)
                             .await
                         {
-                            Ok(Some(v)) => {
-                                self.min_lsn = v.parse().ok();
-                                server.release();
+                            Ok(Some(v)) => self.min_lsn = v.parse().ok(),
+                            _ => {
+                                self.min_lsn = Some(u64::MAX);
+                                clean = false;
                             }
-                            // Not released: the connection's state is unknown.
-                            _ => self.min_lsn = Some(u64::MAX),
                         }
-                    } else {
+                    }
+                    if clean {
                         server.release();
                     }
                     if *self.shutdown.borrow() {
@@ -428,15 +487,52 @@ impl Session {
     /// a `SET` prelude goes ahead of the client's bytes; the relay swallows
     /// its answer.
     fn restore_params(&mut self) {
-        let server = self.server.as_mut().expect("attached");
-        let diff = self.want.differing(&server.conn().state);
-        if diff.is_empty() {
+        let state = &mut self.server.as_mut().expect("attached").conn().state;
+        let diff = self.want.differing(state);
+        let extra = self.want.extra_statement(state);
+        if diff.is_empty() && extra.is_empty() {
             return;
         }
-        protocol::put_query(&mut self.bufs.to_server, &self.want.set_statement(&diff));
+        let mut sql = self.want.set_statement(&diff);
+        sql.push_str(&extra);
+        protocol::put_query(&mut self.bufs.to_server, &sql);
+        state.set_extra(self.want.extra().clone());
         self.shared.metrics.session_restores_total.inc();
         self.st.swallow = 1;
         self.restoring = diff;
+    }
+
+    /// After a transaction that changed settings (SET, RESET, set_config,
+    /// DISCARD ALL): reads what the session has set now, which the client
+    /// wants from every server from now on. False if that failed.
+    async fn read_settings(&mut self, conn: &mut backend::ServerConn) -> bool {
+        match conn
+            .query_value(params::SESSION_SETTINGS, CLEANUP_TIMEOUT)
+            .await
+        {
+            Ok(Some(v)) => {
+                let extra = params::parse_session_settings(&v);
+                self.want.set_extra(extra.clone());
+                conn.state.set_extra(extra);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves the prepared-statement counters of the last pump to metrics.
+    fn count_statements(&mut self) {
+        let c = std::mem::take(&mut self.prepared.counters);
+        let m = &self.shared.metrics;
+        if c.prepares > 0 {
+            m.prepared_statements_prepared_total.inc_by(c.prepares);
+        }
+        if c.hits > 0 {
+            m.prepared_statements_hits_total.inc_by(c.hits);
+        }
+        if c.evictions > 0 {
+            m.prepared_statements_evictions_total.inc_by(c.evictions);
+        }
     }
 
     /// Takes in the ParameterStatus messages of the last pump: the server
@@ -695,6 +791,7 @@ impl Session {
             return None;
         }
         self.config_version = v;
+        self.adopt_config();
         let cfg = self.shared.config.load();
         cfg.user(&self.user.name).is_none().then(|| {
             format!(
@@ -858,7 +955,11 @@ impl Session {
             return true;
         }
         self.bufs.replay.clear();
-        let session_mode = self.user.pool_mode == PoolMode::Session;
+        let session_mode = self.keeps_server();
+        if self.pinned.take().is_some() {
+            // What pinned it died with the connection.
+            self.shared.metrics.pinned_clients.dec();
+        }
         if st.pending == 0 && !st.unsynced && !st.in_copy {
             // Nobody waits for an answer: tell the client at its next statement.
             if st.status != b'I' {
@@ -928,14 +1029,17 @@ impl Session {
         {
             return;
         }
-        if self.user.pool_mode == PoolMode::Session
-            && !cfg.proxy.server_reset_query.is_empty()
-            && conn
+        if self.keeps_server() && !cfg.proxy.server_reset_query.is_empty() {
+            if conn
                 .run_simple(&cfg.proxy.server_reset_query, CLEANUP_TIMEOUT)
                 .await
                 != Ok(b'I')
-        {
-            return;
+            {
+                return;
+            }
+            // DISCARD ALL (the usual reset) drops statements and settings.
+            conn.statements.clear();
+            conn.state.set_extra(Vec::new());
         }
         server.release();
     }

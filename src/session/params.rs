@@ -23,9 +23,32 @@ pub fn tracked(name: &str) -> Option<&'static str> {
         .find(|t| t.eq_ignore_ascii_case(name))
 }
 
-/// (name, value) pairs, at most one per tracked parameter.
+/// (name, value) pairs, at most one per tracked parameter; and the other
+/// settings made for the session (`extra`: SET search_path, statement_timeout,
+/// startup options...), as `pg_settings` names and shows them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(Vec<(&'static str, String)>);
+pub struct Params(Vec<(&'static str, String)>, Extra);
+
+/// Session-level settings besides the reported ones, sorted by name.
+pub type Extra = Vec<(String, String)>;
+
+/// The settings a server session has set (not defaults), one per line as
+/// name, 0x1f, value, 0x1e-separated; PostgreSQL's `pg_settings` shows the
+/// value in the form `set_config` takes back.
+pub const SESSION_SETTINGS: &str = "SELECT coalesce(string_agg(name || chr(31) || setting, chr(30) ORDER BY name), '') FROM pg_catalog.pg_settings WHERE source = 'session'";
+
+/// The non-reported settings in a `SESSION_SETTINGS` answer.
+pub fn parse_session_settings(v: &str) -> Extra {
+    v.split('\u{1e}')
+        .filter_map(|kv| kv.split_once('\u{1f}'))
+        .filter(|(k, _)| tracked(k).is_none())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
 
 impl Params {
     /// The tracked subset of `pairs` (ParameterStatus or startup parameters).
@@ -67,6 +90,56 @@ impl Params {
             .collect()
     }
 
+    /// The session-level settings besides the reported ones.
+    pub fn extra(&self) -> &Extra {
+        &self.1
+    }
+
+    /// Replaces the session-level settings (as read from the server).
+    pub fn set_extra(&mut self, extra: Extra) {
+        self.1 = extra;
+    }
+
+    /// A startup parameter that is a setting (not a reported one).
+    pub fn set_startup_extra(&mut self, name: &str, value: &str) {
+        if tracked(name).is_some() {
+            return self.set(name, value);
+        }
+        let name = name.to_ascii_lowercase();
+        match self.1.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value.to_owned(),
+            None => self.1.push((name, value.to_owned())),
+        }
+        self.1.sort();
+    }
+
+    /// SQL that makes `have`'s session-level settings equal this one's:
+    /// `RESET` what `have` set and this did not, `set_config` the rest
+    /// (it takes values in `pg_settings`' form, lists included). Empty
+    /// when they agree.
+    pub fn extra_statement(&self, have: &Params) -> String {
+        let mut sql = String::new();
+        for (n, _) in &have.1 {
+            if !self.1.iter().any(|(m, _)| m == n) {
+                sql.push_str(&format!("RESET \"{}\";", n.replace('"', "\"\"")));
+            }
+        }
+        let mut sets = Vec::new();
+        for (n, v) in &self.1 {
+            if !have.1.iter().any(|(m, w)| m == n && w == v) {
+                sets.push(format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    quote(n),
+                    quote(v)
+                ));
+            }
+        }
+        if !sets.is_empty() {
+            sql.push_str(&format!("SELECT {};", sets.join(", ")));
+        }
+        sql
+    }
+
     /// `SET name TO 'value'; ...` for `names`, with the wanted values.
     pub fn set_statement(&self, names: &[&'static str]) -> String {
         let mut sql = String::new();
@@ -82,6 +155,33 @@ impl Params {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_settings_reset_and_set() {
+        let mut want = Params::default();
+        want.set_startup_extra("search_path", "a, public");
+        want.set_startup_extra("TimeZone", "UTC");
+        assert_eq!(
+            want.get("timezone"),
+            Some("UTC"),
+            "a reported one stays there"
+        );
+        let mut have = Params::default();
+        have.set_extra(parse_session_settings(
+            "statement_timeout\u{1f}5000\u{1e}application_name\u{1f}x",
+        ));
+        assert_eq!(
+            have.extra(),
+            &vec![("statement_timeout".into(), "5000".into())]
+        );
+        assert_eq!(
+            want.extra_statement(&have),
+            "RESET \"statement_timeout\";SELECT pg_catalog.set_config('search_path', 'a, public', false);"
+        );
+        have.set_extra(want.extra().clone());
+        assert_eq!(want.extra_statement(&have), "");
+        assert_eq!(parse_session_settings(""), vec![]);
+    }
 
     #[test]
     fn tracks_only_settable_reported_parameters_case_insensitively() {

@@ -19,7 +19,12 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::classify;
+use crate::config::PinFeature;
 use crate::protocol::{self, HEADER_LEN};
+use crate::statements::ConnStatements;
+
+use super::effects::{self, Effects};
+use super::prepared::{Prepared, Verdict};
 
 /// Read granularity: large enough that a big result moves in few syscalls.
 const READ_CHUNK: usize = 32 * 1024;
@@ -39,6 +44,8 @@ pub struct Buffers {
     /// A copy of the transaction's request while it may still be re-run on
     /// another server (read-only, nothing answered yet).
     pub replay: BytesMut,
+    /// Rewritten client messages, before they join `to_server`.
+    pub rewrite: BytesMut,
 }
 
 /// Protocol state of the attached server connection, as seen in the stream.
@@ -88,6 +95,10 @@ pub struct TxState {
     /// FROM STDIN, the server ignores them (it ignores Sync in copy-in mode),
     /// so they earn no ReadyForQuery.
     pub syncs_since_execute: u32,
+    /// What the statements sent during this attach do to the session.
+    pub effects: Effects,
+    /// A statement needed the client pinned to this connection.
+    pub pinned: Option<PinFeature>,
 }
 
 impl Default for TxState {
@@ -110,6 +121,8 @@ impl Default for TxState {
             one_request: false,
             request_done: false,
             syncs_since_execute: 0,
+            effects: Effects::NONE,
+            pinned: None,
         }
     }
 }
@@ -130,6 +143,9 @@ impl TxState {
 pub enum Outcome {
     /// The server connection is idle and may go back to the pool.
     Released,
+    /// Idle, but a statement pinned the client to this connection
+    /// (`TxState::pinned`): the session keeps it from now on.
+    Pinned,
     /// The client closed its connection (or writing to it failed).
     ClientGone,
     /// The client sent Terminate.
@@ -146,6 +162,58 @@ pub struct Options {
     /// Release at the first idle point (transaction pooling).
     pub release_on_idle: bool,
     pub max_message_size: usize,
+}
+
+/// Transaction-mode bookkeeping for an attach: the client's prepared
+/// statements, the connection's, and which session features pin.
+pub struct Track<'a> {
+    pub prepared: &'a mut Prepared,
+    pub conn: &'a mut ConnStatements,
+    pub pin_on: &'a [PinFeature],
+}
+
+impl Track<'_> {
+    /// Session effects of a Query or Parse: statements the server drops,
+    /// and features that pin the client or are refused. `Some(sql)`: send
+    /// this instead of the client's Query.
+    fn effects(&mut self, typ: u8, frame: &[u8], st: &mut TxState) -> Option<String> {
+        let fx = match typ {
+            b'B' => self.prepared.bind_effects(frame),
+            _ => effects::scan(protocol::query_text(typ, frame)),
+        };
+        if fx.is_empty() {
+            return None;
+        }
+        st.effects |= fx;
+        if fx.contains(Effects::DROPS_STATEMENTS) {
+            self.conn.clear();
+            self.prepared.forget_all();
+        }
+        let feature = fx.pin_feature()?;
+        if st.pinned.is_some() || self.pin_on.contains(&feature) {
+            st.pinned.get_or_insert(feature);
+            return None;
+        }
+        let message = format!(
+            "{} is not supported in transaction pooling mode",
+            feature.describe()
+        );
+        let hint = format!(
+            "Add \"{}\" to pin_on in pgkeel's [proxy] settings to give such clients their own server connection, or use pool_mode = \"session\".",
+            feature.name()
+        );
+        if typ == b'Q' {
+            Some(super::prepared::raising_query(
+                protocol::sqlstate::FEATURE_NOT_SUPPORTED,
+                &message,
+                &hint,
+            ))
+        } else {
+            self.prepared
+                .refuse(protocol::sqlstate::FEATURE_NOT_SUPPORTED, &message, &hint);
+            Some(String::new())
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -220,12 +288,19 @@ pub fn replay_reads_only(replay: &[u8]) -> bool {
 
 /// Moves whole client messages from `from_client` to `to_server`, counting
 /// what the server will owe. Frames are validated here: an unknown type or a
-/// length over `max` is a protocol violation.
-pub fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<ClientScan, String> {
-    let buf = &b.from_client;
+/// length over `max` is a protocol violation. With `track` (transaction
+/// mode), statement names are rewritten and session effects noted.
+pub fn scan_client(
+    b: &mut Buffers,
+    st: &mut TxState,
+    max: usize,
+    mut track: Option<&mut Track>,
+) -> Result<ClientScan, String> {
     let mut pos = 0;
+    // Start of the bytes to copy as they are (before `pos`).
+    let mut start = 0;
     let mut terminate = None;
-    while let Some(h) = protocol::header(&buf[pos..]) {
+    while let Some(h) = protocol::header(&b.from_client[pos..]) {
         if st.request_done {
             break;
         }
@@ -238,10 +313,10 @@ pub fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<Clie
                 "message of {len} bytes exceeds max_message_size ({max} bytes)"
             ));
         }
-        if buf.len() - pos < len {
+        if b.from_client.len() - pos < len {
             break;
         }
-        let frame = &buf[pos..pos + len];
+        let frame = &b.from_client[pos..pos + len];
         if matches!(typ, b'Q' | b'P') {
             let text = query_text(typ, frame);
             st.commit_in_flight |= ends_transaction(text);
@@ -254,12 +329,36 @@ pub fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<Clie
                 b.replay.clear();
             }
         }
-        match typ {
-            b'X' => {
-                terminate = Some(len);
-                break;
+        if typ == b'X' {
+            terminate = Some(len);
+            break;
+        }
+        let verdict = match track.as_deref_mut() {
+            None => Verdict::Forward,
+            Some(t) => {
+                b.rewrite.clear();
+                let instead = if matches!(typ, b'Q' | b'P' | b'B') {
+                    t.effects(typ, frame, st)
+                } else {
+                    None
+                };
+                match instead {
+                    Some(sql) if typ == b'Q' => {
+                        protocol::put_query(&mut b.rewrite, &sql);
+                        t.prepared
+                            .client_message(typ, frame, t.conn, &mut BytesMut::new());
+                        Verdict::Replaced
+                    }
+                    // (A refused Parse: the error is queued, the batch dropped.)
+                    _ => t
+                        .prepared
+                        .client_message(typ, frame, t.conn, &mut b.rewrite),
+                }
             }
-            b'Q' | b'F' => {
+        };
+        let sent = verdict != Verdict::Dropped;
+        match typ {
+            b'Q' | b'F' if sent => {
                 st.pending += 1;
                 st.queries += 1;
                 st.request_done = st.one_request;
@@ -286,6 +385,9 @@ pub fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<Clie
                     // must not be released.
                     st.in_copy = true;
                     if st.syncs_since_execute > 0 {
+                        if let Some(t) = track.as_deref_mut() {
+                            t.prepared.forget_syncs(st.syncs_since_execute);
+                        }
                         st.pending = st.pending.saturating_sub(st.syncs_since_execute);
                         st.syncs_since_execute = 0;
                         st.unsynced = true;
@@ -297,13 +399,23 @@ pub fn scan_client(b: &mut Buffers, st: &mut TxState, max: usize) -> Result<Clie
             }
             _ => {}
         }
+        if verdict != Verdict::Forward {
+            b.to_server.extend_from_slice(&b.from_client[start..pos]);
+            b.to_server.extend_from_slice(&b.rewrite);
+            start = pos + len;
+        }
         pos += len;
+        if let Some(t) = track.as_deref_mut() {
+            // pgkeel's own answers whose turn has come (nothing before them
+            // is still owed by the server).
+            t.prepared.due(t.conn, &mut b.to_client, st);
+        }
     }
     if pos > 0 {
-        if b.to_server.is_empty() && pos == b.from_client.len() {
+        if start == 0 && b.to_server.is_empty() && pos == b.from_client.len() {
             std::mem::swap(&mut b.from_client, &mut b.to_server);
         } else {
-            b.to_server.extend_from_slice(&b.from_client[..pos]);
+            b.to_server.extend_from_slice(&b.from_client[start..pos]);
             b.from_client.advance(pos);
         }
     }
@@ -333,7 +445,11 @@ pub const WHOLE_MESSAGE_LIMIT: usize = 1 << 20;
 /// are read. A FATAL or PANIC from the server ends that server connection,
 /// not the client's session: it is not forwarded, and its message is
 /// returned (`Ok(Some(..))`) so the session can say what happened.
-pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<Option<String>, String> {
+pub fn scan_server(
+    b: &mut Buffers,
+    st: &mut TxState,
+    mut track: Option<&mut Track>,
+) -> Result<Option<String>, String> {
     // pgkeel's own prelude (restoring session parameters) comes first.
     while st.swallow > 0 {
         let Some(h) = protocol::header(&b.from_server) else {
@@ -359,7 +475,9 @@ pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<Option<String>, 
         b.from_server.advance(len);
     }
     // A re-run request: the client already has this much of the answer.
-    while st.drop_preamble > 0 && st.server_skip == 0 {
+    // (With `track`, where pgkeel's own messages interleave, this is done
+    // message by message below.)
+    while track.is_none() && st.drop_preamble > 0 && st.server_skip == 0 {
         match protocol::header(&b.from_server) {
             Some(Ok((typ, len))) if is_preamble(typ) => {
                 if b.from_server.len() < len {
@@ -376,6 +494,9 @@ pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<Option<String>, 
     }
     let buf = &b.from_server;
     let mut pos = 0;
+    // Start of the bytes to pass on as they are; `cut`: some were not.
+    let mut start = 0;
+    let mut cut = false;
     let mut fatal = None;
     loop {
         if st.server_skip > 0 {
@@ -405,6 +526,14 @@ pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<Option<String>, 
             }
             st.responded = true;
             pos += 6;
+            if let Some(t) = track.as_deref_mut() {
+                t.prepared.server_message(typ, t.conn);
+                if t.prepared.has_due() {
+                    b.to_client.extend_from_slice(&buf[start..pos]);
+                    t.prepared.due(t.conn, &mut b.to_client, st);
+                    (start, cut) = (pos, true);
+                }
+            }
             continue;
         }
         if len <= WHOLE_MESSAGE_LIMIT {
@@ -431,13 +560,40 @@ pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<Option<String>, 
                     break;
                 }
             }
-            if is_preamble(typ) && !st.responded {
+            let mut forward = true;
+            if let Some(t) = track.as_deref_mut() {
+                forward = t.prepared.server_message(typ, t.conn);
+                if forward && st.drop_preamble > 0 && st.server_skip == 0 {
+                    if is_preamble(typ) {
+                        forward = false;
+                        st.drop_preamble -= 1;
+                        st.preamble += 1;
+                    } else {
+                        st.drop_preamble = 0;
+                    }
+                }
+            }
+            if !forward {
+                b.to_client.extend_from_slice(&buf[start..pos]);
+                (start, cut) = (pos + len, true);
+            } else if is_preamble(typ) && !st.responded {
                 st.preamble += 1;
             } else {
                 st.responded = true;
             }
             pos += len;
+            if let Some(t) = track.as_deref_mut() {
+                if t.prepared.has_due() {
+                    b.to_client.extend_from_slice(&buf[start..pos]);
+                    t.prepared.due(t.conn, &mut b.to_client, st);
+                    (start, cut) = (pos, true);
+                }
+            }
             continue;
+        }
+        if let Some(t) = track.as_deref_mut() {
+            // A huge row (or copy data): never completes anything.
+            t.prepared.server_message(typ, t.conn);
         }
         st.responded = true;
         pos += HEADER_LEN;
@@ -446,6 +602,11 @@ pub fn scan_server(b: &mut Buffers, st: &mut TxState) -> Result<Option<String>, 
     if fatal.is_some() {
         // Whatever follows the FATAL is the connection's end: drop it.
         b.from_server.truncate(pos);
+    }
+    if cut {
+        b.to_client.extend_from_slice(&b.from_server[start..pos]);
+        b.from_server.advance(pos);
+        return Ok(fatal);
     }
     if pos == 0 {
         // Make room for the rest of a partial message in one go.
@@ -480,12 +641,14 @@ fn ensure_room(buf: &mut BytesMut) {
 /// Runs until the connection can be released, or one side ends.
 /// `shutdown` turning true makes a session-mode pump release at the next
 /// idle point too.
+#[allow(clippy::too_many_arguments)]
 pub async fn pump(
     client: &mut TcpStream,
     server: &mut TcpStream,
     b: &mut Buffers,
     st: &mut TxState,
     opts: &Options,
+    mut track: Option<Track<'_>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Outcome {
     let (mut cr, mut cw) = client.split();
@@ -503,7 +666,7 @@ pub async fn pump(
             return Outcome::ServerLost(lost.take().expect("checked"));
         }
         if !terminated {
-            match scan_client(b, st, opts.max_message_size) {
+            match scan_client(b, st, opts.max_message_size, track.as_mut()) {
                 Ok(ClientScan::Ok) => {}
                 Ok(ClientScan::Terminate) => terminated = true,
                 Err(e) => return Outcome::ClientProtocol(e),
@@ -514,6 +677,9 @@ pub async fn pump(
             return Outcome::ClientTerminated;
         }
         if release_on_idle && flushed && st.is_idle() && lost.is_none() {
+            if st.pinned.is_some() && opts.release_on_idle {
+                return Outcome::Pinned;
+            }
             return Outcome::Released;
         }
         ensure_room(&mut b.from_server);
@@ -526,7 +692,7 @@ pub async fn pump(
             r = sr.read_buf(&mut b.from_server), if b.to_client.is_empty() && lost.is_none() => match r {
                 Ok(0) => return Outcome::ServerLost(std::io::ErrorKind::UnexpectedEof.into()),
                 Err(e) => return Outcome::ServerLost(e),
-                Ok(_) => match scan_server(b, st) {
+                Ok(_) => match scan_server(b, st, track.as_mut()) {
                     Ok(None) => {}
                     Ok(Some(fatal)) => lost = Some(std::io::Error::other(format!("the server ended the connection: {fatal}"))),
                     Err(e) => return Outcome::ServerProtocol(e),
@@ -573,7 +739,7 @@ mod tests {
         let done = msg(b'C', b"SELECT 2\0");
         b.from_server.extend_from_slice(&row);
         b.from_server.extend_from_slice(&done[..4]);
-        scan_server(&mut b, &mut st).unwrap();
+        scan_server(&mut b, &mut st, None).unwrap();
         assert_eq!(
             &b.to_client[..],
             &row[..],
@@ -585,7 +751,7 @@ mod tests {
         b.to_client.clear();
         b.from_server.extend_from_slice(&done[4..]);
         b.from_server.extend_from_slice(&msg(b'Z', b"I"));
-        scan_server(&mut b, &mut st).unwrap();
+        scan_server(&mut b, &mut st, None).unwrap();
         assert_eq!(b.to_client.len(), done.len() + 6);
         assert!(st.is_idle());
     }
@@ -599,7 +765,7 @@ mod tests {
         };
         b.from_server.extend_from_slice(&msg(b'1', b""));
         b.from_server.extend_from_slice(&msg(b'2', b""));
-        scan_server(&mut b, &mut st).unwrap();
+        scan_server(&mut b, &mut st, None).unwrap();
         assert_eq!(
             (st.preamble, st.responded),
             (2, false),
@@ -621,7 +787,7 @@ mod tests {
         b.from_server.extend_from_slice(&msg(b'1', b""));
         b.from_server.extend_from_slice(&msg(b'2', b""));
         b.from_server.extend_from_slice(&rest);
-        scan_server(&mut b, &mut again).unwrap();
+        scan_server(&mut b, &mut again, None).unwrap();
         assert_eq!(&b.to_client[..], &rest[..]);
         assert!(again.is_idle() && again.responded);
         assert_eq!(again.preamble, 2, "a further re-run would drop both again");
@@ -643,11 +809,11 @@ mod tests {
         .concat();
         let answer = [msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")].concat();
         b.from_server.extend_from_slice(&prelude[..7]);
-        scan_server(&mut b, &mut st).unwrap();
+        scan_server(&mut b, &mut st, None).unwrap();
         assert!(b.to_client.is_empty());
         b.from_server.extend_from_slice(&prelude[7..]);
         b.from_server.extend_from_slice(&answer);
-        scan_server(&mut b, &mut st).unwrap();
+        scan_server(&mut b, &mut st, None).unwrap();
         assert_eq!(
             &b.to_client[..],
             &answer[..],
@@ -702,7 +868,7 @@ mod tests {
         );
         b.from_server.extend_from_slice(&row);
         b.from_server.extend_from_slice(&fatal);
-        let got = scan_server(&mut b, &mut st).unwrap();
+        let got = scan_server(&mut b, &mut st, None).unwrap();
         assert_eq!(
             got.as_deref(),
             Some("terminating connection due to administrator command")
@@ -719,7 +885,7 @@ mod tests {
             "no such table",
         );
         b.from_server.extend_from_slice(&err);
-        assert_eq!(scan_server(&mut b, &mut st).unwrap(), None);
+        assert_eq!(scan_server(&mut b, &mut st, None).unwrap(), None);
         assert_eq!(&b.to_client[..], &err[..]);
     }
 
@@ -731,7 +897,7 @@ mod tests {
         b.from_client.extend_from_slice(&q);
         b.from_client
             .extend_from_slice(&msg(b'P', b"\0select 1\0\0\0")[..7]);
-        scan_client(&mut b, &mut st, 1 << 20).unwrap();
+        scan_client(&mut b, &mut st, 1 << 20, None).unwrap();
         assert_eq!(&b.to_server[..], &q[..]);
         assert_eq!(b.from_client.len(), 7);
         assert_eq!(st.pending, 1);
@@ -749,11 +915,11 @@ mod tests {
         ] {
             b.from_client.extend_from_slice(&m);
         }
-        scan_client(&mut b, &mut st, 1 << 20).unwrap();
+        scan_client(&mut b, &mut st, 1 << 20, None).unwrap();
         assert!(st.unsynced);
         assert_eq!(st.pending, 0);
         b.from_client.extend_from_slice(&msg(b'S', b""));
-        scan_client(&mut b, &mut st, 1 << 20).unwrap();
+        scan_client(&mut b, &mut st, 1 << 20, None).unwrap();
         assert!(!st.unsynced);
         assert_eq!(st.pending, 1);
     }
@@ -770,10 +936,10 @@ mod tests {
         ] {
             b.from_client.extend_from_slice(&m);
         }
-        scan_client(&mut b, &mut st, 1 << 20).unwrap();
+        scan_client(&mut b, &mut st, 1 << 20, None).unwrap();
         assert_eq!(st.pending, 1);
         b.from_client.extend_from_slice(&msg(b'd', b"1\tx\n"));
-        scan_client(&mut b, &mut st, 1 << 20).unwrap();
+        scan_client(&mut b, &mut st, 1 << 20, None).unwrap();
         assert_eq!(
             st.pending, 0,
             "the Sync sent into copy-in mode is ignored by the server"
@@ -782,7 +948,7 @@ mod tests {
         for m in [msg(b'c', b""), msg(b'S', b"")] {
             b.from_client.extend_from_slice(&m);
         }
-        scan_client(&mut b, &mut st, 1 << 20).unwrap();
+        scan_client(&mut b, &mut st, 1 << 20, None).unwrap();
         assert_eq!(st.pending, 1);
         assert!(!st.in_copy);
         // Simple-protocol COPY: one Query, one ReadyForQuery.
@@ -794,7 +960,7 @@ mod tests {
         ] {
             b.from_client.extend_from_slice(&m);
         }
-        scan_client(&mut b, &mut st, 1 << 20).unwrap();
+        scan_client(&mut b, &mut st, 1 << 20, None).unwrap();
         assert_eq!(st.pending, 1);
         assert!(!st.in_copy);
     }
@@ -804,17 +970,17 @@ mod tests {
         let mut b = Buffers::default();
         let mut st = TxState::default();
         b.from_client.extend_from_slice(&msg(b'z', b""));
-        assert!(scan_client(&mut b, &mut st, 1 << 20)
+        assert!(scan_client(&mut b, &mut st, 1 << 20, None)
             .unwrap_err()
             .contains("type"));
         let mut b = Buffers::default();
         b.from_client.extend_from_slice(b"Q\x00\x10\x00\x00");
-        assert!(scan_client(&mut b, &mut st, 1024)
+        assert!(scan_client(&mut b, &mut st, 1024, None)
             .unwrap_err()
             .contains("max_message_size"));
         let mut b = Buffers::default();
         b.from_client.extend_from_slice(b"Q\x00\x00\x00\x01");
-        assert!(scan_client(&mut b, &mut st, 1024)
+        assert!(scan_client(&mut b, &mut st, 1024, None)
             .unwrap_err()
             .contains("length"));
     }
@@ -826,7 +992,7 @@ mod tests {
         b.from_client.extend_from_slice(&msg(b'Q', b"commit\0"));
         b.from_client.extend_from_slice(&msg(b'X', b""));
         assert!(matches!(
-            scan_client(&mut b, &mut st, 1 << 20),
+            scan_client(&mut b, &mut st, 1 << 20, None),
             Ok(ClientScan::Terminate)
         ));
         assert_eq!(b.to_server.len(), 12);
@@ -843,18 +1009,18 @@ mod tests {
         // A huge row streams through in pieces.
         let row = msg(b'D', &vec![7u8; WHOLE_MESSAGE_LIMIT + 10]);
         b.from_server.extend_from_slice(&row[..50]);
-        scan_server(&mut b, &mut st).unwrap();
+        scan_server(&mut b, &mut st, None).unwrap();
         assert_eq!(b.to_client.len(), 50);
         assert_eq!(st.server_skip, row.len() - 50);
         b.to_client.clear();
         b.from_server.extend_from_slice(&row[50..]);
         b.from_server.extend_from_slice(&msg(b'Z', b"T")[..5]);
-        scan_server(&mut b, &mut st).unwrap();
+        scan_server(&mut b, &mut st, None).unwrap();
         assert_eq!(st.server_skip, 0);
         assert_eq!(st.pending, 1, "ReadyForQuery not complete yet");
         assert_eq!(b.from_server.len(), 5);
         b.from_server.extend_from_slice(b"T");
-        scan_server(&mut b, &mut st).unwrap();
+        scan_server(&mut b, &mut st, None).unwrap();
         assert_eq!((st.pending, st.status), (0, b'T'));
         assert!(!st.is_idle());
         assert!(st.at_rest());

@@ -248,7 +248,18 @@ pub async fn handshake(
         server_params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
     for (k, v) in &params {
-        want.set(k, v);
+        match k.as_str() {
+            "user" | "database" | "replication" => {}
+            "options" => {
+                for (k, v) in startup_options(v) {
+                    want.set_startup_extra(&k, &v);
+                }
+            }
+            k if k.starts_with("_pq_.") => {}
+            // Settings (search_path, extra_float_digits...): every server
+            // the client gets is set to match.
+            k => want.set_startup_extra(k, v),
+        }
     }
     for (k, v) in server_params.iter_mut() {
         if let Some(w) = want.get(k) {
@@ -418,5 +429,60 @@ mod tests {
         ] {
             assert!(parse_sasl_initial(bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+/// The settings in a startup packet's `options` (`-c name=value` or
+/// `--name=value`, separated by spaces; `\\ ` is a space in a value).
+fn startup_options(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next()
+        } else {
+            w.strip_prefix("-c")
+                .or_else(|| w.strip_prefix("--"))
+                .map(str::to_owned)
+        };
+        if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_owned()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod options_tests {
+    #[test]
+    fn startup_options_are_read() {
+        assert_eq!(
+            super::startup_options(
+                "-c search_path=a,b  -cstatement_timeout=5s --work-mem=8MB -c x=a\\ b"
+            ),
+            vec![
+                ("search_path".to_owned(), "a,b".to_owned()),
+                ("statement_timeout".to_owned(), "5s".to_owned()),
+                ("work_mem".to_owned(), "8MB".to_owned()),
+                ("x".to_owned(), "a b".to_owned()),
+            ]
+        );
     }
 }

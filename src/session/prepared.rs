@@ -1,0 +1,728 @@
+//! A transaction-mode client's named prepared statements, and keeping the
+//! server's answers in step with what the client expects.
+//!
+//! The client's names map to shared statements (`crate::statements`). On
+//! the attached server connection, a client's Parse becomes a Parse of the
+//! shared name, or nothing if the connection already has it (pgkeel then
+//! answers ParseComplete itself); a Bind or Describe of a statement the
+//! connection lacks gets a Parse sent ahead of it (its ParseComplete is not
+//! the client's); a Close only forgets the client's name (the statement
+//! stays for other clients; the connection's LRU closes it later).
+//!
+//! Answers pgkeel gives or hides must land at the right place in the
+//! stream, so every message sent to the server is queued as an `Item`, and
+//! each server message is matched to the head of the queue: the message
+//! that completes an item pops it, and pgkeel's own replies go out when
+//! they reach the head. After an error the server ignores messages until
+//! Sync; so does the queue (and undoes what those messages recorded).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::protocol::{self, HEADER_LEN};
+use crate::statements::{ConnStatements, Statement, StatementCache};
+
+use super::relay::TxState;
+
+/// What pgkeel sent or will answer, in the order of the client's messages.
+#[derive(Debug)]
+enum Item {
+    /// A message sent to the server. `undo`: the statement id a Parse
+    /// recorded on the connection; `forget`: the client name it recorded;
+    /// both are dropped if the Parse fails or is skipped. `swallow`: the
+    /// message is pgkeel's own, its answer is not the client's.
+    Sent {
+        typ: u8,
+        undo: u64,
+        forget: Option<Box<[u8]>>,
+        swallow: bool,
+    },
+    /// An answer pgkeel gives itself when its turn comes.
+    Reply {
+        bytes: Bytes,
+        forget: Option<Box<[u8]>>,
+    },
+}
+
+/// Counts since the last time the session read them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Parses sent to a server.
+    pub prepares: u64,
+    /// Uses of a statement the connection already had.
+    pub hits: u64,
+    /// Statements closed on a server to stay within its cache size.
+    pub evictions: u64,
+}
+
+/// One client's prepared statements and the answer queue of its attach.
+pub struct Prepared {
+    cache: Arc<StatementCache>,
+    /// Rewrite named statements (`[proxy] prepared_statements`).
+    pub enabled: bool,
+    /// Statements kept per server connection.
+    pub cap: usize,
+    names: HashMap<Box<[u8]>, Arc<Statement>>,
+    queue: VecDeque<Item>,
+    /// The server reported an error: it skips to the next Sync.
+    skipping: bool,
+    /// pgkeel answered an error itself: the client's messages are dropped
+    /// up to its Sync, as the server would.
+    drop_to_sync: bool,
+    pub counters: Counters,
+}
+
+const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
+
+/// The NUL-terminated string at the start of `b` (without its NUL) and
+/// what follows it.
+fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let n = memchr::memchr(0, b)?;
+    Some((&b[..n], &b[n + 1..]))
+}
+
+fn frame_start(out: &mut BytesMut, typ: u8, body_len: usize) {
+    out.put_u8(typ);
+    out.put_i32((body_len + 4) as i32);
+}
+
+fn extended(typ: u8) -> bool {
+    matches!(typ, b'P' | b'B' | b'D' | b'E' | b'C')
+}
+
+/// What to do with a client message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it as it is.
+    Forward,
+    /// A replacement (maybe with messages ahead of it) was written out.
+    Replaced,
+    /// Not sent: pgkeel answers it (or drops it, as the server would).
+    Dropped,
+}
+
+impl Prepared {
+    pub fn new(cache: Arc<StatementCache>) -> Prepared {
+        Prepared {
+            cache,
+            enabled: true,
+            cap: 500,
+            names: HashMap::new(),
+            queue: VecDeque::new(),
+            skipping: false,
+            drop_to_sync: false,
+            counters: Counters::default(),
+        }
+    }
+
+    /// A new attach: nothing in flight.
+    pub fn reset_queue(&mut self) {
+        self.queue.clear();
+        self.skipping = false;
+        self.drop_to_sync = false;
+    }
+
+    /// Statements the client has prepared.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// DEALLOCATE ALL / DISCARD ALL: the client's names are gone.
+    pub fn forget_all(&mut self) {
+        self.names.clear();
+    }
+
+    /// The session effects of the statement a Bind runs (none if unnamed
+    /// or unknown: an unnamed statement's Parse was scanned itself).
+    pub fn bind_effects(&self, frame: &[u8]) -> crate::session::effects::Effects {
+        cstr(&frame[HEADER_LEN..])
+            .and_then(|(_, rest)| cstr(rest))
+            .and_then(|(name, _)| self.names.get(name))
+            .map_or_else(Default::default, |s| s.effects)
+    }
+
+    /// The text of the client's statement `name`, for routing.
+    pub fn query_of(&self, name: &[u8]) -> Option<&[u8]> {
+        let s = self.names.get(name)?;
+        cstr(&s.body).map(|(q, _)| q)
+    }
+
+    fn sent(&mut self, typ: u8) {
+        self.queue.push_back(Item::Sent {
+            typ,
+            undo: 0,
+            forget: None,
+            swallow: false,
+        });
+    }
+
+    fn reply(&mut self, bytes: &'static [u8], forget: Option<Box<[u8]>>) {
+        self.queue.push_back(Item::Reply {
+            bytes: Bytes::from_static(bytes),
+            forget,
+        });
+    }
+
+    /// Answers the current batch with an error of pgkeel's own, in its
+    /// turn, and drops the client's messages up to its Sync.
+    pub fn refuse(&mut self, code: &str, message: &str, hint: &str) {
+        let mut out = BytesMut::new();
+        protocol::put_error_fields(
+            &mut out,
+            vec![
+                (b'S', "ERROR".into()),
+                (b'V', "ERROR".into()),
+                (b'C', code.into()),
+                (b'M', message.into()),
+                (b'H', hint.into()),
+            ],
+        );
+        self.queue.push_back(Item::Reply {
+            bytes: out.freeze(),
+            forget: None,
+        });
+        self.drop_to_sync = true;
+    }
+
+    /// Handles one whole client message (`frame`, header included) bound
+    /// for `conn`, writing any replacement to `out`.
+    pub fn client_message(
+        &mut self,
+        typ: u8,
+        frame: &[u8],
+        conn: &mut ConnStatements,
+        out: &mut BytesMut,
+    ) -> Verdict {
+        if self.drop_to_sync {
+            if typ != b'S' {
+                return Verdict::Dropped;
+            }
+            self.drop_to_sync = false;
+        }
+        let body = &frame[HEADER_LEN..];
+        match typ {
+            b'P' if self.enabled => {
+                let Some((name, rest)) = cstr(body) else {
+                    self.sent(typ);
+                    return Verdict::Forward;
+                };
+                if name.is_empty() {
+                    self.sent(typ);
+                    return Verdict::Forward;
+                }
+                if self.names.get(name).is_some_and(|s| &s.body[..] != rest) {
+                    let msg = format!(
+                        "prepared statement \"{}\" already exists",
+                        String::from_utf8_lossy(name)
+                    );
+                    self.refuse("42P05", &msg, "Close it first, or use another name.");
+                    return Verdict::Dropped;
+                }
+                let stmt = self.cache.intern(rest);
+                let forget = Some(Box::<[u8]>::from(name));
+                self.names.insert(name.into(), stmt.clone());
+                if conn.touch(stmt.id) {
+                    self.counters.hits += 1;
+                    self.reply(PARSE_COMPLETE, forget);
+                    return Verdict::Dropped;
+                }
+                self.send_parse(&stmt, conn, out, false, forget);
+                Verdict::Replaced
+            }
+            b'B' if self.enabled => {
+                let stmt = cstr(body).and_then(|(portal, rest)| {
+                    let (name, rest) = cstr(rest)?;
+                    let s = self.names.get(name)?.clone();
+                    Some((portal, s, rest))
+                });
+                let Some((portal, stmt, rest)) = stmt else {
+                    self.sent(typ);
+                    return Verdict::Forward;
+                };
+                self.ensure(&stmt, conn, out);
+                frame_start(
+                    out,
+                    b'B',
+                    portal.len() + 1 + stmt.server_name.len() + rest.len(),
+                );
+                out.put_slice(portal);
+                out.put_u8(0);
+                out.put_slice(&stmt.server_name);
+                out.put_slice(rest);
+                self.sent(typ);
+                Verdict::Replaced
+            }
+            b'D' | b'C' if self.enabled && body.first() == Some(&b'S') => {
+                let name = cstr(&body[1..]).map(|(n, _)| n).unwrap_or_default();
+                if name.is_empty() {
+                    self.sent(typ);
+                    return Verdict::Forward;
+                }
+                if typ == b'C' {
+                    // Closing a name that does not exist is not an error.
+                    let forgotten = self.names.remove(name);
+                    let _ = forgotten;
+                    self.reply(CLOSE_COMPLETE, None);
+                    return Verdict::Dropped;
+                }
+                let Some(stmt) = self.names.get(name).cloned() else {
+                    self.sent(typ);
+                    return Verdict::Forward;
+                };
+                self.ensure(&stmt, conn, out);
+                frame_start(out, b'D', 1 + stmt.server_name.len());
+                out.put_u8(b'S');
+                out.put_slice(&stmt.server_name);
+                self.sent(typ);
+                Verdict::Replaced
+            }
+            b'P' | b'B' | b'D' | b'C' | b'E' | b'S' | b'Q' | b'F' => {
+                self.sent(typ);
+                Verdict::Forward
+            }
+            _ => Verdict::Forward,
+        }
+    }
+
+    /// Makes sure `stmt` is prepared on `conn` before the message that uses it.
+    fn ensure(&mut self, stmt: &Statement, conn: &mut ConnStatements, out: &mut BytesMut) {
+        if conn.touch(stmt.id) {
+            self.counters.hits += 1;
+        } else {
+            self.send_parse(stmt, conn, out, true, None);
+        }
+    }
+
+    fn send_parse(
+        &mut self,
+        stmt: &Statement,
+        conn: &mut ConnStatements,
+        out: &mut BytesMut,
+        swallow: bool,
+        forget: Option<Box<[u8]>>,
+    ) {
+        if let Some(old) = conn.add(stmt.id, self.cap) {
+            let name = format!("pgkeel_{old}\0");
+            frame_start(out, b'C', 1 + name.len());
+            out.put_u8(b'S');
+            out.put_slice(name.as_bytes());
+            self.queue.push_back(Item::Sent {
+                typ: b'C',
+                undo: 0,
+                forget: None,
+                swallow: true,
+            });
+            self.counters.evictions += 1;
+        }
+        frame_start(out, b'P', stmt.server_name.len() + stmt.body.len());
+        out.put_slice(&stmt.server_name);
+        out.put_slice(&stmt.body);
+        self.queue.push_back(Item::Sent {
+            typ: b'P',
+            undo: stmt.id,
+            forget,
+            swallow,
+        });
+        self.counters.prepares += 1;
+    }
+
+    /// The client's Syncs sent into COPY FROM STDIN mode, which the server
+    /// ignores: they earn no ReadyForQuery.
+    pub fn forget_syncs(&mut self, mut n: u32) {
+        let mut i = self.queue.len();
+        while n > 0 && i > 0 {
+            i -= 1;
+            if matches!(self.queue[i], Item::Sent { typ: b'S', .. }) {
+                self.queue.remove(i);
+                n -= 1;
+            }
+        }
+    }
+
+    /// A server message of type `typ` arrived: whether the client gets it.
+    /// Call `due` after it.
+    pub fn server_message(&mut self, typ: u8, conn: &mut ConnStatements) -> bool {
+        if matches!(typ, b'N' | b'S' | b'A') {
+            return true;
+        }
+        let Some(Item::Sent {
+            typ: sent, swallow, ..
+        }) = self.queue.front()
+        else {
+            return true;
+        };
+        let (sent, swallow) = (*sent, *swallow);
+        if typ == b'E' && extended(sent) {
+            self.undo_front(conn);
+            self.skipping = true;
+            // Even for pgkeel's own Parse: the client's Bind fails with it.
+            return true;
+        }
+        let done = match (sent, typ) {
+            (b'P', b'1') | (b'B', b'2') | (b'C', b'3') => true,
+            (b'D', b'T' | b'n') | (b'E', b'C' | b'I' | b's') => true,
+            (b'S' | b'Q' | b'F', b'Z') => {
+                self.skipping = false;
+                true
+            }
+            (_, b'Z') => {
+                // Out of step (should not happen): resynchronise at the Sync.
+                while let Some(item) = self.queue.pop_front() {
+                    if matches!(
+                        item,
+                        Item::Sent {
+                            typ: b'S' | b'Q' | b'F',
+                            ..
+                        }
+                    ) {
+                        break;
+                    }
+                }
+                self.skipping = false;
+                return true;
+            }
+            _ => false,
+        };
+        if done {
+            self.queue.pop_front();
+        }
+        !swallow
+    }
+
+    /// Pops the head item, undoing what it recorded.
+    fn undo_front(&mut self, conn: &mut ConnStatements) {
+        match self.queue.pop_front() {
+            Some(Item::Sent { undo, forget, .. }) => {
+                if undo != 0 {
+                    conn.remove(undo);
+                }
+                if let Some(n) = forget {
+                    self.names.remove(&n);
+                }
+            }
+            Some(Item::Reply {
+                forget: Some(n), ..
+            }) => {
+                self.names.remove(&n);
+            }
+            Some(Item::Reply { .. }) | None => {}
+        }
+    }
+
+    /// Whether `due` has something to do.
+    pub fn has_due(&self) -> bool {
+        match self.queue.front() {
+            Some(Item::Reply { .. }) => true,
+            Some(Item::Sent { typ, .. }) => self.skipping && *typ != b'S',
+            None => false,
+        }
+    }
+
+    /// Writes pgkeel's replies that reached the head of the queue to `out`,
+    /// and drops what the server skips after an error.
+    pub fn due(&mut self, conn: &mut ConnStatements, out: &mut BytesMut, st: &mut TxState) {
+        loop {
+            match self.queue.front() {
+                Some(Item::Sent { typ, .. }) if self.skipping && *typ != b'S' => {
+                    if matches!(typ, b'Q' | b'F') {
+                        // Skipped too: no ReadyForQuery for it.
+                        st.pending = st.pending.saturating_sub(1);
+                    }
+                    self.undo_front(conn);
+                }
+                Some(Item::Reply { .. }) if self.skipping => self.undo_front(conn),
+                Some(Item::Reply { bytes, .. }) => {
+                    if bytes[0] == b'1' && st.drop_preamble > 0 {
+                        // A re-run request: the client has this one.
+                        st.drop_preamble -= 1;
+                        st.preamble += 1;
+                    } else {
+                        if bytes[0] == b'1' && !st.responded {
+                            st.preamble += 1;
+                        } else {
+                            st.responded = true;
+                        }
+                        out.extend_from_slice(bytes);
+                    }
+                    self.queue.pop_front();
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Nothing is waiting in the queue.
+    pub fn settled(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// A statement that raises `code` with `message` and `hint` when run: how
+/// a refused simple Query fails on the server itself, in its turn, with
+/// the transaction aborted as PostgreSQL would.
+pub fn raising_query(code: &str, message: &str, hint: &str) -> String {
+    let q = |s: &str| s.replace('\'', "''");
+    format!(
+        "DO $pgkeel$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}', HINT = '{}'; END$pgkeel$",
+        q(code),
+        q(message),
+        q(hint)
+    )
+}
+
+/// An ErrorResponse pgkeel gives itself, as bytes (for tests).
+#[cfg(test)]
+fn error_bytes(code: &str, msg: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    protocol::put_error(&mut b, protocol::Severity::Error, code, msg);
+    b.to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![t];
+        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        msg(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+    }
+
+    fn bind(name: &str) -> Vec<u8> {
+        msg(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes())
+    }
+
+    /// Runs client messages through; returns what went to the server.
+    fn send(p: &mut Prepared, conn: &mut ConnStatements, frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        for f in frames {
+            if p.client_message(f[0], f, conn, &mut out) == Verdict::Forward {
+                out.extend_from_slice(f);
+            }
+        }
+        out.to_vec()
+    }
+
+    /// Runs server messages through; returns what the client gets.
+    fn answer(p: &mut Prepared, conn: &mut ConnStatements, frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        let mut st = TxState::default();
+        p.due(conn, &mut out, &mut st);
+        for f in frames {
+            if p.server_message(f[0], conn) {
+                out.extend_from_slice(f);
+            }
+            p.due(conn, &mut out, &mut st);
+        }
+        out.to_vec()
+    }
+
+    fn types(bytes: &[u8]) -> String {
+        let mut rest = bytes;
+        let mut s = String::new();
+        while let Some(Ok((t, len))) = protocol::header(rest) {
+            s.push(t as char);
+            rest = &rest[len..];
+        }
+        s
+    }
+
+    #[test]
+    fn a_statement_follows_the_client_to_another_connection() {
+        let cache = Arc::new(StatementCache::default());
+        let mut p = Prepared::new(cache.clone());
+        let mut c1 = ConnStatements::default();
+        // Transaction 1 on c1: the client's Parse is sent as pgkeel_1.
+        let out = send(
+            &mut p,
+            &mut c1,
+            &[
+                parse("S_1", "select $1"),
+                bind("S_1"),
+                msg(b'E', b"\0\0\0\0\0"),
+                msg(b'S', b""),
+            ],
+        );
+        assert_eq!(types(&out), "PBES");
+        assert!(String::from_utf8_lossy(&out).contains("pgkeel_1"));
+        assert!(!String::from_utf8_lossy(&out).contains("S_1"));
+        let got = answer(
+            &mut p,
+            &mut c1,
+            &[
+                msg(b'1', b""),
+                msg(b'2', b""),
+                msg(b'C', b"SELECT 1\0"),
+                msg(b'Z', b"I"),
+            ],
+        );
+        assert_eq!(types(&got), "12CZ");
+        assert!(p.settled());
+        // Transaction 2 lands on c2: a Parse goes ahead of the Bind and its
+        // ParseComplete is not the client's.
+        let mut c2 = ConnStatements::default();
+        p.reset_queue();
+        let out = send(
+            &mut p,
+            &mut c2,
+            &[bind("S_1"), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")],
+        );
+        assert_eq!(types(&out), "PBES");
+        let got = answer(
+            &mut p,
+            &mut c2,
+            &[
+                msg(b'1', b""),
+                msg(b'2', b""),
+                msg(b'C', b"SELECT 1\0"),
+                msg(b'Z', b"I"),
+            ],
+        );
+        assert_eq!(types(&got), "2CZ");
+        // Another client parsing the same text on c2: nothing sent, pgkeel
+        // answers ParseComplete in its turn.
+        let mut q = Prepared::new(cache);
+        let out = send(
+            &mut q,
+            &mut c2,
+            &[parse("other", "select $1"), msg(b'S', b"")],
+        );
+        assert_eq!(types(&out), "S");
+        let got = answer(&mut q, &mut c2, &[msg(b'Z', b"I")]);
+        assert_eq!(types(&got), "1Z");
+        // The first Bind found the statement its Parse had just prepared.
+        assert_eq!(
+            (p.counters.prepares, p.counters.hits, q.counters.hits),
+            (2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn close_is_answered_locally_and_the_name_can_be_reused() {
+        let mut p = Prepared::new(Arc::default());
+        let mut c = ConnStatements::default();
+        send(&mut p, &mut c, &[parse("a", "select 1"), msg(b'S', b"")]);
+        answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
+        let out = send(
+            &mut p,
+            &mut c,
+            &[msg(b'C', b"Sa\0"), parse("a", "select 2"), msg(b'S', b"")],
+        );
+        assert_eq!(types(&out), "PS", "the Close stays in pgkeel");
+        let got = answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
+        assert_eq!(types(&got), "31Z");
+        assert_eq!(c.len(), 2, "the first statement stays for other clients");
+    }
+
+    #[test]
+    fn a_duplicate_name_is_an_error_and_the_batch_is_dropped() {
+        let mut p = Prepared::new(Arc::default());
+        let mut c = ConnStatements::default();
+        send(&mut p, &mut c, &[parse("a", "select 1"), msg(b'S', b"")]);
+        answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
+        let out = send(
+            &mut p,
+            &mut c,
+            &[
+                parse("a", "select 2"),
+                bind("a"),
+                msg(b'E', b"\0\0\0\0\0"),
+                msg(b'S', b""),
+            ],
+        );
+        assert_eq!(types(&out), "S");
+        let got = answer(&mut p, &mut c, &[msg(b'Z', b"I")]);
+        assert_eq!(types(&got), "EZ");
+        assert!(String::from_utf8_lossy(&got).contains("42P05"));
+    }
+
+    #[test]
+    fn after_an_error_the_skipped_parse_is_forgotten() {
+        let mut p = Prepared::new(Arc::default());
+        let mut c = ConnStatements::default();
+        // The first Parse fails; the server skips the second (and pgkeel's
+        // would-be ParseComplete for a third it already has is not sent).
+        send(
+            &mut p,
+            &mut c,
+            &[
+                parse("x", "selec 1"),
+                parse("y", "select 1"),
+                msg(b'S', b""),
+            ],
+        );
+        let got = answer(
+            &mut p,
+            &mut c,
+            &[error_bytes("42601", "syntax error"), msg(b'Z', b"I")],
+        );
+        assert_eq!(types(&got), "EZ");
+        assert!(c.is_empty(), "neither statement is on the server");
+        assert!(p.is_empty(), "neither name exists for the client");
+        assert!(p.settled());
+    }
+
+    #[test]
+    fn lru_eviction_closes_on_the_server_quietly() {
+        let mut p = Prepared::new(Arc::default());
+        p.cap = 1;
+        let mut c = ConnStatements::default();
+        send(&mut p, &mut c, &[parse("a", "select 1"), msg(b'S', b"")]);
+        answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
+        let out = send(&mut p, &mut c, &[parse("b", "select 2"), msg(b'S', b"")]);
+        assert_eq!(types(&out), "CPS");
+        let got = answer(
+            &mut p,
+            &mut c,
+            &[msg(b'3', b""), msg(b'1', b""), msg(b'Z', b"I")],
+        );
+        assert_eq!(types(&got), "1Z");
+        assert_eq!(p.counters.evictions, 1);
+        // "a" is prepared again when used.
+        let out = send(&mut p, &mut c, &[bind("a"), msg(b'S', b"")]);
+        assert_eq!(types(&out), "CPBS");
+    }
+
+    #[test]
+    fn syncs_sent_into_copy_in_are_forgotten() {
+        let mut p = Prepared::new(Arc::default());
+        let mut c = ConnStatements::default();
+        send(
+            &mut p,
+            &mut c,
+            &[bind(""), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")],
+        );
+        p.forget_syncs(1);
+        send(&mut p, &mut c, &[msg(b'c', b""), msg(b'S', b"")]);
+        let got = answer(
+            &mut p,
+            &mut c,
+            &[
+                msg(b'2', b""),
+                msg(b'G', b"\0\0\0"),
+                msg(b'C', b"COPY 1\0"),
+                msg(b'Z', b"I"),
+            ],
+        );
+        assert_eq!(types(&got), "2GCZ");
+        assert!(p.settled());
+    }
+
+    #[test]
+    fn raising_query_quotes() {
+        let q = raising_query("0A000", "it's refused", "h");
+        assert!(q.contains("it''s refused") && q.starts_with("DO $pgkeel$"));
+    }
+}

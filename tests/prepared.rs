@@ -1,0 +1,429 @@
+//! Transaction pooling made transparent: named prepared statements and
+//! session settings follow each client from one server connection to the
+//! next; LISTEN and friends pin the client (or are refused); results of any
+//! size stream through in bounded memory. Against the shared PostgreSQL,
+//! with `pool_size = 2` so transactions keep changing server connections.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use common::shared_pg;
+use support::*;
+use tokio_postgres::AsyncMessage;
+
+async fn proxy(proxy_lines: &str) -> pgkeel::ProxyHandle {
+    let pg = shared_pg();
+    start(&config(
+        pg.port,
+        &format!("pool_size = 2\n{proxy_lines}"),
+        "",
+    ))
+    .await
+}
+
+/// A metric's value (summed over its series) from /metrics.
+async fn metric(p: &pgkeel::ProxyHandle, name: &str) -> f64 {
+    let (_, text) = http_get(p.admin_addr().unwrap(), "/metrics").await;
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_follow_clients_across_server_connections() {
+    let p = proxy("").await;
+    let setup = app(p.local_addr()).await;
+    setup
+        .batch_execute(
+            "DROP TABLE IF EXISTS ps_items; CREATE TABLE ps_items (id int PRIMARY KEY, v text);
+             INSERT INTO ps_items SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+        )
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for c in 0..12 {
+        let addr = p.local_addr();
+        tasks.push(tokio::spawn(async move {
+            let client = app(addr).await;
+            // tokio-postgres names its statements s0, s1, ... per client:
+            // every client uses the same names for different statements.
+            let by_id = client
+                .prepare("SELECT v FROM ps_items WHERE id = $1")
+                .await
+                .unwrap();
+            let add = client.prepare("SELECT $1::int + $2::int").await.unwrap();
+            let mine = client
+                .prepare(&format!("SELECT {c}::int AS client"))
+                .await
+                .unwrap();
+            for i in 0..60 {
+                let id = (c * 7 + i) % 100 + 1;
+                let row = client.query_one(&by_id, &[&id]).await.unwrap();
+                assert_eq!(row.get::<_, String>(0), format!("v{id}"));
+                let row = client.query_one(&add, &[&i, &c]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), i + c);
+                let row = client.query_one(&mine, &[]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), c, "a statement of another client ran");
+            }
+            // Explicit transactions, with the statements inside.
+            for i in 0..10 {
+                client.batch_execute("BEGIN").await.unwrap();
+                let row = client.query_one(&add, &[&i, &1]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), i + 1);
+                client.batch_execute("COMMIT").await.unwrap();
+            }
+            // Closing one (drop) and preparing more keeps working.
+            drop(mine);
+            let again = client.prepare("SELECT 'again'::text").await.unwrap();
+            let row = client.query_one(&again, &[]).await.unwrap();
+            assert_eq!(row.get::<_, String>(0), "again");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let prepared = metric(&p, "pgkeel_prepared_statements_prepared_total").await;
+    let hits = metric(&p, "pgkeel_prepared_statements_hits_total").await;
+    assert!(prepared >= 3.0, "statements were prepared: {prepared}");
+    assert!(
+        hits > 12.0 * 60.0,
+        "most uses found the statement already prepared: {hits}"
+    );
+    assert!(
+        lent(&p) <= 2,
+        "pool_size = 2 kept server connections at two"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_errors_and_names_behave_as_in_postgresql() {
+    let p = proxy("").await;
+    let (mut raw, _) = Raw::login(p.local_addr(), "app", "app_password", "appdb").await;
+    // Reads up to ReadyForQuery; the ErrorResponse's (code, message).
+    async fn error(raw: &mut Raw) -> (String, String) {
+        let (msgs, _) = raw.until_ready().await;
+        let (_, body) = msgs.iter().find(|m| m.0 == b'E').expect("an ErrorResponse");
+        let f = pgkeel::protocol::parse_error_fields(body);
+        let get = |c| {
+            pgkeel::protocol::error_field(&f, c)
+                .unwrap_or("")
+                .to_owned()
+        };
+        (get(b'C'), get(b'M'))
+    }
+    // A Parse that fails leaves no statement behind.
+    raw.send_msg(b'P', b"bad\0selec 1\0\0\0").await;
+    raw.send_msg(b'S', b"").await;
+    assert_eq!(error(&mut raw).await.0, "42601");
+    raw.send_msg(b'B', b"\0bad\0\0\0\0\0\0\0").await;
+    raw.send_msg(b'S', b"").await;
+    let (code, msg) = error(&mut raw).await;
+    assert_eq!(code, "26000");
+    assert!(msg.contains("\"bad\""), "the client's own name: {msg}");
+    // A name in use is an error; after Close it can be used again.
+    raw.send_msg(b'P', b"one\0select 1\0\0\0").await;
+    raw.send_msg(b'S', b"").await;
+    let (msgs, _) = raw.until_ready().await;
+    assert_eq!(msgs.iter().map(|m| m.0).collect::<Vec<_>>(), b"1");
+    raw.send_msg(b'P', b"one\0select 2\0\0\0").await;
+    raw.send_msg(b'S', b"").await;
+    assert_eq!(error(&mut raw).await.0, "42P05");
+    raw.send_msg(b'C', b"Sone\0").await;
+    raw.send_msg(b'P', b"one\0select 2\0\0\0").await;
+    raw.send_msg(b'B', b"\0one\0\0\0\0\0\0\0").await;
+    raw.send_msg(b'E', b"\0\0\0\0\0").await;
+    raw.send_msg(b'S', b"").await;
+    let (msgs, status) = raw.until_ready().await;
+    assert_eq!(
+        msgs.iter().map(|m| m.0).collect::<Vec<_>>(),
+        b"312DC",
+        "CloseComplete, ParseComplete, BindComplete, the row, done"
+    );
+    assert_eq!(&msgs[3].1[..], b"\0\x01\0\0\0\x012");
+    assert_eq!(status, b'I');
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_follow_each_client_and_do_not_leak() {
+    let p = proxy("").await;
+    let setup = app(p.local_addr()).await;
+    setup
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS ps_a; CREATE SCHEMA IF NOT EXISTS ps_b;
+             DROP TABLE IF EXISTS ps_a.t, ps_b.t;
+             CREATE TABLE ps_a.t AS SELECT 'a'::text AS who;
+             CREATE TABLE ps_b.t AS SELECT 'b'::text AS who;",
+        )
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let addr = p.local_addr();
+        tasks.push(tokio::spawn(async move {
+            let client = app(addr).await;
+            let schema = ["ps_a", "ps_b"][c % 2];
+            let plain = c % 4 == 3;
+            if !plain {
+                client
+                    .batch_execute(&format!(
+                        "SET search_path TO {schema}, public; SET statement_timeout = '{}ms'; SET application_name = 'client{c}'",
+                        1001 + c
+                    ))
+                    .await
+                    .unwrap();
+            }
+            for _ in 0..40 {
+                let rows = client
+                    .simple_query("SELECT current_setting('search_path'), current_setting('statement_timeout'), current_setting('application_name')")
+                    .await
+                    .unwrap();
+                let row = rows
+                    .iter()
+                    .find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                        _ => None,
+                    })
+                    .unwrap();
+                if plain {
+                    assert_eq!(row.get(0), Some("\"$user\", public"), "client {c} got someone's search_path");
+                    assert_eq!(row.get(1), Some("0"), "client {c} got someone's statement_timeout");
+                    assert_eq!(row.get(2), Some(""));
+                } else {
+                    assert_eq!(row.get(0), Some(format!("{schema}, public").as_str()));
+                    assert_eq!(row.get(1), Some(format!("{}ms", 1001 + c).as_str()));
+                    assert_eq!(row.get(2), Some(format!("client{c}").as_str()));
+                    // Prepared (extended protocol) too, resolved in the client's schema.
+                    let who: String = client.query_one("SELECT who FROM t", &[]).await.unwrap().get(0);
+                    assert_eq!(who, &schema[3..]);
+                }
+            }
+            if !plain {
+                // RESET goes back to the default, everywhere.
+                client.batch_execute("RESET statement_timeout").await.unwrap();
+                for _ in 0..10 {
+                    let v: String = client
+                        .query_one("SELECT current_setting('statement_timeout')", &[])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    assert_eq!(v, "0");
+                }
+                // SET LOCAL ends with its transaction.
+                client
+                    .batch_execute("BEGIN; SET LOCAL search_path TO public; COMMIT")
+                    .await
+                    .unwrap();
+                let who: String = client.query_one("SELECT who FROM t", &[]).await.unwrap().get(0);
+                assert_eq!(who, &schema[3..]);
+                // A SET rolled back never happened.
+                client
+                    .batch_execute("BEGIN; SET search_path TO public; ROLLBACK")
+                    .await
+                    .unwrap();
+                let who: String = client.query_one("SELECT who FROM t", &[]).await.unwrap().get(0);
+                assert_eq!(who, &schema[3..]);
+                // DISCARD ALL: back to the defaults.
+                client.batch_execute("DISCARD ALL").await.unwrap();
+                let v: String = client
+                    .query_one("SELECT current_setting('search_path')", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(v, "\"$user\", public");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Startup options follow the client too.
+    let (opts, conn) = tokio_postgres::connect(
+        &format!(
+            "{} options='-c search_path=ps_b,public'",
+            url(p.local_addr(), "app", "app_password", "appdb")
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..5 {
+        let who: String = opts
+            .query_one("SELECT who FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(who, "b");
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_pins_the_client_and_notifications_arrive() {
+    let p = proxy("").await;
+    let (listener, mut msgs, _task) = connect_msgs(p.local_addr(), "app", "app_password", "appdb")
+        .await
+        .unwrap();
+    listener.batch_execute("LISTEN ps_jobs").await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            metric(&p, "pgkeel_pinned_clients").await == 1.0
+        })
+        .await,
+        "the listening client is pinned"
+    );
+    // Other clients still share the pool's other connection.
+    let other = app(p.local_addr()).await;
+    for i in 0..5 {
+        other
+            .batch_execute(&format!("NOTIFY ps_jobs, 'job {i}'"))
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        let m = tokio::time::timeout(Duration::from_secs(10), msgs.recv())
+            .await
+            .expect("notification arrives")
+            .unwrap();
+        match m {
+            AsyncMessage::Notification(n) => {
+                assert_eq!(
+                    (n.channel(), n.payload()),
+                    ("ps_jobs", format!("job {i}").as_str())
+                )
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A session advisory lock pins too, and is held across transactions.
+    let locker = app(p.local_addr()).await;
+    locker
+        .batch_execute("SELECT pg_advisory_lock(4242)")
+        .await
+        .unwrap();
+    let held: bool = locker
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(held, "the lock is on the connection the client keeps");
+    assert_eq!(metric(&p, "pgkeel_client_pins_total").await, 2.0);
+    drop(locker);
+    drop(listener);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            metric(&p, "pgkeel_pinned_clients").await == 0.0
+        })
+        .await,
+        "pins end with their clients"
+    );
+    // Their connections went back clean (DISCARD ALL): nobody listens or locks.
+    let check = app(p.local_addr()).await;
+    for _ in 0..4 {
+        let row = check
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_listening_channels()), (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 0));
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn features_not_in_pin_on_are_refused_with_0a000() {
+    let p = proxy("pin_on = []").await;
+    let client = app(p.local_addr()).await;
+    let e = client.batch_execute("LISTEN nope").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    let db = e.as_db_error().unwrap();
+    assert!(db.message().contains("LISTEN"), "{}", db.message());
+    assert!(
+        db.hint().unwrap_or("").contains("pin_on"),
+        "{:?}",
+        db.hint()
+    );
+    // Extended protocol: refused at Parse, in step.
+    let e = client
+        .query("SELECT pg_advisory_lock($1)", &[&1i64])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    let e = client
+        .batch_execute("BEGIN; CREATE TEMP TABLE tt (x int); COMMIT")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // Transaction-scoped forms are fine.
+    client
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(1); CREATE TEMP TABLE tt (x int) ON COMMIT DROP; COMMIT")
+        .await
+        .unwrap();
+    let v: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(v, 1);
+    assert_eq!(metric(&p, "pgkeel_pinned_clients").await, 0.0);
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_prepared_mode_runs_clean() {
+    let pg = shared_pg();
+    let p = proxy("").await;
+    let addr = p.local_addr();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("pgbench")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+                "-U",
+                "app",
+            ])
+            .args(args)
+            .arg("appdb")
+            .env("PGPASSWORD", "app_password")
+            .output()
+            .expect("pgbench runs (postgresql-client-15)");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let _ = pg;
+    let (ok, out) = run(&["-i", "-q", "-s", "1"]);
+    assert!(ok, "pgbench -i: {out}");
+    // One thread per client: pgbench prepares with a blocking PQprepare,
+    // which would stall a thread's other clients mid-transaction while it
+    // waits for one of the two server connections they hold.
+    let (ok, out) = run(&["-M", "prepared", "-c", "10", "-j", "10", "-t", "40"]);
+    assert!(ok, "pgbench -M prepared: {out}");
+    assert!(
+        out.contains("number of failed transactions: 0") || !out.contains("failed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("number of transactions actually processed: 400/400"),
+        "{out}"
+    );
+    assert!(metric(&p, "pgkeel_prepared_statements_prepared_total").await >= 7.0);
+    p.shutdown().await;
+}
