@@ -173,6 +173,13 @@ impl Proxy {
             shutdown: shutdown_rx.clone(),
             scram_keys: Mutex::new(HashMap::new()),
         });
+        shared
+            .metrics
+            .registry
+            .register(Box::new(crate::metrics::ScrapeCollector::new(
+                Arc::downgrade(&shared),
+            )))
+            .expect("scrape collector registers once");
         if let Some(l) = admin {
             tokio::spawn(crate::admin::run(shared.clone(), l, shutdown_rx.clone()));
         }

@@ -367,6 +367,8 @@ impl Session {
                     let mut server = self.server.take().expect("attached");
                     self.retries = 0;
                     self.shared.metrics.transactions[role].inc();
+                    self.shared.metrics.transaction_seconds[role]
+                        .observe(server.lent_for().as_secs_f64());
                     if self.on_primary
                         && self.may_write
                         && self.shared.router.load().settings().read_your_writes
