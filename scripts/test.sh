@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 # PostgreSQL for every integration test; etcd and Patroni for tests/patroni.rs;
-# and the packages the build needs (BUILD_PACKAGES in lib.sh).
+# prometheus (prometheus and promtool) for tests/metrics_promtool.rs, which
+# runs its own on a free port: a packaged service on 9090, running or not,
+# is not used; and the packages the build needs (BUILD_PACKAGES in lib.sh).
 install_packages postgresql-15 postgresql-client-15 etcd-server etcd-client patroni \
-    curl ca-certificates "${BUILD_PACKAGES[@]}"
+    prometheus curl ca-certificates "${BUILD_PACKAGES[@]}"
 ensure_rust_components
 
 section "cargo fmt --check"

@@ -1,10 +1,16 @@
 //! Prometheus metrics. Each proxy instance owns its registry (no global
 //! state), so two instances can run side by side in one process.
 
+use std::sync::{Mutex, Weak};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    Counter, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Counter, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
+
+use crate::proxy::Shared;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -19,6 +25,9 @@ pub struct Metrics {
     /// ([0]) and other members ([1]), looked up once: they are on the hot path.
     pub transactions: [IntCounter; 2],
     pub queries: [IntCounter; 2],
+    pub transaction_duration_seconds: HistogramVec,
+    /// `transaction_duration_seconds` children, indexed like `transactions`.
+    pub transaction_seconds: [Histogram; 2],
     pub routed_total: IntCounterVec,
     /// `routed_total` children: [route index * reasons + reason index].
     routed: Vec<IntCounter>,
@@ -34,6 +43,16 @@ pub struct Metrics {
     pub leader_changes_total: IntCounter,
     pub primary_switch_seconds: Histogram,
     pub members_up: IntGauge,
+    pub members: IntGauge,
+    /// 1 while a primary is known and its probe saw it writable.
+    pub primary_available: IntGauge,
+    /// The member writes go to (one series, none while there is no primary).
+    pub primary_info: IntGaugeVec,
+    /// 1 from a failover's start (primary gone, or switchover announced)
+    /// until a primary is usable again.
+    pub failover_in_progress: IntGauge,
+    /// Registered only in etcd mode (`register_etcd`): in static mode there
+    /// is no watch, and a constant 0 would read as "etcd down".
     pub etcd_connected: IntGauge,
     pub etcd_watch_restarts_total: IntCounter,
     pub failovers_total: IntCounterVec,
@@ -49,6 +68,9 @@ pub struct Metrics {
     pub pinned_clients: IntGauge,
     pub client_pins_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
+    /// 0 after a reload found the file invalid, until a valid one is loaded.
+    pub config_last_reload_successful: IntGauge,
+    pub build_info: IntGaugeVec,
 }
 
 /// `route` labels of `pgkeel_routed_total`, in `config::Route` order.
@@ -62,6 +84,23 @@ pub const FAILOVER_ERROR_REASONS: [&str; 6] = [
     "hold_timeout",
     "held_limit",
     "mid_message",
+];
+
+/// SQLSTATEs pgkeel itself answers with after login, created at 0 so that
+/// `rate()` sees their first occurrence (the label stays open: a code not
+/// listed here is still counted).
+const ERROR_SQLSTATES: [&str; 10] = [
+    "08006", "08P01", "25006", "25P02", "28000", "40001", "53300", "57P01", "57P03", "XX000",
+];
+
+/// SQLSTATEs of refused logins, likewise created at 0.
+const LOGIN_FAILURE_SQLSTATES: [&str; 8] = [
+    "08P01", "0A000", "28000", "28P01", "3D000", "53300", "57P01", "57P03",
+];
+
+/// Buckets for transaction durations: sub-millisecond to minutes.
+const TRANSACTION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 ];
 
 impl Default for Metrics {
@@ -83,6 +122,15 @@ impl Metrics {
             "pgkeel_queries_total",
             "Simple queries and extended-protocol syncs forwarded, by role of the server",
         );
+        let transaction_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "pgkeel_transaction_duration_seconds",
+                "Time a transaction held its server connection, from checkout to release, by role of the server",
+            )
+            .buckets(TRANSACTION_BUCKETS.to_vec()),
+            &["role"],
+        )
+        .unwrap();
         let m = Metrics {
             clients_connected: IntGauge::new(
                 "pgkeel_clients_connected",
@@ -117,6 +165,11 @@ impl Metrics {
                 queries_total.with_label_values(&["primary"]),
                 queries_total.with_label_values(&["replica"]),
             ],
+            transaction_seconds: [
+                transaction_duration_seconds.with_label_values(&["primary"]),
+                transaction_duration_seconds.with_label_values(&["replica"]),
+            ],
+            transaction_duration_seconds,
             routed_total: IntCounterVec::new(
                 Opts::new(
                     "pgkeel_routed_total",
@@ -201,14 +254,37 @@ impl Metrics {
                 "Members answering pgkeel's health checks",
             )
             .unwrap(),
+            members: IntGauge::new(
+                "pgkeel_members",
+                "Members in the topology (static [[servers]], or Patroni's member keys)",
+            )
+            .unwrap(),
+            primary_available: IntGauge::new(
+                "pgkeel_primary_available",
+                "1 while a primary is known and confirmed writable, else 0",
+            )
+            .unwrap(),
+            primary_info: IntGaugeVec::new(
+                Opts::new(
+                    "pgkeel_primary_info",
+                    "The member writes go to (value 1; no series while there is no primary)",
+                ),
+                &["member"],
+            )
+            .unwrap(),
+            failover_in_progress: IntGauge::new(
+                "pgkeel_failover_in_progress",
+                "1 from a failover's start (primary gone or switchover announced) until a primary is usable again",
+            )
+            .unwrap(),
             etcd_connected: IntGauge::new(
                 "pgkeel_etcd_connected",
-                "1 while the etcd watch is established (etcd mode)",
+                "1 while pgkeel reads and watches Patroni's keys in etcd, else 0 (etcd mode only)",
             )
             .unwrap(),
             etcd_watch_restarts_total: IntCounter::new(
                 "pgkeel_etcd_watch_restarts_total",
-                "Times the etcd watch was re-established",
+                "Times the etcd watch was re-established (etcd mode only)",
             )
             .unwrap(),
             failovers_total: IntCounterVec::new(
@@ -290,6 +366,16 @@ impl Metrics {
                 &["result"],
             )
             .unwrap(),
+            config_last_reload_successful: IntGauge::new(
+                "pgkeel_config_last_reload_successful",
+                "1 while the running configuration is the file's latest content, 0 after a reload found the file invalid",
+            )
+            .unwrap(),
+            build_info: IntGaugeVec::new(
+                Opts::new("pgkeel_build_info", "pgkeel's version (value 1)"),
+                &["version"],
+            )
+            .unwrap(),
             registry,
         };
         let mut m = m;
@@ -315,17 +401,29 @@ impl Metrics {
         r.register(Box::new(m.pool_wait_seconds.clone())).unwrap();
         r.register(Box::new(m.cancel_requests_total.clone()))
             .unwrap();
-        for c in [
-            &m.topology_changes_total,
-            &m.leader_changes_total,
-            &m.etcd_watch_restarts_total,
-        ] {
+        for c in [&m.topology_changes_total, &m.leader_changes_total] {
             r.register(Box::new(c.clone())).unwrap();
         }
         r.register(Box::new(m.primary_switch_seconds.clone()))
             .unwrap();
         r.register(Box::new(m.members_up.clone())).unwrap();
-        r.register(Box::new(m.etcd_connected.clone())).unwrap();
+        r.register(Box::new(m.members.clone())).unwrap();
+        r.register(Box::new(m.primary_available.clone())).unwrap();
+        r.register(Box::new(m.primary_info.clone())).unwrap();
+        r.register(Box::new(m.failover_in_progress.clone()))
+            .unwrap();
+        r.register(Box::new(m.transaction_duration_seconds.clone()))
+            .unwrap();
+        r.register(Box::new(m.build_info.clone())).unwrap();
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for code in ERROR_SQLSTATES {
+            m.errors_total.with_label_values(&[code]);
+        }
+        for code in LOGIN_FAILURE_SQLSTATES {
+            m.client_login_failures_total.with_label_values(&[code]);
+        }
         r.register(Box::new(m.failovers_total.clone())).unwrap();
         r.register(Box::new(m.held_clients.clone())).unwrap();
         r.register(Box::new(m.hold_seconds.clone())).unwrap();
@@ -354,6 +452,10 @@ impl Metrics {
         for result in ["ok", "error"] {
             m.config_reloads_total.with_label_values(&[result]);
         }
+        r.register(Box::new(m.config_last_reload_successful.clone()))
+            .unwrap();
+        // The file loaded at start was valid, or pgkeel would not be running.
+        m.config_last_reload_successful.set(1);
         r.register(Box::new(m.classify_cache_hits_total.clone()))
             .unwrap();
         r.register(Box::new(m.classify_cache_misses_total.clone()))
@@ -369,6 +471,16 @@ impl Metrics {
             m.failovers_total.with_label_values(&[kind]);
         }
         m
+    }
+
+    /// Adds the etcd watch metrics: only an instance following etcd has them.
+    pub fn register_etcd(&self) {
+        self.registry
+            .register(Box::new(self.etcd_connected.clone()))
+            .expect("etcd metrics are registered once");
+        self.registry
+            .register(Box::new(self.etcd_watch_restarts_total.clone()))
+            .expect("etcd metrics are registered once");
     }
 
     pub fn failover_errors(&self) -> u64 {
@@ -400,5 +512,139 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding cannot fail");
         String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+/// Client and pool gauges computed when /metrics is scraped, from the
+/// counters the pools keep anyway: the data path updates nothing for them.
+pub struct ScrapeCollector {
+    /// Weak: the registry lives inside `Shared`, which must not own itself.
+    shared: Weak<Shared>,
+    /// Filled afresh under this lock at each scrape (two scrapes may overlap).
+    gauges: Mutex<ScrapeGauges>,
+    descs: Vec<Desc>,
+}
+
+struct ScrapeGauges {
+    clients: IntGaugeVec,
+    pool_size: IntGaugeVec,
+    pool_server_connections: IntGaugeVec,
+    pool_clients_waiting: IntGaugeVec,
+}
+
+/// Pool series labels: the member as the topology names it, its role, and
+/// the pool's database and user (all bounded by configuration and cluster).
+const POOL_LABELS: [&str; 4] = ["member", "role", "database", "user"];
+
+/// `state` values of `pgkeel_clients`.
+const CLIENT_STATES: [&str; 4] = ["active", "waiting", "held", "idle"];
+
+impl ScrapeCollector {
+    pub fn new(shared: Weak<Shared>) -> ScrapeCollector {
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).unwrap()
+        };
+        let mut with_state = POOL_LABELS.to_vec();
+        with_state.push("state");
+        let g = ScrapeGauges {
+            clients: gauge(
+                "pgkeel_clients",
+                "Client connections by state: active (holding a server connection), waiting (for a pool slot), held (waiting for a primary), idle (between transactions, or logging in)",
+                &["state"],
+            ),
+            pool_size: gauge(
+                "pgkeel_pool_size",
+                "Configured size of each pool (server connections per member, database and user)",
+                &POOL_LABELS,
+            ),
+            pool_server_connections: gauge(
+                "pgkeel_pool_server_connections",
+                "Server connections of each pool, by state: active (lent to a client), idle (in the pool)",
+                &with_state,
+            ),
+            pool_clients_waiting: gauge(
+                "pgkeel_pool_clients_waiting",
+                "Clients waiting for a free server connection in each pool",
+                &POOL_LABELS,
+            ),
+        };
+        let descs = [
+            &g.clients,
+            &g.pool_size,
+            &g.pool_server_connections,
+            &g.pool_clients_waiting,
+        ]
+        .iter()
+        .flat_map(|v| v.desc().into_iter().cloned())
+        .collect();
+        ScrapeCollector {
+            shared,
+            gauges: Mutex::new(g),
+            descs,
+        }
+    }
+}
+
+impl Collector for ScrapeCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(shared) = self.shared.upgrade() else {
+            return Vec::new();
+        };
+        let g = self.gauges.lock().expect("scrape gauges poisoned");
+        g.pool_size.reset();
+        g.pool_server_connections.reset();
+        g.pool_clients_waiting.reset();
+        let topo = shared.topology.load();
+        let (mut active, mut waiting) = (0i64, 0i64);
+        for p in shared.pools.all() {
+            let member = topo
+                .members
+                .iter()
+                .find(|m| m.member.host == p.key.host && m.member.port == p.key.port);
+            let name = member.map_or_else(
+                || format!("{}:{}", p.key.host, p.key.port),
+                |m| m.member.name.clone(),
+            );
+            let role = match member.map(|m| m.role) {
+                Some(crate::topology::Role::Primary) => "primary",
+                Some(crate::topology::Role::Replica) => "replica",
+                _ => "unknown",
+            };
+            let labels = [name.as_str(), role, &p.key.database, &p.key.user];
+            let lent = p.stats.active.load(Relaxed) as i64;
+            let queued = p.stats.waiting.load(Relaxed) as i64;
+            active += lent;
+            waiting += queued;
+            g.pool_size
+                .with_label_values(&labels)
+                .set(i64::from(p.settings().size));
+            let state = |s| {
+                let [a, b, c, d] = labels;
+                g.pool_server_connections
+                    .with_label_values(&[a, b, c, d, s])
+            };
+            state("active").set(lent);
+            state("idle").set(p.idle_count() as i64);
+            g.pool_clients_waiting
+                .with_label_values(&labels)
+                .set(queued);
+        }
+        let held = shared.metrics.held_clients.get();
+        // The parts are read one after another, not atomically: idle is
+        // what is left, never below 0.
+        let idle = (shared.metrics.clients_connected.get() - active - waiting - held).max(0);
+        for (state, v) in CLIENT_STATES.iter().zip([active, waiting, held, idle]) {
+            g.clients.with_label_values(&[state]).set(v);
+        }
+        let mut out = g.clients.collect();
+        out.extend(g.pool_size.collect());
+        out.extend(g.pool_server_connections.collect());
+        out.extend(g.pool_clients_waiting.collect());
+        out
     }
 }

@@ -80,6 +80,8 @@ pub struct PooledConn {
     conn: Option<ServerConn>,
     pool: Arc<Pool>,
     permit: Option<OwnedSemaphorePermit>,
+    /// When the pool slot was granted (after any wait for it).
+    lent_at: Instant,
 }
 
 impl PooledConn {
@@ -99,6 +101,12 @@ impl PooledConn {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// How long this loan has lasted: in transaction mode, the transaction's
+    /// time on the server connection (including a connect, if one was needed).
+    pub fn lent_for(&self) -> Duration {
+        self.lent_at.elapsed()
     }
 
     /// Returns a clean connection to the idle stack (or closes it if it is past its lifetime).
@@ -255,6 +263,7 @@ impl Pool {
             conn: None,
             pool: self.clone(),
             permit: Some(permit),
+            lent_at: Instant::now(),
         };
         let s = self.settings.load();
         loop {

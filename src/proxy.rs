@@ -176,6 +176,13 @@ impl Proxy {
             scram_keys: Mutex::new(HashMap::new()),
             statements: Arc::default(),
         });
+        shared
+            .metrics
+            .registry
+            .register(Box::new(crate::metrics::ScrapeCollector::new(
+                Arc::downgrade(&shared),
+            )))
+            .expect("scrape collector registers once");
         if let Some(l) = admin {
             tokio::spawn(crate::admin::run(shared.clone(), l, shutdown_rx.clone()));
         }

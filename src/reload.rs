@@ -57,6 +57,7 @@ pub fn reload_file(shared: &Shared, path: &Path) -> Result<Vec<String>, ConfigEr
                 .config_reloads_total
                 .with_label_values(&["error"])
                 .inc();
+            shared.metrics.config_last_reload_successful.set(0);
             tracing::error!(path = %path.display(), error = %e, "configuration not reloaded: the file is invalid; the running configuration stays");
             let mut info = (**shared.config_info.load()).clone();
             info.last_error = Some(e.to_string());
@@ -78,6 +79,7 @@ pub fn reload_file(shared: &Shared, path: &Path) -> Result<Vec<String>, ConfigEr
         .config_reloads_total
         .with_label_values(&["ok"])
         .inc();
+    shared.metrics.config_last_reload_successful.set(1);
     Ok(pending)
 }
 

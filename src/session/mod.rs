@@ -419,6 +419,8 @@ impl Session {
                     let mut server = self.server.take().expect("attached");
                     self.retries = 0;
                     self.shared.metrics.transactions[role].inc();
+                    self.shared.metrics.transaction_seconds[role]
+                        .observe(server.lent_for().as_secs_f64());
                     // Not released when a follow-up query fails: the
                     // connection's state is unknown.
                     let mut clean = true;

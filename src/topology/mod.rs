@@ -284,6 +284,7 @@ pub async fn spawn(
                     .map(|u| (u, e.password.clone().unwrap_or_default())),
                 dial_timeout: e.dial_timeout.0,
             };
+            metrics.register_etcd();
             tokio::spawn(etcd::run(s, tx, shutdown.clone(), metrics.clone()));
             publisher::Source::Etcd(rx)
         }

@@ -414,6 +414,17 @@ impl Publisher {
         self.metrics
             .members_up
             .set(new.members.iter().filter(|m| m.healthy).count() as i64);
+        self.metrics.members.set(new.members.len() as i64);
+        self.metrics
+            .primary_available
+            .set(i64::from(new.primary.is_some()));
+        // Only on a change: a scrape between reset and set would see no primary.
+        if new.primary_name() != old.primary_name() {
+            self.metrics.primary_info.reset();
+            if let Some(p) = new.primary_name() {
+                self.metrics.primary_info.with_label_values(&[p]).set(1);
+            }
+        }
         // Lag per replica; members that left or became primary drop out.
         self.metrics.replica_lag_bytes.reset();
         self.metrics.replica_lag_seconds.reset();
@@ -458,6 +469,7 @@ impl Publisher {
                     old_primary = name(old).as_deref().unwrap_or("none"),
                     "failover started: new transactions are held"
                 );
+                self.metrics.failover_in_progress.set(1);
                 self.outage = Some(Outage {
                     since: Instant::now(),
                     kind,
@@ -492,6 +504,7 @@ impl Publisher {
             }
             Some(_) => {
                 let o = self.outage.take().expect("matched Some");
+                self.metrics.failover_in_progress.set(0);
                 let took = o.since.elapsed();
                 let errors = self
                     .metrics

@@ -278,3 +278,291 @@ pub async fn pg_client(port: u16, user: &str, password: &str, db: &str) -> tokio
     tokio::spawn(conn);
     c
 }
+
+/// A server process a test starts and stops. It is spawned from a thread
+/// that waits for it, with PR_SET_PDEATHSIG: if the test process dies
+/// without dropping it, the process still goes (the signal follows the
+/// spawning thread, which lives exactly as long as the process).
+pub struct TiedProcess {
+    pid: i32,
+    stop_signal: i32,
+    exited: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waiter: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TiedProcess {
+    /// Spawns `cmd`; `stop_signal` asks it to stop (SIGINT: PostgreSQL's fast
+    /// shutdown; SIGTERM for etcd).
+    pub fn spawn(mut cmd: Command, stop_signal: i32) -> TiedProcess {
+        let name = cmd.get_program().to_string_lossy().into_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let exited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = exited.clone();
+        let waiter = std::thread::spawn(move || {
+            unsafe {
+                cmd.pre_exec(move || {
+                    // Runs after any uid switch, so the signal survives it.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, stop_signal);
+                    Ok(())
+                });
+            }
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    tx.send(Err(e)).unwrap();
+                    return;
+                }
+            };
+            tx.send(Ok(child.id())).unwrap();
+            let _ = child.wait();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let pid = rx
+            .recv()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        TiedProcess {
+            pid: pid as i32,
+            stop_signal,
+            exited,
+            waiter: Some(waiter),
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        !self.exited.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Asks the process to stop and waits until it has exited.
+    pub fn stop(&mut self) {
+        let Some(waiter) = self.waiter.take() else {
+            return;
+        };
+        // Only while unreaped: the pid cannot have been reused before that.
+        if self.running() {
+            unsafe { libc::kill(self.pid, self.stop_signal) };
+        }
+        let _ = waiter.join();
+    }
+}
+
+impl Drop for TiedProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A streaming replica of a `PgServer`, in its own temporary directory.
+/// Dropping it stops the server and removes the directory.
+pub struct Replica {
+    pub port: u16,
+    pub dir: PathBuf,
+    process: TiedProcess,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.process.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Lets the `postgres` user open replication connections from loopback
+/// without a password (once per server), and reloads the server.
+fn allow_replication(primary: &PgServer) {
+    const LINE: &str = "host replication all 127.0.0.1/32 trust\n";
+    // Tests of one binary may start replicas at the same time.
+    static EDIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = EDIT.lock().unwrap_or_else(|e| e.into_inner());
+    let hba = primary.dir.join("data/pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    if text.contains(LINE) {
+        return;
+    }
+    std::fs::write(&hba, format!("{text}{LINE}")).unwrap();
+    let out = as_postgres(
+        Command::new(format!("{BIN}/pg_ctl"))
+            .arg("reload")
+            .arg("-D")
+            .arg(primary.dir.join("data")),
+    )
+    .output()
+    .expect("pg_ctl runs");
+    assert!(
+        out.status.success(),
+        "pg_ctl reload failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts a streaming replica of `primary` (pg_basebackup -R) on a free
+/// port; returns once it streams. Blocking: call it outside a runtime or
+/// from a multi-thread runtime's worker.
+pub fn start_replica(primary: &PgServer) -> Replica {
+    allow_replication(primary);
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("pgkeel-test-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    chown(&dir);
+    let data = dir.join("data");
+    // The reload above is asynchronous: until the server has read the new
+    // pg_hba.conf, the base backup is refused. Retry until it is not.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = std::fs::remove_dir_all(&data);
+        let out = as_postgres(
+            Command::new(format!("{BIN}/pg_basebackup"))
+                .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+                .args(["-U", "postgres", "-R", "-X", "stream", "-c", "fast", "-N"])
+                .arg("-D")
+                .arg(&data),
+        )
+        .output()
+        .expect("pg_basebackup runs");
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
+    chown(&dir.join("postgres.log"));
+    let mut cmd = Command::new(format!("{BIN}/postgres"));
+    as_postgres(&mut cmd)
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-c",
+            &format!("port={port}"),
+            "-c",
+            "listen_addresses=127.0.0.1",
+        ])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()))
+        // A hot standby needs at least the primary's max_connections.
+        .args(["-c", "max_connections=300", "-c", "fsync=off"])
+        .args(["-c", "shared_buffers=32MB"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let replica = Replica {
+        port,
+        dir,
+        process: TiedProcess::spawn(cmd, libc::SIGINT),
+    };
+    let url = format!(
+        "host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres connect_timeout=2"
+    );
+    // A runtime of its own, on a thread of its own: the caller may be
+    // inside a runtime already.
+    let streaming = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok((c, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                    tokio::spawn(conn);
+                    let status = c
+                        .query_opt("SELECT status FROM pg_stat_wal_receiver", &[])
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|r| r.get::<_, String>(0));
+                    if status.as_deref() == Some("streaming") {
+                        return true;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        })
+    })
+    .join()
+    .unwrap();
+    assert!(
+        streaming,
+        "the replica did not stream within 30 s; see {}/postgres.log",
+        replica.dir.display()
+    );
+    replica
+}
+
+/// A single-node etcd on free loopback ports, in a temporary directory.
+/// Dropping it stops it and removes the directory.
+pub struct Etcd {
+    pub port: u16,
+    dir: PathBuf,
+    process: TiedProcess,
+}
+
+impl Etcd {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops etcd now (the directory goes when it is dropped).
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.process.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts etcd; returns once it answers a health check. Blocking.
+pub fn start_etcd() -> Etcd {
+    let (port, peer) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("pgkeel-test-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+    let mut cmd = Command::new("etcd");
+    cmd.args(["--name", "etcd1", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("etcd1={peer_url}")])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let etcd = Etcd {
+        port,
+        dir,
+        process: TiedProcess::spawn(cmd, libc::SIGTERM),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let healthy = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &url, "endpoint", "health"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if healthy {
+            return etcd;
+        }
+        assert!(
+            etcd.process.running() && Instant::now() < deadline,
+            "etcd did not start; see {}/etcd.log",
+            etcd.dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
