@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::backend::{self, BackendError};
 use crate::classify::Kind;
+use crate::clients::{ClientState, Registered};
 use crate::config::{ListenerRoute, PoolMode, Route, User};
 use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::{self, sqlstate, Severity};
@@ -48,6 +49,12 @@ pub async fn serve(
     .await;
     let login = match login {
         Ok(Ok(Handshake::Login(l))) => l,
+        Ok(Ok(Handshake::Admin(a))) => {
+            tracing::info!(%peer, user = %a.user.name, "admin console connected");
+            crate::console::serve(shared, stream, peer, listener, *a).await;
+            tracing::info!(%peer, "admin console disconnected");
+            return;
+        }
         Ok(Ok(Handshake::Done)) => return,
         Ok(Err(refusal)) => {
             shared
@@ -130,6 +137,8 @@ struct Session {
     /// Parameters the last `SET` prelude restored.
     restoring: Vec<&'static str>,
     shutdown: watch::Receiver<bool>,
+    /// This client in `Shared::clients` (state for the admin console, KILL).
+    registered: Registered,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -144,8 +153,14 @@ const CURRENT_LSN: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8";
 /// A request is re-run on a new server at most this often.
 const MAX_RETRIES: u8 = 3;
 
+/// Why a client of a paused database is held.
+const PAUSED: &str = "its database is paused (PAUSE in the admin console)";
+
 /// While held, the topology is re-checked at least this often.
 const HOLD_RECHECK: Duration = Duration::from_millis(250);
+
+const KILLED: &str =
+    "terminating connection due to administrator command (KILL from pgkeel's admin console)";
 
 const SESSION_STATE_LOST: &str = "session state on the server (SET parameters, temporary tables, prepared statements, advisory locks) was lost";
 
@@ -206,6 +221,21 @@ impl Session {
             ..Buffers::default()
         };
         let shutdown = shared.shutdown.clone();
+        let registered = shared.clients.register(crate::clients::ClientSpec {
+            peer,
+            local: client.local_addr().ok(),
+            user: login.user.name.clone(),
+            database: login.database.clone(),
+            application_name: login
+                .params
+                .iter()
+                .find(|(k, _)| k == "application_name")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            listener,
+            admin: false,
+            cancel: login.cancel.slot.clone(),
+        });
         let want = std::mem::take(&mut login.want);
         let default_read_only = login.params.iter().any(|(k, v)| {
             k == "default_transaction_read_only"
@@ -238,6 +268,7 @@ impl Session {
             want,
             restoring: Vec::new(),
             shutdown,
+            registered,
         }
     }
 
@@ -265,9 +296,14 @@ impl Session {
         };
         loop {
             if self.server.is_none() {
+                self.registered.info.set_state(ClientState::Idle);
                 let typ = match self.next_message(opts.max_message_size).await {
                     Ok(Some(t)) => t,
                     Ok(None) => return "client closed the connection",
+                    Err(Ended::Killed) => {
+                        self.send_fatal(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
+                        return "killed from the admin console";
+                    }
                     Err(Ended::Shutdown) => {
                         self.send_fatal(
                             sqlstate::ADMIN_SHUTDOWN,
@@ -317,8 +353,9 @@ impl Session {
                     Err(()) => return "client gone",
                 };
                 match self.acquire(route).await {
-                    Ok((conn, on_primary)) => {
+                    Ok((mut conn, on_primary)) => {
                         self.login.cancel.slot.attach(conn.server_key());
+                        self.registered.info.attached(&mut conn);
                         self.server = Some(conn);
                         self.on_primary = on_primary;
                         self.st = TxState {
@@ -339,6 +376,10 @@ impl Session {
                             self.st.replayable = false;
                         }
                     }
+                    Err(_) if self.registered.is_killed() => {
+                        self.send_fatal(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
+                        return "killed from the admin console";
+                    }
                     Err(u) => {
                         if !self.refuse(typ, u).await {
                             return "client gone";
@@ -349,15 +390,23 @@ impl Session {
             }
 
             let server = self.server.as_mut().expect("attached above");
-            let outcome = relay::pump(
-                &mut self.client,
-                &mut server.conn().stream,
-                &mut self.bufs,
-                &mut self.st,
-                &opts,
-                &mut self.shutdown,
-            )
-            .await;
+            let outcome = tokio::select! {
+                o = relay::pump(
+                    &mut self.client,
+                    &mut server.conn().stream,
+                    &mut self.bufs,
+                    &mut self.st,
+                    &opts,
+                    &mut self.shutdown,
+                ) => o,
+                // KILL: no waiting for the transaction to end. The server
+                // goes back only if it is at rest (after a ROLLBACK).
+                _ = self.registered.killed() => {
+                    self.cleanup_server().await;
+                    self.send_fatal(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
+                    return "killed from the admin console";
+                }
+            };
             let role = usize::from(!self.on_primary);
             self.shared.metrics.queries[role].inc_by(std::mem::take(&mut self.st.queries));
             self.note_params();
@@ -556,12 +605,16 @@ impl Session {
             if *self.shutdown.borrow() {
                 return Err(Ended::Shutdown);
             }
+            if self.registered.is_killed() {
+                return Err(Ended::Killed);
+            }
             tokio::select! {
                 r = self.client.read_buf(&mut self.bufs.from_client) => match r {
                     Ok(0) | Err(_) => return Ok(None),
                     Ok(_) => {}
                 },
                 _ = self.shutdown.changed() => return Err(Ended::Shutdown),
+                _ = self.registered.kill.changed() => return Err(Ended::Killed),
             }
         }
     }
@@ -580,6 +633,9 @@ impl Session {
             )
         };
         let mut held: Option<(Instant, watch::Receiver<u64>)> = None;
+        // Before the pause check: PAUSE either holds this client or waits for it.
+        self.registered.info.set_state(ClientState::Waiting);
+        let mut resumed = None;
         let result = loop {
             let (picked, on_primary) = {
                 let topo = self.shared.topology.load();
@@ -595,6 +651,12 @@ impl Session {
                 };
                 (picked, on_primary)
             };
+            // A paused database holds its clients the way a failover does.
+            let (picked, on_primary) = if self.shared.pause.is_paused(&self.database) {
+                (Picked::Nothing(PAUSED), false)
+            } else {
+                (picked, on_primary)
+            };
             let why = match picked {
                 Picked::Member(member) => {
                     if on_primary && route == Route::Replica {
@@ -602,6 +664,7 @@ impl Session {
                     }
                     let name = member.name.clone();
                     let pool = self.pool_for(member);
+                    self.registered.info.waiting_on(&pool);
                     match pool.checkout(wait).await {
                         Ok(conn) => break Ok((conn, on_primary)),
                         Err(e @ PoolError::Timeout(_)) => {
@@ -639,6 +702,8 @@ impl Session {
                     tracing::debug!(peer = %self.peer, why, "holding client until a primary is available");
                     // Subscribe, then look again at once: no change slips between.
                     held = Some((Instant::now(), self.shared.topology.subscribe()));
+                    resumed = Some(self.shared.pause.subscribe());
+                    self.registered.info.set_state(ClientState::Held);
                     continue;
                 }
             };
@@ -655,12 +720,17 @@ impl Session {
             }
             let slot = self.login.cancel.slot.clone();
             let cancelled = slot.cancelled();
+            let pause = resumed.as_mut().expect("subscribed with held");
             tokio::select! {
                 _ = changed.changed() => {}
+                _ = pause.changed() => {}
                 _ = tokio::time::sleep(left.min(HOLD_RECHECK)) => {}
                 _ = cancelled => break Err(Unavailable::new("57014", "canceling statement due to user request".into())),
                 _ = self.shutdown.changed() => {
                     break Err(Unavailable::new(sqlstate::ADMIN_SHUTDOWN, "pgkeel is shutting down".into()))
+                }
+                _ = self.registered.killed() => {
+                    break Err(Unavailable::new(sqlstate::ADMIN_SHUTDOWN, KILLED.into()))
                 }
             }
         };
@@ -961,5 +1031,7 @@ impl Session {
 
 enum Ended {
     Shutdown,
+    /// KILL from the admin console.
+    Killed,
     Protocol(String),
 }
