@@ -197,6 +197,7 @@ scope = "$SCOPE"
 name = "app"
 password = "app_password"
 TOML
+        pgkeel_config_admin_user
     } > "$DIR/pgkeel.toml"
 }
 
@@ -231,6 +232,7 @@ up() {
 A 3-member Patroni cluster runs (scope "$SCOPE", leader $(leader)), and pgkeel
 listens on $LISTEN, following the leader through etcd.
   connect:     psql "postgres://app:app_password@127.0.0.1:${LISTEN##*:}/app"
+  console:     PGPASSWORD=admin_password psql -h 127.0.0.1 -p ${LISTEN##*:} -U admin pgkeel   (SHOW POOLS, SHOW HELP)
   status:      scripts/cluster.sh status      curl http://$ADMIN/status
   failover:    scripts/cluster.sh switchover  |  scripts/cluster.sh kill-leader
   logs:        $DIR/pgkeel.log, $DIR/pg*/patroni.log

@@ -47,6 +47,7 @@ password = "app_password"
 host = "127.0.0.1"
 port = $PG_PORT
 TOML
+        pgkeel_config_admin_user
     } > "$DIR/pgkeel.toml"
     start_pgkeel "$LISTEN"
     local port=${LISTEN##*:}
@@ -54,6 +55,7 @@ TOML
 
 pgkeel is running on $LISTEN in front of PostgreSQL on 127.0.0.1:$PG_PORT.
   connect:  psql "postgres://app:app_password@127.0.0.1:$port/app"
+  console:  PGPASSWORD=admin_password psql -h 127.0.0.1 -p $port -U admin pgkeel   (SHOW POOLS, SHOW HELP)
   metrics:  curl http://$ADMIN/metrics     status: curl http://$ADMIN/status
   logs:     $DIR/pgkeel.log
   stop:     scripts/demo.sh down

@@ -86,9 +86,19 @@ pool_mode = "transaction"
 pool_size = 20
 [admin]
 listen = "$2"
+users = ["admin"]
 [health]
 user = "postgres"
 password = "postgres"
+TOML
+}
+
+# The admin console's user (psql -U admin pgkeel), after the other [[users]].
+pgkeel_config_admin_user() {
+    cat <<TOML
+[[users]]
+name = "admin"
+password = "admin_password"
 TOML
 }
 

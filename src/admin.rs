@@ -92,6 +92,7 @@ fn status_json(shared: &Shared) -> String {
         "topology": &**topo,
         "failovers": shared.topology.failovers(),
         "held_clients": shared.metrics.held_clients.get(),
+        "paused": shared.pause.current(),
         "pools": pools,
         "clients": shared.cancels.len(),
         "config": &**shared.config_info.load(),

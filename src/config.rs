@@ -32,7 +32,7 @@ impl fmt::Display for ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// A server connection is lent for one transaction.
@@ -42,7 +42,7 @@ pub enum PoolMode {
 }
 
 /// Session features that cannot be shared in transaction mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PinFeature {
     /// LISTEN: notifications arrive on the connection that listens.
@@ -84,7 +84,7 @@ impl PinFeature {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum AuthMethod {
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
@@ -92,7 +92,7 @@ pub enum AuthMethod {
     Md5,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -126,6 +126,29 @@ impl<'de> Deserialize<'de> for Dur {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// Written back the way a config file would say it ("30s", "500ms", "2m").
+impl serde::Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(self.0))
+    }
+}
+
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() == 0 {
+        match secs {
+            0 => "0s".into(),
+            s if s % 3600 == 0 => format!("{}h", s / 3600),
+            s if s % 60 == 0 => format!("{}m", s / 60),
+            s => format!("{s}s"),
+        }
+    } else if d.subsec_nanos() % 1_000_000 == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
     }
 }
 
@@ -177,6 +200,22 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+impl serde::Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_size(self.0))
+    }
+}
+
+/// A size the way a config file would say it ("256MB", "64KB", "1000").
+pub fn format_size(n: u64) -> String {
+    for (unit, mul) in [("GB", 1u64 << 30), ("MB", 1 << 20), ("KB", 1 << 10)] {
+        if n != 0 && n % mul == 0 {
+            return format!("{}{unit}", n / mul);
+        }
+    }
+    n.to_string()
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -203,7 +242,7 @@ fn d(secs: u64) -> Dur {
     Dur(Duration::from_secs(secs))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Address clients connect to. Changing it needs a restart.
@@ -260,22 +299,29 @@ impl Default for ProxyConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// HTTP address for /metrics, /health, /ready and /status; "" disables it.
     pub listen: String,
+    /// Connecting to this database name opens the admin console (SHOW
+    /// POOLS, RELOAD, PAUSE...) instead of a pooled session.
+    pub database: String,
+    /// `[[users]]` names allowed in the admin console; others get 42501.
+    pub users: Vec<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: "127.0.0.1:9930".into(),
+            database: "pgkeel".into(),
+            users: Vec::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub level: String,
@@ -292,7 +338,7 @@ impl Default for LogConfig {
 }
 
 /// Credentials and cadence of pgkeel's own health checks (`pg_is_in_recovery()`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Defaults to the first `[[users]]` entry's server user and password.
@@ -330,7 +376,7 @@ pub struct UserConfig {
 }
 
 /// How clients are carried through a failover.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverConfig {
     /// How long a transaction that needs the primary waits for one.
@@ -357,7 +403,7 @@ impl Default for FailoverConfig {
 }
 
 /// A hook run on leader changes and failovers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
     /// Run with `sh -c`, with PGKEEL_EVENT, PGKEEL_KIND, PGKEEL_OLD_LEADER,
@@ -383,7 +429,7 @@ fn notify_timeout() -> Dur {
 }
 
 /// Follow a Patroni cluster through etcd (v3 API) instead of `[[servers]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EtcdConfig {
     pub endpoints: Vec<String>,
@@ -461,7 +507,7 @@ pub enum Fallback {
 }
 
 /// The read/write split.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Send read-only statements and transactions to replicas.
@@ -532,7 +578,7 @@ pub struct QueryRule {
     pub log: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub host: String,
@@ -916,6 +962,22 @@ fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError> {
             pool_mode: u.pool_mode.unwrap_or(p.pool_mode),
         });
     }
+    if raw.admin.database.is_empty() {
+        return Err(err("admin", 0, "database", "must not be empty".into()));
+    }
+    if let Some(u) = raw
+        .admin
+        .users
+        .iter()
+        .find(|a| !users.iter().any(|u| &u.name == *a))
+    {
+        return Err(err(
+            "admin",
+            0,
+            "users",
+            format!("{u:?} is not a [[users]] entry; admin users log in with a [[users]] password"),
+        ));
+    }
     for (i, s) in raw.servers.iter().enumerate() {
         if s.host.is_empty() {
             return Err(err("servers", i, "host", "must not be empty".into()));
@@ -1082,6 +1144,37 @@ mod tests {
         let e = Config::from_toml_str("[[users]]\nname = \"a\"\npassword = \"b\"\n[etcd]\n")
             .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("etcd.scope"));
+    }
+
+    #[test]
+    fn admin_users_must_be_users() {
+        let c = Config::from_toml_str(MIN).unwrap();
+        assert_eq!(c.admin.database, "pgkeel");
+        assert!(c.admin.users.is_empty());
+        let src = format!("[admin]\ndatabase = \"console\"\nusers = [\"app\"]\n{MIN}");
+        let c = Config::from_toml_str(&src).unwrap();
+        assert_eq!(
+            (c.admin.database.as_str(), c.admin.users.len()),
+            ("console", 1)
+        );
+        let src = format!("[admin]\nlisten = \"\"\nusers = [\"app\", \"root\"]\n{MIN}");
+        let e = Config::from_toml_str(&src).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("admin.users"));
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("\"root\""), "{e}");
+    }
+
+    #[test]
+    fn durations_and_sizes_format_back() {
+        for d in ["30s", "10m", "1h", "500ms", "0s", "90s", "1.5s"] {
+            let parsed = parse_duration(d).unwrap();
+            assert_eq!(parse_duration(&format_duration(parsed)).unwrap(), parsed);
+        }
+        assert_eq!(format_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_size(256 << 20), "256MB");
+        assert_eq!(format_size(1000), "1000");
+        assert_eq!(parse_size(&format_size(3 << 10)).unwrap(), 3 << 10);
     }
 
     #[test]

@@ -74,6 +74,14 @@ pub struct PoolStats {
     pub connect_errors: AtomicU64,
 }
 
+/// What the admin console shows of an idle connection.
+pub struct IdleConn {
+    pub id: u64,
+    pub key: Arc<crate::cancel::ServerKey>,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
 /// A connection lent to a client. Dropping it without `release` closes the
 /// connection: only a connection known to be clean goes back.
 pub struct PooledConn {
@@ -230,6 +238,27 @@ impl Pool {
 
     pub fn idle_count(&self) -> usize {
         self.idle.lock().expect("pool poisoned").len()
+    }
+
+    /// The idle connections, for the admin console.
+    pub fn idle_conns(&self) -> Vec<IdleConn> {
+        self.idle
+            .lock()
+            .expect("pool poisoned")
+            .iter()
+            .map(|c| IdleConn {
+                id: c.id,
+                key: c.key.clone(),
+                created: c.created,
+                last_used: c.last_used,
+            })
+            .collect()
+    }
+
+    /// Idle connections a checkout would probe before lending (idle for
+    /// `STALE_CHECK_AFTER` or more): PgBouncer's `sv_used`.
+    pub fn needs_check(idle_for: Duration) -> bool {
+        idle_for >= STALE_CHECK_AFTER
     }
 
     fn closed(&self, conn: ServerConn) {

@@ -72,6 +72,7 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INTERNAL_ERROR: &str = "XX000";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 }
 
 /// Appends an ErrorResponse.

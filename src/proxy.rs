@@ -35,6 +35,10 @@ pub struct Shared {
     pub config_version: std::sync::atomic::AtomicU64,
     /// Version, file hash and last reload error, for /status.
     pub config_info: ArcSwap<crate::reload::ConfigInfo>,
+    /// Connected clients (SHOW CLIENTS, KILL).
+    pub clients: Arc<crate::clients::ClientRegistry>,
+    /// PAUSE / RESUME.
+    pub pause: crate::clients::Pause,
     /// SCRAM keys recovered from client logins, per user, for users whose
     /// server password pgkeel does not know.
     scram_keys: Mutex<HashMap<String, ScramKeys>>,
@@ -175,6 +179,8 @@ impl Proxy {
             shutdown: shutdown_rx.clone(),
             scram_keys: Mutex::new(HashMap::new()),
             statements: Arc::default(),
+            clients: Arc::default(),
+            pause: crate::clients::Pause::default(),
         });
         shared
             .metrics
@@ -211,6 +217,12 @@ impl ProxyHandle {
         path: &std::path::Path,
     ) -> Result<Vec<String>, crate::config::ConfigError> {
         crate::reload::reload_file(&self.shared, path)
+    }
+
+    /// Records the file the configuration came from, for /status and the
+    /// admin console's RELOAD, without watching it (`watch_config` does both).
+    pub fn config_file(&self, path: &std::path::Path) {
+        crate::reload::loaded_at_start(&self.shared, path);
     }
 
     /// Reloads from `path` whenever it changes or SIGHUP arrives, until shutdown.

@@ -99,6 +99,29 @@ pub fn loaded_at_start(shared: &Shared, path: &Path) {
     }));
 }
 
+/// Keys (and tables) that keep their running value until a restart: the
+/// ones `apply` keeps. SHOW CONFIG calls them not changeable.
+pub const RESTART_ONLY: [&str; 8] = [
+    "proxy.listen",
+    "listeners",
+    "admin.listen",
+    "proxy.max_client_connections",
+    "log",
+    "health",
+    "etcd",
+    "servers",
+];
+
+/// Whether config key `key` (e.g. `servers[0].host`) needs a restart to change.
+pub fn needs_restart(key: &str) -> bool {
+    RESTART_ONLY.iter().any(|r| {
+        key == *r
+            || key
+                .strip_prefix(r)
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    })
+}
+
 /// Swaps `new` in; returns the keys that changed but need a restart (they
 /// keep their running values).
 pub fn apply(shared: &Shared, mut new: Config) -> Vec<String> {
@@ -115,7 +138,7 @@ pub fn apply(shared: &Shared, mut new: Config) -> Vec<String> {
     keep!("proxy.listen", proxy.listen);
     keep!("proxy.listen", listen_addr);
     keep!("listeners", listeners);
-    keep!("admin.listen", admin);
+    keep!("admin.listen", admin.listen);
     keep!("admin.listen", admin_addr);
     keep!("proxy.max_client_connections", proxy.max_client_connections);
     keep!("log", log);

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::backend::{self, BackendError};
 use crate::classify::Kind;
+use crate::clients::{ClientState, Registered};
 use crate::config::{ListenerRoute, PinFeature, PoolMode, Route, User};
 use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::{self, sqlstate, Severity};
@@ -52,6 +53,12 @@ pub async fn serve(
     .await;
     let login = match login {
         Ok(Ok(Handshake::Login(l))) => l,
+        Ok(Ok(Handshake::Admin(a))) => {
+            tracing::info!(%peer, user = %a.user.name, "admin console connected");
+            crate::console::serve(shared, stream, peer, listener, *a).await;
+            tracing::info!(%peer, "admin console disconnected");
+            return;
+        }
         Ok(Ok(Handshake::Done)) => return,
         Ok(Err(refusal)) => {
             shared
@@ -144,6 +151,8 @@ struct Session {
     /// `[proxy] pin_on` as of the last config this session saw.
     pin_on: Vec<PinFeature>,
     shutdown: watch::Receiver<bool>,
+    /// This client in `Shared::clients` (state for the admin console, KILL).
+    registered: Registered,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -158,8 +167,14 @@ const CURRENT_LSN: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8";
 /// A request is re-run on a new server at most this often.
 const MAX_RETRIES: u8 = 3;
 
+/// Why a client of a paused database is held.
+const PAUSED: &str = "its database is paused (PAUSE in the admin console)";
+
 /// While held, the topology is re-checked at least this often.
 const HOLD_RECHECK: Duration = Duration::from_millis(250);
+
+const KILLED: &str =
+    "terminating connection due to administrator command (KILL from pgkeel's admin console)";
 
 const SESSION_STATE_LOST: &str = "session state on the server (SET parameters, temporary tables, prepared statements, advisory locks) was lost";
 
@@ -220,6 +235,21 @@ impl Session {
             ..Buffers::default()
         };
         let shutdown = shared.shutdown.clone();
+        let registered = shared.clients.register(crate::clients::ClientSpec {
+            peer,
+            local: client.local_addr().ok(),
+            user: login.user.name.clone(),
+            database: login.database.clone(),
+            application_name: login
+                .params
+                .iter()
+                .find(|(k, _)| k == "application_name")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            listener,
+            admin: false,
+            cancel: login.cancel.slot.clone(),
+        });
         let want = std::mem::take(&mut login.want);
         let prepared = Prepared::new(shared.statements.clone());
         let default_read_only = login.params.iter().any(|(k, v)| {
@@ -256,6 +286,7 @@ impl Session {
             pinned: None,
             pin_on: Vec::new(),
             shutdown,
+            registered,
         }
     }
 
@@ -298,9 +329,14 @@ impl Session {
         self.adopt_config();
         loop {
             if self.server.is_none() {
+                self.registered.info.set_state(ClientState::Idle);
                 let typ = match self.next_message(opts.max_message_size).await {
                     Ok(Some(t)) => t,
                     Ok(None) => return "client closed the connection",
+                    Err(Ended::Killed) => {
+                        self.send_fatal(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
+                        return "killed from the admin console";
+                    }
                     Err(Ended::Shutdown) => {
                         self.send_fatal(
                             sqlstate::ADMIN_SHUTDOWN,
@@ -350,8 +386,9 @@ impl Session {
                     Err(()) => return "client gone",
                 };
                 match self.acquire(route).await {
-                    Ok((conn, on_primary)) => {
+                    Ok((mut conn, on_primary)) => {
                         self.login.cancel.slot.attach(conn.server_key());
+                        self.registered.info.attached(&mut conn);
                         self.server = Some(conn);
                         self.on_primary = on_primary;
                         self.st = TxState {
@@ -373,6 +410,10 @@ impl Session {
                             self.st.replayable = false;
                         }
                     }
+                    Err(_) if self.registered.is_killed() => {
+                        self.send_fatal(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
+                        return "killed from the admin console";
+                    }
                     Err(u) => {
                         if !self.refuse(typ, u).await {
                             return "client gone";
@@ -389,16 +430,24 @@ impl Session {
                 conn: &mut server.statements,
                 pin_on: &self.pin_on,
             });
-            let outcome = relay::pump(
-                &mut self.client,
-                &mut server.stream,
-                &mut self.bufs,
-                &mut self.st,
-                &opts,
-                track,
-                &mut self.shutdown,
-            )
-            .await;
+            let outcome = tokio::select! {
+                o = relay::pump(
+                    &mut self.client,
+                    &mut server.stream,
+                    &mut self.bufs,
+                    &mut self.st,
+                    &opts,
+                    track,
+                    &mut self.shutdown,
+                ) => o,
+                // KILL: no waiting for the transaction to end. The server
+                // goes back only if it is at rest (after a ROLLBACK).
+                _ = self.registered.killed() => {
+                    self.cleanup_server().await;
+                    self.send_fatal(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
+                    return "killed from the admin console";
+                }
+            };
             let role = usize::from(!self.on_primary);
             self.shared.metrics.queries[role].inc_by(std::mem::take(&mut self.st.queries));
             self.note_params();
@@ -654,12 +703,16 @@ impl Session {
             if *self.shutdown.borrow() {
                 return Err(Ended::Shutdown);
             }
+            if self.registered.is_killed() {
+                return Err(Ended::Killed);
+            }
             tokio::select! {
                 r = self.client.read_buf(&mut self.bufs.from_client) => match r {
                     Ok(0) | Err(_) => return Ok(None),
                     Ok(_) => {}
                 },
                 _ = self.shutdown.changed() => return Err(Ended::Shutdown),
+                _ = self.registered.kill.changed() => return Err(Ended::Killed),
             }
         }
     }
@@ -678,6 +731,9 @@ impl Session {
             )
         };
         let mut held: Option<(Instant, watch::Receiver<u64>)> = None;
+        // Before the pause check: PAUSE either holds this client or waits for it.
+        self.registered.info.set_state(ClientState::Waiting);
+        let mut resumed = None;
         let result = loop {
             let (picked, on_primary) = {
                 let topo = self.shared.topology.load();
@@ -693,6 +749,12 @@ impl Session {
                 };
                 (picked, on_primary)
             };
+            // A paused database holds its clients the way a failover does.
+            let (picked, on_primary) = if self.shared.pause.is_paused(&self.database) {
+                (Picked::Nothing(PAUSED), false)
+            } else {
+                (picked, on_primary)
+            };
             let why = match picked {
                 Picked::Member(member) => {
                     if on_primary && route == Route::Replica {
@@ -700,6 +762,7 @@ impl Session {
                     }
                     let name = member.name.clone();
                     let pool = self.pool_for(member);
+                    self.registered.info.waiting_on(&pool);
                     match pool.checkout(wait).await {
                         Ok(conn) => break Ok((conn, on_primary)),
                         Err(e @ PoolError::Timeout(_)) => {
@@ -737,6 +800,8 @@ impl Session {
                     tracing::debug!(peer = %self.peer, why, "holding client until a primary is available");
                     // Subscribe, then look again at once: no change slips between.
                     held = Some((Instant::now(), self.shared.topology.subscribe()));
+                    resumed = Some(self.shared.pause.subscribe());
+                    self.registered.info.set_state(ClientState::Held);
                     continue;
                 }
             };
@@ -753,12 +818,17 @@ impl Session {
             }
             let slot = self.login.cancel.slot.clone();
             let cancelled = slot.cancelled();
+            let pause = resumed.as_mut().expect("subscribed with held");
             tokio::select! {
                 _ = changed.changed() => {}
+                _ = pause.changed() => {}
                 _ = tokio::time::sleep(left.min(HOLD_RECHECK)) => {}
                 _ = cancelled => break Err(Unavailable::new("57014", "canceling statement due to user request".into())),
                 _ = self.shutdown.changed() => {
                     break Err(Unavailable::new(sqlstate::ADMIN_SHUTDOWN, "pgkeel is shutting down".into()))
+                }
+                _ = self.registered.killed() => {
+                    break Err(Unavailable::new(sqlstate::ADMIN_SHUTDOWN, KILLED.into()))
                 }
             }
         };
@@ -1067,5 +1137,7 @@ impl Session {
 
 enum Ended {
     Shutdown,
+    /// KILL from the admin console.
+    Killed,
     Protocol(String),
 }

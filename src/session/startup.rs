@@ -33,8 +33,17 @@ pub struct Login {
     pub want: crate::session::params::Params,
 }
 
+/// A login to the admin console database (`[admin] database`).
+pub struct AdminLogin {
+    pub user: User,
+    pub params: Vec<(String, String)>,
+    /// Bytes the client sent after its last auth message.
+    pub pending: BytesMut,
+}
+
 pub enum Handshake {
     Login(Box<Login>),
+    Admin(Box<AdminLogin>),
     /// The connection carried only a CancelRequest (already forwarded), or nothing.
     Done,
 }
@@ -240,6 +249,23 @@ pub async fn handshake(
 
     let mut buf = BytesMut::with_capacity(256);
     authenticate(shared, cfg, stream, &user, &mut buf).await?;
+    if database == cfg.admin.database {
+        // Checked after the password, as PostgreSQL checks CONNECT privilege.
+        if !cfg.admin.users.contains(&user.name) {
+            return Err(Refusal::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "permission denied for the admin console: user \"{}\" is not in [admin] users",
+                    user.name
+                ),
+            ));
+        }
+        return Ok(Handshake::Admin(Box::new(AdminLogin {
+            user,
+            params,
+            pending: buf,
+        })));
+    }
 
     let mut server_params = welcome_params(shared, cfg, &database, &user).await?;
     // What the client asked for at startup wins over the server's defaults;
