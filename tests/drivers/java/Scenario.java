@@ -116,22 +116,29 @@ public class Scenario {
             Thread canceller = new Thread(() -> {
                 try {
                     waitActive(watch, "AS cancel_me");
-                    sleep.cancel();
                 } catch (Exception e) {
                     cancelError.set(e);
+                }
+                // Even unseen, the query is cancelled: the phase fails
+                // either way, and it does not wait 30 s.
+                try {
+                    sleep.cancel();
+                } catch (SQLException e) {
+                    cancelError.compareAndSet(null, e);
                 }
             });
             canceller.start();
             try {
                 sleep.executeQuery().close();
                 canceller.join();
+                if (cancelError.get() != null) throw cancelError.get();
                 throw new Failed("pg_sleep(30) finished: the cancel did not reach it");
             } catch (SQLException e) {
+                canceller.join();
+                if (cancelError.get() != null) throw cancelError.get();
                 check("57014".equals(e.getSQLState()),
                         "cancel gave SQLSTATE " + e.getSQLState() + " (" + e.getMessage() + "), want 57014");
             }
-            canceller.join();
-            if (cancelError.get() != null) throw cancelError.get();
         }
         double elapsed = (System.nanoTime() - started) / 1e9;
         try (Statement s = c.createStatement(); ResultSet rs = s.executeQuery("SELECT 1, current_schema()")) {
@@ -142,134 +149,188 @@ public class Scenario {
         return elapsed;
     }
 
-    static int client(int i, Map<String, Double> results) throws Exception {
+    interface Phase {
+        void run() throws Exception;
+    }
+
+    /** Failures by phase: each phase runs even when an earlier one failed,
+     *  so one run tells everything that breaks. */
+    static class Report {
+        final Map<String, List<String>> failed = Collections.synchronizedMap(new java.util.LinkedHashMap<>());
+
+        void run(String phase, String who, Phase fn) {
+            try {
+                fn.run();
+            } catch (Throwable e) {
+                String first = String.valueOf(e).split("\n", 2)[0];
+                failed.computeIfAbsent(phase, k -> Collections.synchronizedList(new ArrayList<>())).add(who + ": " + first);
+            }
+        }
+
+        void exitIfFailed(String driver) {
+            for (Map.Entry<String, List<String>> f : failed.entrySet()) {
+                List<String> msgs = f.getValue();
+                System.err.println("FAIL " + driver + " [" + f.getKey() + "]: " + msgs.size() + " failed, first: " + msgs.get(0));
+                for (String m : msgs.subList(1, Math.min(3, msgs.size()))) System.err.println("    also " + m);
+            }
+            if (!failed.isEmpty()) System.exit(1);
+        }
+    }
+
+    /** Runs `body` in a transaction; on failure rolls back, so the session
+     *  stays usable for the next phases. */
+    static void inTransaction(Connection c, Phase body) throws Exception {
+        c.setAutoCommit(false);
+        try {
+            body.run();
+            c.commit();
+        } catch (Exception e) {
+            try {
+                c.rollback();
+            } catch (SQLException ignored) {
+                // The phase's own error is the one to report.
+            }
+            throw e;
+        } finally {
+            c.setAutoCommit(true);
+        }
+    }
+
+    static void client(int i, Map<String, Double> results, Map<Integer, Integer> pidsSeen, Report report)
+            throws Exception {
         String schema = "client_" + i;
         String app = "jdbc-client-" + i;
+        String who = "client " + i;
         try (Connection c = connect()) {
             try (Statement s = c.createStatement()) {
                 s.execute("SET search_path TO " + schema);
                 s.execute("SET application_name TO '" + app + "'");
             }
-            Set<Integer> pids = new HashSet<>();
-            for (int n = 0; n < ITERATIONS; n++) {
-                String val = "v" + i + "-" + n;
-                c.setAutoCommit(false);
-                // New statement objects every time: the driver's statement
-                // cache hands back the same server-side name.
-                try (PreparedStatement ins = c.prepareStatement(
-                        "INSERT INTO items (id, client, val) VALUES (?, ?, ?)");
-                        PreparedStatement sel = c.prepareStatement(
-                                "SELECT val, client, current_schema(), current_setting('application_name'), "
-                                        + "pg_backend_pid() FROM items WHERE id = ?")) {
-                    ins.setInt(1, n);
-                    ins.setInt(2, i);
-                    ins.setString(3, val);
-                    check(ins.executeUpdate() == 1, "transaction " + n + ": INSERT did not insert one row");
-                    sel.setInt(1, n);
-                    try (ResultSet rs = sel.executeQuery()) {
-                        check(rs.next(), "transaction " + n + ": row " + n + " not found");
-                        String got = rs.getString(1) + "|" + rs.getInt(2) + "|" + rs.getString(3) + "|"
-                                + rs.getString(4);
-                        String want = val + "|" + i + "|" + schema + "|" + app;
-                        check(got.equals(want), "transaction " + n + ": read back " + got + ", want " + want);
-                        pids.add(rs.getInt(5));
-                    }
-                }
-                c.commit();
-                c.setAutoCommit(true);
-                try (PreparedStatement cnt = c.prepareStatement("SELECT count(*) FROM items WHERE client = ?")) {
-                    cnt.setInt(1, i);
-                    try (ResultSet rs = cnt.executeQuery()) {
-                        rs.next();
-                        check(rs.getLong(1) == n + 1,
-                                "after transaction " + n + ": " + rs.getLong(1) + " rows, want " + (n + 1));
-                    }
-                }
-                if (n % 50 == 0) {
-                    try (PreparedStatement show = c.prepareStatement("SHOW application_name");
-                            ResultSet rs = show.executeQuery()) {
-                        rs.next();
-                        check(app.equals(rs.getString(1)), "SHOW application_name = " + rs.getString(1));
-                    }
-                }
-            }
 
-            // An error inside a transaction, then ROLLBACK.
-            c.setAutoCommit(false);
-            try (PreparedStatement ins = c.prepareStatement("INSERT INTO items (id, client, val) VALUES (?, ?, ?)");
-                    PreparedStatement div = c.prepareStatement("SELECT 1 / ?")) {
-                ins.setInt(1, DOOMED_ID);
-                ins.setInt(2, i);
-                ins.setString(3, "doomed");
-                ins.executeUpdate();
-                div.setInt(1, 0);
+            report.run("prepared statements in 200 transactions", who, () -> {
+                Set<Integer> pids = new HashSet<>();
+                for (int n = 0; n < ITERATIONS; n++) {
+                    final int id = n;
+                    String val = "v" + i + "-" + n;
+                    // New statement objects every time: the driver's
+                    // statement cache hands back the same server-side name.
+                    inTransaction(c, () -> {
+                        try (PreparedStatement ins = c.prepareStatement(
+                                "INSERT INTO items (id, client, val) VALUES (?, ?, ?)");
+                                PreparedStatement sel = c.prepareStatement(
+                                        "SELECT val, client, current_schema(), current_setting('application_name'), "
+                                                + "pg_backend_pid() FROM items WHERE id = ?")) {
+                            ins.setInt(1, id);
+                            ins.setInt(2, i);
+                            ins.setString(3, val);
+                            check(ins.executeUpdate() == 1, "transaction " + id + ": INSERT did not insert one row");
+                            sel.setInt(1, id);
+                            try (ResultSet rs = sel.executeQuery()) {
+                                check(rs.next(), "transaction " + id + ": row " + id + " not found");
+                                String got = rs.getString(1) + "|" + rs.getInt(2) + "|" + rs.getString(3) + "|"
+                                        + rs.getString(4);
+                                String want = val + "|" + i + "|" + schema + "|" + app;
+                                check(got.equals(want), "transaction " + id + ": read back " + got + ", want " + want);
+                                pids.add(rs.getInt(5));
+                            }
+                        }
+                    });
+                    try (PreparedStatement cnt = c.prepareStatement("SELECT count(*) FROM items WHERE client = ?")) {
+                        cnt.setInt(1, i);
+                        try (ResultSet rs = cnt.executeQuery()) {
+                            rs.next();
+                            check(rs.getLong(1) == n + 1,
+                                    "after transaction " + n + ": " + rs.getLong(1) + " rows, want " + (n + 1));
+                        }
+                    }
+                    if (n % 50 == 0) {
+                        try (PreparedStatement show = c.prepareStatement("SHOW application_name");
+                                ResultSet rs = show.executeQuery()) {
+                            rs.next();
+                            check(app.equals(rs.getString(1)), "SHOW application_name = " + rs.getString(1));
+                        }
+                    }
+                }
+                pidsSeen.put(i, pids.size());
+            });
+
+            report.run("error in a transaction, ROLLBACK", who, () -> {
                 try {
-                    div.executeQuery().close();
+                    inTransaction(c, () -> {
+                        try (PreparedStatement ins = c.prepareStatement(
+                                "INSERT INTO items (id, client, val) VALUES (?, ?, ?)");
+                                PreparedStatement div = c.prepareStatement("SELECT 1 / ?")) {
+                            ins.setInt(1, DOOMED_ID);
+                            ins.setInt(2, i);
+                            ins.setString(3, "doomed");
+                            ins.executeUpdate();
+                            div.setInt(1, 0);
+                            div.executeQuery().close();
+                        }
+                    });
                     throw new Failed("1/0 inside a transaction raised nothing");
                 } catch (SQLException e) {
-                    check("22012".equals(e.getSQLState()), "1/0 gave SQLSTATE " + e.getSQLState());
+                    check("22012".equals(e.getSQLState()), "1/0 gave SQLSTATE " + e.getSQLState() + ": " + e);
                 }
-            }
-            c.rollback();
-            c.setAutoCommit(true);
-            try (PreparedStatement ps = c.prepareStatement(
-                    "SELECT count(*), current_schema(), current_setting('application_name') FROM items WHERE id = ?")) {
-                ps.setInt(1, DOOMED_ID);
-                try (ResultSet rs = ps.executeQuery()) {
-                    rs.next();
-                    String got = rs.getLong(1) + "|" + rs.getString(2) + "|" + rs.getString(3);
-                    check(got.equals("0|" + schema + "|" + app), "after ROLLBACK: " + got);
+                try (PreparedStatement ps = c.prepareStatement(
+                        "SELECT count(*), current_schema(), current_setting('application_name') FROM items WHERE id = ?")) {
+                    ps.setInt(1, DOOMED_ID);
+                    try (ResultSet rs = ps.executeQuery()) {
+                        rs.next();
+                        String got = rs.getLong(1) + "|" + rs.getString(2) + "|" + rs.getString(3);
+                        check(got.equals("0|" + schema + "|" + app), "after ROLLBACK: " + got);
+                    }
                 }
-            }
+            });
 
-            // COPY in, then out.
-            CopyManager copy = c.unwrap(PGConnection.class).getCopyAPI();
-            StringBuilder lines = new StringBuilder();
-            for (int k = 0; k < COPY_ROWS; k++) lines.append(k).append('\t').append("c" + i + "-" + k).append('\n');
-            long copied = copy.copyIn("COPY copied (id, txt) FROM STDIN", new StringReader(lines.toString()));
-            check(copied == COPY_ROWS, "COPY FROM reported " + copied + " rows");
-            ByteArrayOutputStream out = new ByteArrayOutputStream();
-            long outRows = copy.copyOut("COPY (SELECT id, txt FROM copied ORDER BY id) TO STDOUT", out);
-            check(outRows == COPY_ROWS, "COPY TO reported " + outRows + " rows");
-            check(out.toString(StandardCharsets.UTF_8).equals(lines.toString()),
-                    "COPY TO did not return the rows copied in");
+            report.run("COPY in and out", who, () -> {
+                CopyManager copy = c.unwrap(PGConnection.class).getCopyAPI();
+                StringBuilder lines = new StringBuilder();
+                for (int k = 0; k < COPY_ROWS; k++) lines.append(k).append('\t').append("c" + i + "-" + k).append('\n');
+                long copied = copy.copyIn("COPY copied (id, txt) FROM STDIN", new StringReader(lines.toString()));
+                check(copied == COPY_ROWS, "COPY FROM reported " + copied + " rows");
+                ByteArrayOutputStream out = new ByteArrayOutputStream();
+                long outRows = copy.copyOut("COPY (SELECT id, txt FROM copied ORDER BY id) TO STDOUT", out);
+                check(outRows == COPY_ROWS, "COPY TO reported " + outRows + " rows");
+                check(out.toString(StandardCharsets.UTF_8).equals(lines.toString()),
+                        "COPY TO did not return the rows copied in");
+            });
 
             if (LARGE_CLIENTS.contains(i)) {
                 // Fetched 1000 rows at a time through a portal, inside a transaction.
-                c.setAutoCommit(false);
-                try (PreparedStatement ps = c.prepareStatement(
-                        "SELECT g, md5(g::text) FROM generate_series(1, ?) g")) {
-                    ps.setFetchSize(1000);
-                    ps.setInt(1, LARGE_ROWS);
-                    long rows = 0, sum = 0, bad = 0;
-                    MessageDigest md5 = MessageDigest.getInstance("MD5");
-                    try (ResultSet rs = ps.executeQuery()) {
-                        while (rs.next()) {
-                            int g = rs.getInt(1);
-                            rows++;
-                            sum += g;
-                            byte[] d = md5.digest(Integer.toString(g).getBytes(StandardCharsets.UTF_8));
-                            String hex = String.format("%032x", new BigInteger(1, d));
-                            if (!hex.equals(rs.getString(2))) bad++;
+                report.run("large result", who, () -> inTransaction(c, () -> {
+                    try (PreparedStatement ps = c.prepareStatement(
+                            "SELECT g, md5(g::text) FROM generate_series(1, ?) g")) {
+                        ps.setFetchSize(1000);
+                        ps.setInt(1, LARGE_ROWS);
+                        long rows = 0, sum = 0, bad = 0;
+                        MessageDigest md5 = MessageDigest.getInstance("MD5");
+                        try (ResultSet rs = ps.executeQuery()) {
+                            while (rs.next()) {
+                                int g = rs.getInt(1);
+                                rows++;
+                                sum += g;
+                                byte[] d = md5.digest(Integer.toString(g).getBytes(StandardCharsets.UTF_8));
+                                String hex = String.format("%032x", new BigInteger(1, d));
+                                if (!hex.equals(rs.getString(2))) bad++;
+                            }
                         }
+                        check(rows == LARGE_ROWS, rows + " rows, want " + LARGE_ROWS);
+                        check(sum == (long) LARGE_ROWS * (LARGE_ROWS + 1) / 2, "wrong sum of g");
+                        check(bad == 0, bad + " rows with a wrong md5");
                     }
-                    check(rows == LARGE_ROWS, "large result: " + rows + " rows, want " + LARGE_ROWS);
-                    check(sum == (long) LARGE_ROWS * (LARGE_ROWS + 1) / 2, "large result: wrong sum of g");
-                    check(bad == 0, "large result: " + bad + " rows with a wrong md5");
+                }));
+            }
+
+            if (i == CANCEL_CLIENT) report.run("cancel", who, () -> results.put("cancel", cancelLongQuery(c, schema)));
+
+            report.run("search_path at the end", who, () -> {
+                try (PreparedStatement ps = c.prepareStatement("SELECT count(*) FROM items");
+                        ResultSet rs = ps.executeQuery()) {
+                    rs.next();
+                    check(rs.getLong(1) == ITERATIONS, rs.getLong(1) + " rows in " + schema + ".items, want " + ITERATIONS);
                 }
-                c.commit();
-                c.setAutoCommit(true);
-            }
-
-            if (i == CANCEL_CLIENT) results.put("cancel", cancelLongQuery(c, schema));
-
-            try (PreparedStatement ps = c.prepareStatement("SELECT count(*) FROM items");
-                    ResultSet rs = ps.executeQuery()) {
-                rs.next();
-                check(rs.getLong(1) == ITERATIONS,
-                        "at the end: " + rs.getLong(1) + " rows in " + schema + ".items, want " + ITERATIONS);
-            }
-            return pids.size();
+            });
         }
     }
 
@@ -326,33 +387,19 @@ public class Scenario {
         setup();
         Map<String, Double> results = new ConcurrentHashMap<>();
         Map<Integer, Integer> pids = new ConcurrentHashMap<>();
-        List<String> failures = Collections.synchronizedList(new ArrayList<>());
+        Report report = new Report();
         List<Thread> threads = new ArrayList<>();
         for (int i = 0; i < CLIENTS; i++) {
             final int id = i;
-            Thread t = new Thread(() -> {
-                try {
-                    pids.put(id, client(id, results));
-                } catch (Throwable e) {
-                    failures.add("client " + id + ": " + e);
-                }
-            });
+            // Connecting and the SETs belong to no phase: their failure is the session's.
+            Thread t = new Thread(() -> report.run("session", "client " + id, () -> client(id, results, pids, report)));
             t.start();
             threads.add(t);
         }
         for (Thread t : threads) t.join();
-        if (failures.isEmpty()) {
-            try {
-                listenNotify();
-                verify();
-            } catch (Throwable e) {
-                failures.add(e.toString());
-            }
-        }
-        if (!failures.isEmpty()) {
-            for (String f : failures) System.err.println("FAIL jdbc: " + f);
-            System.exit(1);
-        }
+        report.run("LISTEN/NOTIFY", "listener", Scenario::listenNotify);
+        report.run("final table contents", "checker", Scenario::verify);
+        report.exitIfFailed("jdbc");
         System.out.printf("jdbc %s: %d clients x %d transactions ok; server backends seen per client: %d..%d; "
                 + "cancel ok (57014 after %.2fs); COPY, large result, rollback, LISTEN/NOTIFY ok%n",
                 org.postgresql.util.DriverInfo.DRIVER_VERSION, CLIENTS, ITERATIONS,

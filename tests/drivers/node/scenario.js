@@ -83,11 +83,16 @@ async function cancelLongQuery(c, schema) {
       q.on('end', () => resolve(null))
     })
     c.query(q)
-    await waitActive(watch, 'AS cancel_me')
-    // node-postgres's cancel: a second Client opens the connection that
-    // carries the CancelRequest for `c`'s running query. (pg 8 warns that
-    // its own cancel() reads the deprecated Client.activeQuery.)
-    new pg.Client().cancel(c, q)
+    try {
+      await waitActive(watch, 'AS cancel_me')
+    } finally {
+      // node-postgres's cancel: a second Client opens the connection that
+      // carries the CancelRequest for `c`'s running query. (pg 8 warns that
+      // its own cancel() reads the deprecated Client.activeQuery.) Sent even
+      // when the query was not seen: the phase fails either way, and `c` is
+      // not left busy for 30 s.
+      new pg.Client().cancel(c, q)
+    }
     const err = await outcome
     check(err !== null, 'pg_sleep(30) finished: the cancel did not reach it')
     check(err.code === '57014', `cancel gave SQLSTATE ${err.code} (${err.message}), want 57014`)
@@ -99,93 +104,120 @@ async function cancelLongQuery(c, schema) {
   }
 }
 
-async function client(i, results) {
+async function client(i, results, report) {
   const schema = `client_${i}`
   const app = `node-client-${i}`
+  const who = `client ${i}`
   const c = await connect()
   try {
     await c.query(`SET search_path TO ${schema}`)
     await c.query(`SET application_name TO '${app}'`)
-    const pids = new Set()
-    for (let n = 0; n < ITERATIONS; n++) {
-      const val = `v${i}-${n}`
-      await c.query('BEGIN')
-      await c.query({ name: 'insert', text: 'INSERT INTO items (id, client, val) VALUES ($1, $2, $3)', values: [n, i, val] })
-      const r = await c.query({
-        name: 'select',
-        text:
-          "SELECT val, client, current_schema() AS s, current_setting('application_name') AS app, " +
-          'pg_backend_pid() AS pid FROM items WHERE id = $1',
-        values: [n],
-      })
-      await c.query('COMMIT')
-      const { pid, ...got } = r.rows[0]
-      const want = { val, client: i, s: schema, app }
-      check(eq(got, want), `transaction ${n}: read back ${JSON.stringify(got)}, want ${JSON.stringify(want)}`)
-      pids.add(pid)
-      const cnt = await c.query({ name: 'count_mine', text: 'SELECT count(*)::int AS n FROM items WHERE client = $1', values: [i] })
-      check(cnt.rows[0].n === n + 1, `after transaction ${n}: ${cnt.rows[0].n} rows, want ${n + 1}`)
-      if (n % 50 === 0) {
-        const s = await c.query({ name: 'show_app', text: 'SHOW application_name' })
-        check(s.rows[0].application_name === app, `SHOW application_name = ${s.rows[0].application_name}, want ${app}`)
+
+    const transactions = async () => {
+      const pids = new Set()
+      for (let n = 0; n < ITERATIONS; n++) {
+        const val = `v${i}-${n}`
+        await c.query('BEGIN')
+        let r
+        try {
+          await c.query({ name: 'insert', text: 'INSERT INTO items (id, client, val) VALUES ($1, $2, $3)', values: [n, i, val] })
+          r = await c.query({
+            name: 'select',
+            text:
+              "SELECT val, client, current_schema() AS s, current_setting('application_name') AS app, " +
+              'pg_backend_pid() AS pid FROM items WHERE id = $1',
+            values: [n],
+          })
+        } catch (e) {
+          // Leaves the session usable for the next phases.
+          await c.query('ROLLBACK').catch(() => {})
+          throw e
+        }
+        await c.query('COMMIT')
+        const { pid, ...got } = r.rows[0]
+        const want = { val, client: i, s: schema, app }
+        check(eq(got, want), `transaction ${n}: read back ${JSON.stringify(got)}, want ${JSON.stringify(want)}`)
+        pids.add(pid)
+        const cnt = await c.query({ name: 'count_mine', text: 'SELECT count(*)::int AS n FROM items WHERE client = $1', values: [i] })
+        check(cnt.rows[0].n === n + 1, `after transaction ${n}: ${cnt.rows[0].n} rows, want ${n + 1}`)
+        if (n % 50 === 0) {
+          const s = await c.query({ name: 'show_app', text: 'SHOW application_name' })
+          check(s.rows[0].application_name === app, `SHOW application_name = ${s.rows[0].application_name}, want ${app}`)
+        }
       }
+      results[i] = pids.size
     }
 
-    // An error inside a transaction, then ROLLBACK.
-    await c.query('BEGIN')
-    await c.query({ name: 'insert', text: 'INSERT INTO items (id, client, val) VALUES ($1, $2, $3)', values: [DOOMED_ID, i, 'doomed'] })
-    let err = null
-    try {
-      await c.query({ name: 'divide', text: 'SELECT 1 / $1::int', values: [0] })
-    } catch (e) {
-      err = e
+    const rollback = async () => {
+      await c.query('BEGIN')
+      try {
+        await c.query({ name: 'insert', text: 'INSERT INTO items (id, client, val) VALUES ($1, $2, $3)', values: [DOOMED_ID, i, 'doomed'] })
+        let err = null
+        try {
+          await c.query({ name: 'divide', text: 'SELECT 1 / $1::int', values: [0] })
+        } catch (e) {
+          err = e
+        }
+        check(err !== null, '1/0 inside a transaction raised nothing')
+        check(err.code === '22012', `1/0 gave SQLSTATE ${err.code}`)
+      } finally {
+        await c.query('ROLLBACK').catch(() => {})
+      }
+      const rb = await c.query({
+        name: 'doomed',
+        text: "SELECT count(*)::int AS n, current_schema() AS s, current_setting('application_name') AS app FROM items WHERE id = $1",
+        values: [DOOMED_ID],
+      })
+      check(eq(rb.rows[0], { n: 0, s: schema, app }), `after ROLLBACK: ${JSON.stringify(rb.rows[0])}`)
     }
-    check(err !== null, '1/0 inside a transaction raised nothing')
-    check(err.code === '22012', `1/0 gave SQLSTATE ${err.code}`)
-    await c.query('ROLLBACK')
-    const rb = await c.query({
-      name: 'doomed',
-      text: "SELECT count(*)::int AS n, current_schema() AS s, current_setting('application_name') AS app FROM items WHERE id = $1",
-      values: [DOOMED_ID],
-    })
-    check(eq(rb.rows[0], { n: 0, s: schema, app }), `after ROLLBACK: ${JSON.stringify(rb.rows[0])}`)
 
-    // COPY in, then out.
-    const lines = []
-    for (let k = 0; k < COPY_ROWS; k++) lines.push(`${k}\tc${i}-${k}\n`)
-    const into = c.query(copyStreams.from('COPY copied (id, txt) FROM STDIN'))
-    await pipeline(Readable.from([lines.join('')]), into)
-    check(into.rowCount === COPY_ROWS, `COPY FROM reported ${into.rowCount} rows`)
-    const chunks = []
-    await pipeline(
-      c.query(copyStreams.to('COPY (SELECT id, txt FROM copied ORDER BY id) TO STDOUT')),
-      new Writable({
-        write(chunk, _enc, done) {
-          chunks.push(chunk)
-          done()
-        },
-      }),
-    )
-    check(Buffer.concat(chunks).toString() === lines.join(''), 'COPY TO did not return the rows copied in')
+    const copy = async () => {
+      const lines = []
+      for (let k = 0; k < COPY_ROWS; k++) lines.push(`${k}\tc${i}-${k}\n`)
+      const into = c.query(copyStreams.from('COPY copied (id, txt) FROM STDIN'))
+      await pipeline(Readable.from([lines.join('')]), into)
+      check(into.rowCount === COPY_ROWS, `COPY FROM reported ${into.rowCount} rows`)
+      const chunks = []
+      await pipeline(
+        c.query(copyStreams.to('COPY (SELECT id, txt FROM copied ORDER BY id) TO STDOUT')),
+        new Writable({
+          write(chunk, _enc, done) {
+            chunks.push(chunk)
+            done()
+          },
+        }),
+      )
+      check(Buffer.concat(chunks).toString() === lines.join(''), 'COPY TO did not return the rows copied in')
+    }
 
-    if (LARGE_CLIENTS.has(i)) {
+    const large = async () => {
       const r = await c.query({ name: 'large', text: 'SELECT g, md5(g::text) AS h FROM generate_series(1, $1) g', values: [LARGE_ROWS] })
-      check(r.rows.length === LARGE_ROWS, `large result: ${r.rows.length} rows, want ${LARGE_ROWS}`)
+      check(r.rows.length === LARGE_ROWS, `${r.rows.length} rows, want ${LARGE_ROWS}`)
       let sum = 0
       let bad = 0
       for (const row of r.rows) {
         sum += row.g
         if (crypto.createHash('md5').update(String(row.g)).digest('hex') !== row.h) bad++
       }
-      check(sum === (LARGE_ROWS * (LARGE_ROWS + 1)) / 2, 'large result: wrong sum of g')
-      check(bad === 0, `large result: ${bad} rows with a wrong md5`)
+      check(sum === (LARGE_ROWS * (LARGE_ROWS + 1)) / 2, 'wrong sum of g')
+      check(bad === 0, `${bad} rows with a wrong md5`)
     }
 
-    if (i === CANCEL_CLIENT) results.cancelSeconds = await cancelLongQuery(c, schema)
+    const atTheEnd = async () => {
+      const end = await c.query({ name: 'count_all', text: 'SELECT count(*)::int AS n FROM items' })
+      check(end.rows[0].n === ITERATIONS, `${end.rows[0].n} rows in ${schema}.items, want ${ITERATIONS}`)
+    }
 
-    const end = await c.query({ name: 'count_all', text: 'SELECT count(*)::int AS n FROM items' })
-    check(end.rows[0].n === ITERATIONS, `at the end: ${end.rows[0].n} rows in ${schema}.items, want ${ITERATIONS}`)
-    results[i] = pids.size
+    await report.run('prepared statements in 200 transactions', who, transactions)
+    await report.run('error in a transaction, ROLLBACK', who, rollback)
+    await report.run('COPY in and out', who, copy)
+    if (LARGE_CLIENTS.has(i)) await report.run('large result', who, large)
+    if (i === CANCEL_CLIENT) {
+      await report.run('cancel', who, async () => {
+        results.cancelSeconds = await cancelLongQuery(c, schema)
+      })
+    }
+    await report.run('search_path at the end', who, atTheEnd)
   } finally {
     await c.end()
   }
@@ -243,27 +275,40 @@ async function verify() {
   }
 }
 
+// Failures by phase: each phase runs even when an earlier one failed, so
+// one run tells everything that breaks.
+class Report {
+  constructor() {
+    this.failed = new Map()
+  }
+
+  async run(phase, who, fn) {
+    try {
+      await fn()
+    } catch (e) {
+      if (!this.failed.has(phase)) this.failed.set(phase, [])
+      this.failed.get(phase).push(`${who}: ${e.constructor.name}: ${String(e.message).split('\n')[0]}`)
+    }
+  }
+
+  exitIfFailed(driver) {
+    for (const [phase, msgs] of this.failed) {
+      console.error(`FAIL ${driver} [${phase}]: ${msgs.length} failed, first: ${msgs[0]}`)
+      for (const m of msgs.slice(1, 3)) console.error(`    also ${m}`)
+    }
+    if (this.failed.size > 0) process.exit(1)
+  }
+}
+
 async function main() {
   await setup()
   const results = {}
-  const failures = []
-  await Promise.all(
-    Array.from({ length: CLIENTS }, (_, i) =>
-      client(i, results).catch((e) => failures.push(`client ${i}: ${e.constructor.name}: ${e.message}`)),
-    ),
-  )
-  if (failures.length === 0) {
-    try {
-      await listenNotify()
-      await verify()
-    } catch (e) {
-      failures.push(`${e.constructor.name}: ${e.message}`)
-    }
-  }
-  if (failures.length > 0) {
-    for (const f of failures) console.error(`FAIL node-postgres: ${f}`)
-    process.exit(1)
-  }
+  const report = new Report()
+  // Connecting and the SETs belong to no phase: their failure is the session's.
+  await Promise.all(Array.from({ length: CLIENTS }, (_, i) => report.run('session', `client ${i}`, () => client(i, results, report))))
+  await report.run('LISTEN/NOTIFY', 'listener', listenNotify)
+  await report.run('final table contents', 'checker', verify)
+  report.exitIfFailed('node-postgres')
   const pids = Array.from({ length: CLIENTS }, (_, i) => results[i])
   const version = require('pg/package.json').version
   console.log(

@@ -7,8 +7,9 @@
 #
 # Connection parameters come from PGHOST, PGPORT, PGUSER, PGPASSWORD and
 # PGDATABASE. DRIVER_CLIENTS (20) and DRIVER_ITERATIONS (200) scale the run.
-# Every psql client's output is compared with what it must be; exits 1
-# naming what differed.
+# Every psql client's output is compared with what it must be. Each step
+# runs even when an earlier one failed (so one run tells everything that
+# breaks); exits 1 naming what failed.
 set -euo pipefail
 
 CLIENTS=${DRIVER_CLIENTS:-20}
@@ -28,9 +29,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+failed=0
 fail() {
     echo "FAIL psql: $*" >&2
-    exit 1
+    failed=1
 }
 
 psql_() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
@@ -76,13 +78,11 @@ client_script() {
             [ $((n % 50)) -eq 0 ] && echo "SHOW application_name;"
         done
         # An error inside a transaction, then ROLLBACK.
-        echo "\\set ON_ERROR_STOP off"
         echo "BEGIN;"
         echo "EXECUTE ins($DOOMED_ID, $i, 'doomed');"
         echo "SELECT 1 / 0;"
         echo "\\echo sqlstate :LAST_ERROR_SQLSTATE"
         echo "ROLLBACK;"
-        echo "\\set ON_ERROR_STOP on"
         echo "SELECT count(*), current_schema(), current_setting('application_name') FROM items WHERE id = $DOOMED_ID;"
         # COPY in (the rows follow in the script), then out.
         echo "COPY copied (id, txt) FROM STDIN;"
@@ -116,9 +116,12 @@ cancel_long_query() {
         >"$work/cancel.out" 2>"$work/cancel.err" &
     local p=$!
     pids+=("$p")
-    wait_for_value "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND datname = current_database()
-        AND pid <> pg_backend_pid() AND position('AS cancel_me' in query) > 0" 1 ||
+    if ! wait_for_value "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND datname = current_database()
+        AND pid <> pg_backend_pid() AND position('AS cancel_me' in query) > 0" 1; then
         fail "pg_sleep(30) never showed up as active in pg_stat_activity"
+        kill "$p"
+        return
+    fi
     kill -INT "$p"
     local rc=0
     wait "$p" || rc=$?
@@ -141,13 +144,13 @@ listen_notify() {
         echo "$k"
         echo "Asynchronous notification \"drivers_events\" with payload \"hello-$k\" received from server process with PID N."
     done >"$want"
-    psql_ -f "$script" 2>&1 | sed -E 's/with PID [0-9]+\./with PID N./' >"$work/listen.out" ||
-        fail "the LISTEN script failed: $(cat "$work/listen.out")"
-    diff -u "$want" "$work/listen.out" >"$work/listen.diff" || fail "LISTEN/NOTIFY: $(cat "$work/listen.diff")"
+    psql_ -f "$script" 2>&1 | sed -E 's/with PID [0-9]+\./with PID N./' >"$work/listen.out" || true
+    diff -u "$want" "$work/listen.out" >"$work/listen.diff" ||
+        fail "LISTEN/NOTIFY (- expected, + printed): $(cat "$work/listen.diff")"
 }
 
 pgbench_prepared() {
-    psql_ <<SQL
+    psql_ <<SQL || {
 BEGIN;
 SET LOCAL client_min_messages = warning;
 DROP TABLE IF EXISTS pgb_accounts, pgb_history;
@@ -156,6 +159,9 @@ INSERT INTO pgb_accounts SELECT g, 0 FROM generate_series(1, 100) g;
 CREATE TABLE pgb_history (aid int NOT NULL, delta int NOT NULL);
 COMMIT;
 SQL
+        fail "pgbench's tables could not be created"
+        return
+    }
     cat >"$work/pgbench.sql" <<'SQL'
 \set aid random(1, 100)
 \set delta random(-1000, 1000)
@@ -166,16 +172,26 @@ SELECT balance FROM pgb_accounts WHERE aid = :aid;
 END;
 SQL
     local total=$((CLIENTS * PGBENCH_TRANSACTIONS))
-    pgbench -n -M prepared -c "$CLIENTS" -j 2 -t "$PGBENCH_TRANSACTIONS" -f "$work/pgbench.sql" \
-        >"$work/pgbench.out" 2>&1 || fail "pgbench failed: $(cat "$work/pgbench.out")"
-    grep -q "^number of transactions actually processed: $total/$total$" "$work/pgbench.out" ||
-        fail "pgbench did not process $total transactions: $(cat "$work/pgbench.out")"
-    grep -q "^number of failed transactions: 0 " "$work/pgbench.out" ||
-        fail "pgbench had failed transactions: $(cat "$work/pgbench.out")"
+    # A client that never gets an answer would hold pgbench forever: it
+    # gets 120 s for what takes seconds (--foreground keeps it in this
+    # process group, which the test kills if this script hangs).
+    local rc=0
+    timeout --foreground 120 pgbench -n -M prepared -c "$CLIENTS" -j 2 -t "$PGBENCH_TRANSACTIONS" -f "$work/pgbench.sql" \
+        >"$work/pgbench.out" 2>&1 || rc=$?
+    [ $rc -eq 0 ] || {
+        [ $rc -eq 124 ] && echo "(pgbench killed after 120 s)" >>"$work/pgbench.out"
+        fail "pgbench failed: $(sort "$work/pgbench.out" | uniq -c | sort -rn | head -n 8)"
+        return
+    }
+    grep -q "^number of transactions actually processed: $total/$total$" "$work/pgbench.out" &&
+        grep -q "^number of failed transactions: 0 " "$work/pgbench.out" || {
+        fail "pgbench did not process $total transactions without failures: $(tail -n 30 "$work/pgbench.out")"
+        return
+    }
     # Every account's balance is the sum of its history, and every
     # transaction left exactly one history row.
     local state
-    state=$(psql_ -c "SELECT (SELECT count(*) FROM pgb_history),
+    state=$(psql_ 2>&1 -c "SELECT (SELECT count(*) FROM pgb_history),
         (SELECT count(*) FROM pgb_accounts a WHERE balance <>
             (SELECT coalesce(sum(delta), 0) FROM pgb_history h WHERE h.aid = a.aid))")
     [ "$state" = "$total|0" ] || fail "after pgbench: history rows|inconsistent accounts = $state, want $total|0"
@@ -185,42 +201,56 @@ SQL
 setup
 for ((i = 0; i < CLIENTS; i++)); do client_script "$i"; done
 
-# The 20 clients at once.
+# The 20 clients at once, each bounded like pgbench below.
 client_pids=()
 for ((i = 0; i < CLIENTS; i++)); do
-    psql_ -f "$work/client_$i.sql" >"$work/client_$i.out" 2>"$work/client_$i.err" &
+    timeout --foreground 120 psql -X -q -At -f "$work/client_$i.sql" >"$work/client_$i.out" 2>"$work/client_$i.err" &
     client_pids+=($!)
     pids+=($!)
 done
 cancel_long_query
-failed=0
+bad=0 first_bad=""
 for ((i = 0; i < CLIENTS; i++)); do
     rc=0
     wait "${client_pids[$i]}" || rc=$?
-    if [ $rc -ne 0 ]; then
-        echo "FAIL psql: client $i exited $rc: $(tail -n 5 "$work/client_$i.err")" >&2
-        failed=1
-    elif ! diff -u "$work/client_$i.want" "$work/client_$i.out" >"$work/client_$i.diff"; then
-        echo "FAIL psql: client $i printed something else than expected:" >&2
-        head -n 20 "$work/client_$i.diff" >&2
-        failed=1
+    # The one error a client must see is its 1/0; the others are collected.
+    grep "ERROR:" "$work/client_$i.err" | grep -v "ERROR:  division by zero" |
+        sed -E 's/^psql:[^:]*:[0-9]+: //' >>"$work/errors" || true
+    [ $rc -eq 124 ] && echo "ERROR:  (client killed after 120 s)" >>"$work/errors"
+    if [ $rc -ne 0 ] || ! diff -u "$work/client_$i.want" "$work/client_$i.out" >"$work/client_$i.diff"; then
+        bad=$((bad + 1))
+        [ -n "$first_bad" ] || first_bad=$i
     fi
 done
-[ $failed -eq 0 ] || exit 1
+if [ $bad -gt 0 ]; then
+    fail "$bad of $CLIENTS clients printed something else than expected.
+errors seen (count, message):
+$(sort "$work/errors" | uniq -c | sort -rn | head -n 5)
+first difference (client $first_bad, - expected, + printed):
+$(head -n 20 "$work/client_$first_bad.diff")"
+fi
 for i in 1 2; do
+    if [ ! -f "$work/large_$i.txt" ]; then
+        fail "client $i: the large result was not written"
+        continue
+    fi
     rows=$(wc -l <"$work/large_$i.txt")
-    [ "$rows" -eq $LARGE_ROWS ] || fail "client $i: large result has $rows rows, want $LARGE_ROWS"
     sum=$(md5sum <"$work/large_$i.txt" | cut -d' ' -f1)
-    [ "$sum" = $LARGE_MD5 ] || fail "client $i: large result's md5 is $sum, want $LARGE_MD5"
+    [ "$rows" -eq $LARGE_ROWS ] && [ "$sum" = $LARGE_MD5 ] ||
+        fail "client $i: large result has $rows rows with md5 $sum, want $LARGE_ROWS rows with md5 $LARGE_MD5"
 done
 
 listen_notify
 
+wrong=()
 for ((i = 0; i < CLIENTS; i++)); do
-    got=$(psql_ -c "SELECT count(*), count(*) FILTER (WHERE client <> $i), count(*) FILTER (WHERE id = $DOOMED_ID) FROM client_$i.items")
-    [ "$got" = "$ITERATIONS|0|0" ] || fail "client_$i.items holds $got, want $ITERATIONS|0|0"
+    got=$(psql_ -c "SELECT count(*), count(*) FILTER (WHERE client <> $i), count(*) FILTER (WHERE id = $DOOMED_ID) FROM client_$i.items" 2>&1) || true
+    [ "$got" = "$ITERATIONS|0|0" ] || wrong+=("client_$i: $got")
 done
+[ ${#wrong[@]} -eq 0 ] ||
+    fail "${#wrong[@]} of $CLIENTS tables hold other rows than their client's $ITERATIONS (rows|foreign|rolled back), first: ${wrong[0]}"
 
 pgbench_prepared
+[ $failed -eq 0 ] || exit 1
 echo "psql $(psql -V | awk '{print $3}'): $CLIENTS clients x $ITERATIONS transactions ok (PREPARE/EXECUTE); cancel ok (57014); COPY, large result, rollback, LISTEN/NOTIFY ok"
 echo "pgbench -M prepared: $CLIENTS clients x $PGBENCH_TRANSACTIONS transactions, 0 failed, balances consistent ($tps tps)"

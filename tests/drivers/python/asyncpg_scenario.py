@@ -88,8 +88,12 @@ async def cancel_long_query(conn, schema):
     try:
         started = time.monotonic()
         task = asyncio.ensure_future(conn.fetchval("SELECT pg_sleep(30) AS cancel_me"))
-        await wait_active(watch, "AS cancel_me")
-        task.cancel()
+        try:
+            await wait_active(watch, "AS cancel_me")
+        finally:
+            # Even unseen, the query is cancelled: the phase fails either
+            # way, and the connection is not left busy.
+            task.cancel()
         try:
             await task
             raise Failed("pg_sleep(30) finished: the cancel did not reach it")
@@ -106,9 +110,10 @@ async def cancel_long_query(conn, schema):
     return elapsed
 
 
-async def client(i, results):
+async def client(i, results, report):
     schema = f"client_{i}"
     app = f"asyncpg-client-{i}"
+    who = f"client {i}"
     conn = await connect()
     try:
         await conn.execute(f"SET search_path TO {schema}")
@@ -119,63 +124,74 @@ async def client(i, results):
             "pg_backend_pid() FROM items WHERE id = $1"
         )
         count_mine = await conn.prepare("SELECT count(*) FROM items WHERE client = $1")
-        pids = set()
-        for n in range(ITERATIONS):
-            val = f"v{i}-{n}"
-            async with conn.transaction():
-                await insert.fetch(n, i, val)
-                row = await select.fetchrow(n)
-                got = tuple(row)[:4]
-                check(got == (val, i, schema, app), f"transaction {n}: read back {got}, want {(val, i, schema, app)}")
-                pids.add(row[4])
-            count = await count_mine.fetchval(i)
-            check(count == n + 1, f"after transaction {n}: {count} rows, want {n + 1}")
-            if n % 50 == 0:
-                # Without arguments asyncpg uses the simple protocol; with
-                # one it prepares (and caches) a named statement.
-                shown = await conn.fetchval("SELECT current_setting($1)", "application_name")
-                check(shown == app, f"application_name = {shown!r}, want {app!r}")
 
-        try:
-            async with conn.transaction():
-                await insert.fetch(DOOMED_ID, i, "doomed")
-                await conn.fetchval("SELECT 1 / $1::int", 0)
-            raise Failed("1/0 inside a transaction raised nothing")
-        except asyncpg.DivisionByZeroError as e:
-            check(e.sqlstate == "22012", f"1/0 gave SQLSTATE {e.sqlstate}")
-        row = await conn.fetchrow(
-            "SELECT count(*), current_schema(), current_setting('application_name') "
-            "FROM items WHERE id = $1",
-            DOOMED_ID,
-        )
-        check(tuple(row) == (0, schema, app), f"after ROLLBACK: {tuple(row)}, want {(0, schema, app)}")
+        async def transactions():
+            pids = set()
+            for n in range(ITERATIONS):
+                val = f"v{i}-{n}"
+                async with conn.transaction():
+                    await insert.fetch(n, i, val)
+                    row = await select.fetchrow(n)
+                    got = tuple(row)[:4]
+                    check(got == (val, i, schema, app), f"transaction {n}: read back {got}, want {(val, i, schema, app)}")
+                    pids.add(row[4])
+                count = await count_mine.fetchval(i)
+                check(count == n + 1, f"after transaction {n}: {count} rows, want {n + 1}")
+                if n % 50 == 0:
+                    # Without arguments asyncpg uses the simple protocol;
+                    # with one it prepares (and caches) a named statement.
+                    shown = await conn.fetchval("SELECT current_setting($1)", "application_name")
+                    check(shown == app, f"application_name = {shown!r}, want {app!r}")
+            results[i] = len(pids)
 
-        status = await conn.copy_records_to_table(
-            "copied", records=[(k, f"c{i}-{k}") for k in range(COPY_ROWS)], columns=["id", "txt"]
-        )
-        check(status == f"COPY {COPY_ROWS}", f"COPY FROM reported {status!r}")
-        out = io.BytesIO()
-        status = await conn.copy_from_query("SELECT id, txt FROM copied ORDER BY id", output=out)
-        check(status == f"COPY {COPY_ROWS}", f"COPY TO reported {status!r}")
-        want = "".join(f"{k}\tc{i}-{k}\n" for k in range(COPY_ROWS))
-        check(out.getvalue().decode() == want, "COPY TO did not return the rows copied in")
-
-        if i in LARGE_CLIENTS:
-            rows = await conn.fetch("SELECT g, md5(g::text) FROM generate_series(1, $1) g", LARGE_ROWS)
-            check(len(rows) == LARGE_ROWS, f"large result: {len(rows)} rows, want {LARGE_ROWS}")
-            check(
-                sum(r[0] for r in rows) == LARGE_ROWS * (LARGE_ROWS + 1) // 2,
-                "large result: wrong sum of g",
+        async def rollback():
+            try:
+                async with conn.transaction():
+                    await insert.fetch(DOOMED_ID, i, "doomed")
+                    await conn.fetchval("SELECT 1 / $1::int", 0)
+                raise Failed("1/0 inside a transaction raised nothing")
+            except asyncpg.DivisionByZeroError as e:
+                check(e.sqlstate == "22012", f"1/0 gave SQLSTATE {e.sqlstate}")
+            row = await conn.fetchrow(
+                "SELECT count(*), current_schema(), current_setting('application_name') "
+                "FROM items WHERE id = $1",
+                DOOMED_ID,
             )
-            bad = [tuple(r) for r in rows if hashlib.md5(str(r[0]).encode()).hexdigest() != r[1]]
-            check(not bad, f"large result: {len(bad)} rows with a wrong md5, first {bad[:1]}")
+            check(tuple(row) == (0, schema, app), f"after ROLLBACK: {tuple(row)}, want {(0, schema, app)}")
 
-        if i == CANCEL_CLIENT:
+        async def copy():
+            status = await conn.copy_records_to_table(
+                "copied", records=[(k, f"c{i}-{k}") for k in range(COPY_ROWS)], columns=["id", "txt"]
+            )
+            check(status == f"COPY {COPY_ROWS}", f"COPY FROM reported {status!r}")
+            out = io.BytesIO()
+            status = await conn.copy_from_query("SELECT id, txt FROM copied ORDER BY id", output=out)
+            check(status == f"COPY {COPY_ROWS}", f"COPY TO reported {status!r}")
+            want = "".join(f"{k}\tc{i}-{k}\n" for k in range(COPY_ROWS))
+            check(out.getvalue().decode() == want, "COPY TO did not return the rows copied in")
+
+        async def large():
+            rows = await conn.fetch("SELECT g, md5(g::text) FROM generate_series(1, $1) g", LARGE_ROWS)
+            check(len(rows) == LARGE_ROWS, f"{len(rows)} rows, want {LARGE_ROWS}")
+            check(sum(r[0] for r in rows) == LARGE_ROWS * (LARGE_ROWS + 1) // 2, "wrong sum of g")
+            bad = [tuple(r) for r in rows if hashlib.md5(str(r[0]).encode()).hexdigest() != r[1]]
+            check(not bad, f"{len(bad)} rows with a wrong md5, first {bad[:1]}")
+
+        async def cancel():
             results["cancel_seconds"] = await cancel_long_query(conn, schema)
 
-        count = await conn.fetchval("SELECT count(*) FROM items")
-        check(count == ITERATIONS, f"at the end: {count} rows in {schema}.items, want {ITERATIONS}")
-        results[i] = len(pids)
+        async def at_the_end():
+            count = await conn.fetchval("SELECT count(*) FROM items")
+            check(count == ITERATIONS, f"{count} rows in {schema}.items, want {ITERATIONS}")
+
+        await report.run("prepared statements in 200 transactions", who, transactions)
+        await report.run("error in a transaction, ROLLBACK", who, rollback)
+        await report.run("COPY in and out", who, copy)
+        if i in LARGE_CLIENTS:
+            await report.run("large result", who, large)
+        if i == CANCEL_CLIENT:
+            await report.run("cancel", who, cancel)
+        await report.run("search_path at the end", who, at_the_end)
     finally:
         await conn.close()
 
@@ -216,27 +232,41 @@ async def verify():
         await conn.close()
 
 
+class Report:
+    """Failures by phase: each phase runs even when an earlier one failed,
+    so one run tells everything that breaks."""
+
+    def __init__(self):
+        self.failed = {}
+
+    async def run(self, phase, who, fn):
+        try:
+            await fn()
+        except Exception as e:  # every failure is reported, with its phase and client
+            # The first line: asyncpg adds paragraphs of hints.
+            first = str(e).splitlines()[0] if str(e) else ""
+            self.failed.setdefault(phase, []).append(f"{who}: {type(e).__name__}: {first}")
+
+    def exit_if_failed(self, driver):
+        for phase, msgs in self.failed.items():
+            print(f"FAIL {driver} [{phase}]: {len(msgs)} failed, first: {msgs[0]}", file=sys.stderr)
+            for m in msgs[1:3]:
+                print(f"    also {m}", file=sys.stderr)
+        if self.failed:
+            sys.exit(1)
+
+
 async def main():
     await setup()
-    results, failures = {}, []
-
-    async def run(i):
-        try:
-            await client(i, results)
-        except Exception as e:  # every failure is reported, with its client
-            failures.append(f"client {i}: {type(e).__name__}: {e}")
-
-    await asyncio.gather(*(run(i) for i in range(CLIENTS)))
-    if not failures:
-        try:
-            await listen_notify()
-            await verify()
-        except Exception as e:
-            failures.append(f"{type(e).__name__}: {e}")
-    if failures:
-        for f in failures:
-            print(f"FAIL asyncpg: {f}", file=sys.stderr)
-        sys.exit(1)
+    results, report = {}, Report()
+    # Connecting, the SETs and the prepares belong to no phase: their
+    # failure is the session's.
+    await asyncio.gather(
+        *(report.run("session", f"client {i}", lambda i=i: client(i, results, report)) for i in range(CLIENTS))
+    )
+    await report.run("LISTEN/NOTIFY", "listener", listen_notify)
+    await report.run("final table contents", "checker", verify)
+    report.exit_if_failed("asyncpg")
     pids = [results[i] for i in range(CLIENTS)]
     print(
         f"asyncpg {asyncpg.__version__}: {CLIENTS} clients x {ITERATIONS} transactions ok; "
