@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 install_packages postgresql-15 postgresql-client-15 etcd-server etcd-client patroni \
     prometheus curl ca-certificates "${BUILD_PACKAGES[@]}"
 ensure_rust_components
+# The drivers tests/drivers.rs runs through pgkeel (Java, Node.js, Python).
+bash scripts/install-drivers.sh
 
 section "cargo fmt --check"
 cargo fmt --all -- --check
