@@ -427,3 +427,64 @@ async fn pgbench_prepared_mode_runs_clean() {
     assert!(metric(&p, "pgkeel_prepared_statements_prepared_total").await >= 7.0);
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepare_execute_deallocate_follow_the_client() {
+    let p = proxy("").await;
+    let setup = app(p.local_addr()).await;
+    setup
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS sq_a; DROP TABLE IF EXISTS sq_a.items;
+             CREATE TABLE sq_a.items (id int, val text);",
+        )
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let addr = p.local_addr();
+        tasks.push(tokio::spawn(async move {
+            let client = app(addr).await;
+            let one = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
+                rows.iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            Some((0..r.len()).map(|i| r.get(i).unwrap_or("")).collect::<Vec<_>>().join("|"))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            };
+            client.simple_query("SET search_path TO sq_a").await.unwrap();
+            client
+                .simple_query(&format!("SET application_name TO 'sq{c}'"))
+                .await
+                .unwrap();
+            client
+                .simple_query("PREPARE ins(int, text) AS INSERT INTO items VALUES ($1, $2)")
+                .await
+                .unwrap();
+            client
+                .simple_query("PREPARE sel(int) AS SELECT val, current_schema(), current_setting('application_name') FROM items WHERE id = $1")
+                .await
+                .unwrap();
+            for n in 0..30 {
+                let id = c * 1000 + n;
+                client.simple_query("BEGIN").await.unwrap();
+                client
+                    .simple_query(&format!("EXECUTE ins({id}, 'v{id}')"))
+                    .await
+                    .unwrap();
+                let rows = one(client.simple_query(&format!("EXECUTE sel({id})")).await.unwrap());
+                assert_eq!(rows, vec![format!("v{id}|sq_a|sq{c}")], "client {c} n {n}");
+                client.simple_query("COMMIT").await.unwrap();
+            }
+            client.simple_query("DEALLOCATE sel").await.unwrap();
+            let e = client.simple_query("EXECUTE sel(1)").await.unwrap_err();
+            assert_eq!(sqlstate(&e), "26000");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    p.shutdown().await;
+}

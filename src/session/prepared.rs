@@ -39,10 +39,12 @@ enum Item {
         forget: Option<Box<[u8]>>,
         swallow: bool,
     },
-    /// An answer pgkeel gives itself when its turn comes.
+    /// An answer pgkeel gives itself when its turn comes; `ready`: then a
+    /// ReadyForQuery (it answers a whole simple Query).
     Reply {
         bytes: Bytes,
         forget: Option<Box<[u8]>>,
+        ready: bool,
     },
 }
 
@@ -65,6 +67,10 @@ pub struct Prepared {
     /// Statements kept per server connection.
     pub cap: usize,
     names: HashMap<Box<[u8]>, Arc<Statement>>,
+    /// Names of SQL-level PREPAREs.
+    sql_names: HashMap<Box<[u8]>, Arc<Statement>>,
+    /// Queries pgkeel added, not yet counted by the relay.
+    injected: u32,
     queue: VecDeque<Item>,
     /// The server reported an error: it skips to the next Sync.
     skipping: bool,
@@ -111,6 +117,8 @@ impl Prepared {
             enabled: true,
             cap: 500,
             names: HashMap::new(),
+            sql_names: HashMap::new(),
+            injected: 0,
             queue: VecDeque::new(),
             skipping: false,
             drop_to_sync: false,
@@ -137,6 +145,164 @@ impl Prepared {
     /// DEALLOCATE ALL / DISCARD ALL: the client's names are gone.
     pub fn forget_all(&mut self) {
         self.names.clear();
+        self.sql_names.clear();
+    }
+
+    /// Queries pgkeel added (a PREPARE ahead of an EXECUTE) since the last
+    /// call: each owes a ReadyForQuery.
+    pub fn take_injected(&mut self) -> u32 {
+        std::mem::take(&mut self.injected)
+    }
+
+    /// SQL-level PREPARE / EXECUTE / DEALLOCATE in a simple Query: the
+    /// same sharing as the protocol's, by rewriting the statement name.
+    fn sql_statement(
+        &mut self,
+        frame: &[u8],
+        conn: &mut ConnStatements,
+        out: &mut BytesMut,
+    ) -> Option<Verdict> {
+        let text = protocol::query_text(b'Q', frame);
+        let text = trim_end(text);
+        let (first, rest) = word(text)?;
+        if memchr::memchr(b';', text).is_some() {
+            return None;
+        }
+        if first.eq_ignore_ascii_case(b"prepare") {
+            let (name, body) = ident(rest)?;
+            if name.eq_ignore_ascii_case(b"transaction") {
+                return None;
+            }
+            let key = [b"\x01SQL ", body].concat();
+            if self
+                .sql_names
+                .get(&name)
+                .is_some_and(|s| s.body[..] != key[..])
+            {
+                let msg = format!(
+                    "prepared statement \"{}\" already exists",
+                    String::from_utf8_lossy(&name)
+                );
+                self.refuse_query("42P05", &msg);
+                return Some(Verdict::Dropped);
+            }
+            let stmt = self.cache.intern(&key);
+            self.sql_names.insert(name.clone(), stmt.clone());
+            if conn.touch(stmt.id) {
+                self.counters.hits += 1;
+                self.reply_query("PREPARE");
+                return Some(Verdict::Dropped);
+            }
+            self.send_sql_prepare(&stmt, conn, out, false, Some(name));
+            return Some(Verdict::Replaced);
+        }
+        if first.eq_ignore_ascii_case(b"execute") {
+            let (name, args) = ident(rest)?;
+            let stmt = self.sql_names.get(&name)?.clone();
+            if conn.touch(stmt.id) {
+                self.counters.hits += 1;
+            } else {
+                self.send_sql_prepare(&stmt, conn, out, true, None);
+                self.injected += 1;
+            }
+            let server_name = &stmt.server_name[..stmt.server_name.len() - 1];
+            let sql = [b"EXECUTE ", server_name, args].concat();
+            frame_start(out, b'Q', sql.len() + 1);
+            out.put_slice(&sql);
+            out.put_u8(0);
+            self.sent(b'Q');
+            return Some(Verdict::Replaced);
+        }
+        if first.eq_ignore_ascii_case(b"deallocate") {
+            let (mut name, mut rest) = ident(rest)?;
+            if &name[..] == b"prepare" {
+                (name, rest) = ident(rest)?;
+            }
+            if &name[..] == b"all" || !trim_end(rest).is_empty() {
+                return None;
+            }
+            if self.sql_names.remove(&name).is_none() {
+                let msg = format!(
+                    "prepared statement \"{}\" does not exist",
+                    String::from_utf8_lossy(&name)
+                );
+                self.refuse_query("26000", &msg);
+            } else {
+                self.reply_query("DEALLOCATE");
+            }
+            return Some(Verdict::Dropped);
+        }
+        None
+    }
+
+    fn send_sql_prepare(
+        &mut self,
+        stmt: &Statement,
+        conn: &mut ConnStatements,
+        out: &mut BytesMut,
+        swallow: bool,
+        forget: Option<Box<[u8]>>,
+    ) {
+        if let Some(old) = conn.add(stmt.id, self.cap) {
+            // Closing by protocol works for SQL-prepared statements too.
+            let name = format!("pgkeel_{old}\0");
+            frame_start(out, b'C', 1 + name.len());
+            out.put_u8(b'S');
+            out.put_slice(name.as_bytes());
+            self.queue.push_back(Item::Sent {
+                typ: b'C',
+                undo: 0,
+                forget: None,
+                swallow: true,
+            });
+            self.counters.evictions += 1;
+            // A Close outside a Sync'ed batch: its Flush-less answer comes
+            // before the next ReadyForQuery; the Sync below earns one.
+            frame_start(out, b'S', 0);
+            self.queue.push_back(Item::Sent {
+                typ: b'S',
+                undo: 0,
+                forget: None,
+                swallow: true,
+            });
+            self.injected += 1;
+        }
+        let server_name = &stmt.server_name[..stmt.server_name.len() - 1];
+        let body = &stmt.body[5..];
+        let sql = [b"PREPARE ", server_name, body].concat();
+        frame_start(out, b'Q', sql.len() + 1);
+        out.put_slice(&sql);
+        out.put_u8(0);
+        self.queue.push_back(Item::Sent {
+            typ: b'Q',
+            undo: stmt.id,
+            forget,
+            swallow,
+        });
+        self.counters.prepares += 1;
+    }
+
+    /// A simple Query answered here: CommandComplete `tag`, then
+    /// ReadyForQuery with the server's current status.
+    fn reply_query(&mut self, tag: &str) {
+        let mut out = BytesMut::new();
+        protocol::put_command_complete(&mut out, tag);
+        self.queue.push_back(Item::Reply {
+            bytes: out.freeze(),
+            forget: None,
+            ready: true,
+        });
+    }
+
+    /// A simple Query refused here, in its turn.
+    fn refuse_query(&mut self, code: &str, message: &str) {
+        let mut out = BytesMut::new();
+        protocol::put_error(&mut out, protocol::Severity::Error, code, message);
+        self.queue.push_back(Item::Reply {
+            bytes: out.freeze(),
+            forget: None,
+            ready: true,
+        });
     }
 
     /// The session effects of the statement a Bind runs (none if unnamed
@@ -167,6 +333,7 @@ impl Prepared {
         self.queue.push_back(Item::Reply {
             bytes: Bytes::from_static(bytes),
             forget,
+            ready: false,
         });
     }
 
@@ -187,6 +354,7 @@ impl Prepared {
         self.queue.push_back(Item::Reply {
             bytes: out.freeze(),
             forget: None,
+            ready: false,
         });
         self.drop_to_sync = true;
     }
@@ -283,6 +451,13 @@ impl Prepared {
                 self.sent(typ);
                 Verdict::Replaced
             }
+            b'Q' if self.enabled => match self.sql_statement(frame, conn, out) {
+                Some(v) => v,
+                None => {
+                    self.sent(typ);
+                    Verdict::Forward
+                }
+            },
             b'P' | b'B' | b'D' | b'C' | b'E' | b'S' | b'Q' | b'F' => {
                 self.sent(typ);
                 Verdict::Forward
@@ -359,6 +534,19 @@ impl Prepared {
             return true;
         };
         let (sent, swallow) = (*sent, *swallow);
+        if typ == b'E' && sent == b'Q' {
+            // A PREPARE pgkeel sent failed: nothing was prepared.
+            if let Some(Item::Sent { undo, forget, .. }) = self.queue.front_mut() {
+                if *undo != 0 {
+                    conn.remove(*undo);
+                    *undo = 0;
+                }
+                if let Some(n) = forget.take() {
+                    self.sql_names.remove(&n);
+                }
+            }
+            return !swallow;
+        }
         if typ == b'E' && extended(sent) {
             self.undo_front(conn);
             self.skipping = true;
@@ -438,6 +626,14 @@ impl Prepared {
                     self.undo_front(conn);
                 }
                 Some(Item::Reply { .. }) if self.skipping => self.undo_front(conn),
+                Some(Item::Reply {
+                    bytes, ready: true, ..
+                }) => {
+                    out.extend_from_slice(bytes);
+                    protocol::put_ready(out, st.status);
+                    st.responded = true;
+                    self.queue.pop_front();
+                }
                 Some(Item::Reply { bytes, .. }) => {
                     if bytes[0] == b'1' && st.drop_preamble > 0 {
                         // A re-run request: the client has this one.
@@ -462,6 +658,54 @@ impl Prepared {
     pub fn settled(&self) -> bool {
         self.queue.is_empty()
     }
+}
+
+fn trim_end(s: &[u8]) -> &[u8] {
+    let n = s
+        .iter()
+        .rposition(|c| !(c.is_ascii_whitespace() || *c == b';'))
+        .map_or(0, |p| p + 1);
+    &s[..n]
+}
+
+/// The first word of `s` (after white space) and what follows it.
+fn word(s: &[u8]) -> Option<(&[u8], &[u8])> {
+    let start = s.iter().position(|c| !c.is_ascii_whitespace())?;
+    let s = &s[start..];
+    let n = s
+        .iter()
+        .position(|c| !c.is_ascii_alphabetic())
+        .unwrap_or(s.len());
+    (n > 0).then(|| (&s[..n], &s[n..]))
+}
+
+/// An SQL identifier at the start of `s` (after white space), folded to
+/// lower case unless quoted, and what follows it.
+fn ident(s: &[u8]) -> Option<(Box<[u8]>, &[u8])> {
+    let start = s.iter().position(|c| !c.is_ascii_whitespace())?;
+    let s = &s[start..];
+    if s.first() == Some(&b'"') {
+        let mut name = Vec::new();
+        let mut i = 1;
+        while i < s.len() {
+            if s[i] == b'"' {
+                if s.get(i + 1) == Some(&b'"') {
+                    name.push(b'"');
+                    i += 2;
+                    continue;
+                }
+                return Some((name.into(), &s[i + 1..]));
+            }
+            name.push(s[i]);
+            i += 1;
+        }
+        return None;
+    }
+    let n = s
+        .iter()
+        .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$'))
+        .unwrap_or(s.len());
+    (n > 0).then(|| (s[..n].to_ascii_lowercase().into(), &s[n..]))
 }
 
 /// A statement that raises `code` with `message` and `hint` when run: how

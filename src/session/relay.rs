@@ -135,7 +135,13 @@ impl TxState {
 
     /// Nothing is in flight, though a transaction may be open.
     pub fn at_rest(&self) -> bool {
-        self.pending == 0 && !self.unsynced && self.server_skip == 0 && !self.in_copy
+        // `swallow`: pgkeel's own prelude may still be answering when the
+        // client's request was answered by pgkeel itself.
+        self.pending == 0
+            && self.swallow == 0
+            && !self.unsynced
+            && self.server_skip == 0
+            && !self.in_copy
     }
 }
 
@@ -357,6 +363,9 @@ pub fn scan_client(
             }
         };
         let sent = verdict != Verdict::Dropped;
+        if let Some(t) = track.as_deref_mut() {
+            st.pending += t.prepared.take_injected();
+        }
         match typ {
             b'Q' | b'F' if sent => {
                 st.pending += 1;
@@ -525,9 +534,15 @@ pub fn scan_server(
                 st.request_done = false;
             }
             st.responded = true;
+            if let Some(t) = track.as_deref_mut() {
+                if !t.prepared.server_message(typ, t.conn) {
+                    // The answer to pgkeel's own query.
+                    b.to_client.extend_from_slice(&buf[start..pos]);
+                    (start, cut) = (pos + 6, true);
+                }
+            }
             pos += 6;
             if let Some(t) = track.as_deref_mut() {
-                t.prepared.server_message(typ, t.conn);
                 if t.prepared.has_due() {
                     b.to_client.extend_from_slice(&buf[start..pos]);
                     t.prepared.due(t.conn, &mut b.to_client, st);

@@ -176,7 +176,10 @@ SQL
     # gets 120 s for what takes seconds (--foreground keeps it in this
     # process group, which the test kills if this script hangs).
     local rc=0
-    timeout --foreground 120 pgbench -n -M prepared -c "$CLIENTS" -j 2 -t "$PGBENCH_TRANSACTIONS" -f "$work/pgbench.sql" \
+    # One thread per client: pgbench prepares with a blocking PQprepare, so
+    # a thread's other clients, mid-transaction on the two server
+    # connections, would wait on it while it waits for one of them.
+    timeout --foreground 120 pgbench -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -t "$PGBENCH_TRANSACTIONS" -f "$work/pgbench.sql" \
         >"$work/pgbench.out" 2>&1 || rc=$?
     [ $rc -eq 0 ] || {
         [ $rc -eq 124 ] && echo "(pgbench killed after 120 s)" >>"$work/pgbench.out"
