@@ -243,21 +243,9 @@ impl Prepared {
         swallow: bool,
         forget: Option<Box<[u8]>>,
     ) {
-        if let Some(old) = conn.add(stmt.id, self.cap) {
-            // Closing by protocol works for SQL-prepared statements too.
-            let name = format!("pgkeel_{old}\0");
-            frame_start(out, b'C', 1 + name.len());
-            out.put_u8(b'S');
-            out.put_slice(name.as_bytes());
-            self.queue.push_back(Item::Sent {
-                typ: b'C',
-                undo: 0,
-                forget: None,
-                swallow: true,
-            });
-            self.counters.evictions += 1;
-            // A Close outside a Sync'ed batch: its Flush-less answer comes
-            // before the next ReadyForQuery; the Sync below earns one.
+        if self.add_to(stmt, conn, out) {
+            // The Close (by protocol: it works for SQL-prepared statements
+            // too) needs a Sync of its own ahead of the simple Query.
             frame_start(out, b'S', 0);
             self.queue.push_back(Item::Sent {
                 typ: b'S',
@@ -475,6 +463,26 @@ impl Prepared {
         }
     }
 
+    /// Records `stmt` on `conn`; if that evicts another statement, writes
+    /// its Close (answer hidden) to `out` and returns true.
+    fn add_to(&mut self, stmt: &Statement, conn: &mut ConnStatements, out: &mut BytesMut) -> bool {
+        let Some(old) = conn.add(stmt.id, self.cap) else {
+            return false;
+        };
+        let name = format!("pgkeel_{old}\0");
+        frame_start(out, b'C', 1 + name.len());
+        out.put_u8(b'S');
+        out.put_slice(name.as_bytes());
+        self.queue.push_back(Item::Sent {
+            typ: b'C',
+            undo: 0,
+            forget: None,
+            swallow: true,
+        });
+        self.counters.evictions += 1;
+        true
+    }
+
     fn send_parse(
         &mut self,
         stmt: &Statement,
@@ -483,19 +491,7 @@ impl Prepared {
         swallow: bool,
         forget: Option<Box<[u8]>>,
     ) {
-        if let Some(old) = conn.add(stmt.id, self.cap) {
-            let name = format!("pgkeel_{old}\0");
-            frame_start(out, b'C', 1 + name.len());
-            out.put_u8(b'S');
-            out.put_slice(name.as_bytes());
-            self.queue.push_back(Item::Sent {
-                typ: b'C',
-                undo: 0,
-                forget: None,
-                swallow: true,
-            });
-            self.counters.evictions += 1;
-        }
+        self.add_to(stmt, conn, out);
         frame_start(out, b'P', stmt.server_name.len() + stmt.body.len());
         out.put_slice(&stmt.server_name);
         out.put_slice(&stmt.body);
