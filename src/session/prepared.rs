@@ -308,7 +308,9 @@ impl Prepared {
         cstr(&s.body).map(|(q, _)| q)
     }
 
-    fn sent(&mut self, typ: u8) {
+    /// A client message goes to the server as it is (or replaced by one of
+    /// the same type): its answer is the client's.
+    pub fn sent(&mut self, typ: u8) {
         self.queue.push_back(Item::Sent {
             typ,
             undo: 0,

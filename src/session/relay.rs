@@ -351,8 +351,7 @@ pub fn scan_client(
                 match instead {
                     Some(sql) if typ == b'Q' => {
                         protocol::put_query(&mut b.rewrite, &sql);
-                        t.prepared
-                            .client_message(typ, frame, t.conn, &mut BytesMut::new());
+                        t.prepared.sent(typ);
                         Verdict::Replaced
                     }
                     // (A refused Parse: the error is queued, the batch dropped.)
@@ -520,50 +519,38 @@ pub fn scan_server(
             break;
         };
         let (typ, len) = h.map_err(|l| format!("invalid server message length {l}"))?;
-        if typ == b'Z' {
-            if len != 6 {
-                return Err("malformed ReadyForQuery".into());
-            }
-            if buf.len() - pos < 6 {
-                break;
-            }
-            st.status = buf[pos + 5];
-            st.pending = st.pending.saturating_sub(1);
-            if st.pending == 0 {
-                st.commit_in_flight = false;
-                st.request_done = false;
+        if typ == b'Z' && len != 6 {
+            return Err("malformed ReadyForQuery".into());
+        }
+        if len > WHOLE_MESSAGE_LIMIT {
+            if let Some(t) = track.as_deref_mut() {
+                // A huge row (or copy data): never completes anything.
+                t.prepared.server_message(typ, t.conn);
             }
             st.responded = true;
-            if let Some(t) = track.as_deref_mut() {
-                if !t.prepared.server_message(typ, t.conn) {
-                    // The answer to pgkeel's own query.
-                    b.to_client.extend_from_slice(&buf[start..pos]);
-                    (start, cut) = (pos + 6, true);
-                }
-            }
-            pos += 6;
-            if let Some(t) = track.as_deref_mut() {
-                if t.prepared.has_due() {
-                    b.to_client.extend_from_slice(&buf[start..pos]);
-                    t.prepared.due(t.conn, &mut b.to_client, st);
-                    (start, cut) = (pos, true);
-                }
-            }
+            pos += HEADER_LEN;
+            st.server_skip = len - HEADER_LEN;
             continue;
         }
-        if len <= WHOLE_MESSAGE_LIMIT {
-            if buf.len() - pos < len {
-                break;
+        if buf.len() - pos < len {
+            break;
+        }
+        let body = &buf[pos + HEADER_LEN..pos + len];
+        match typ {
+            b'Z' => {
+                st.status = body[0];
+                st.responded = true;
+                st.pending = st.pending.saturating_sub(1);
+                if st.pending == 0 {
+                    st.commit_in_flight = false;
+                    st.request_done = false;
+                }
             }
-            if typ == b'S' {
-                record_parameter(st, &buf[pos + HEADER_LEN..pos + len]);
-            }
-            if typ == b'G' {
-                // CopyInResponse: the COPY data is part of the request.
-                st.request_done = false;
-            }
-            if typ == b'E' {
-                let fields = protocol::parse_error_fields(&buf[pos + HEADER_LEN..pos + len]);
+            b'S' => record_parameter(st, body),
+            // CopyInResponse: the COPY data is part of the request.
+            b'G' => st.request_done = false,
+            b'E' => {
+                let fields = protocol::parse_error_fields(body);
                 if matches!(
                     protocol::error_field(&fields, b'V').or(protocol::error_field(&fields, b'S')),
                     Some("FATAL" | "PANIC")
@@ -575,44 +562,38 @@ pub fn scan_server(
                     break;
                 }
             }
-            let mut forward = true;
-            if let Some(t) = track.as_deref_mut() {
-                forward = t.prepared.server_message(typ, t.conn);
-                if forward && st.drop_preamble > 0 && st.server_skip == 0 {
-                    if is_preamble(typ) {
-                        forward = false;
-                        st.drop_preamble -= 1;
-                        st.preamble += 1;
-                    } else {
-                        st.drop_preamble = 0;
-                    }
-                }
-            }
-            if !forward {
-                b.to_client.extend_from_slice(&buf[start..pos]);
-                (start, cut) = (pos + len, true);
-            } else if is_preamble(typ) && !st.responded {
-                st.preamble += 1;
-            } else {
-                st.responded = true;
-            }
-            pos += len;
-            if let Some(t) = track.as_deref_mut() {
-                if t.prepared.has_due() {
-                    b.to_client.extend_from_slice(&buf[start..pos]);
-                    t.prepared.due(t.conn, &mut b.to_client, st);
-                    (start, cut) = (pos, true);
-                }
-            }
-            continue;
+            _ => {}
         }
+        let mut forward = true;
         if let Some(t) = track.as_deref_mut() {
-            // A huge row (or copy data): never completes anything.
-            t.prepared.server_message(typ, t.conn);
+            // Whether the message answers the client or pgkeel itself.
+            forward = t.prepared.server_message(typ, t.conn);
+            if forward && st.drop_preamble > 0 && typ != b'Z' {
+                if is_preamble(typ) {
+                    forward = false;
+                    st.drop_preamble -= 1;
+                    st.preamble += 1;
+                } else {
+                    st.drop_preamble = 0;
+                }
+            }
         }
-        st.responded = true;
-        pos += HEADER_LEN;
-        st.server_skip = len - HEADER_LEN;
+        if !forward {
+            b.to_client.extend_from_slice(&buf[start..pos]);
+            (start, cut) = (pos + len, true);
+        } else if is_preamble(typ) && !st.responded {
+            st.preamble += 1;
+        } else {
+            st.responded = true;
+        }
+        pos += len;
+        if let Some(t) = track.as_deref_mut() {
+            if t.prepared.has_due() {
+                b.to_client.extend_from_slice(&buf[start..pos]);
+                t.prepared.due(t.conn, &mut b.to_client, st);
+                (start, cut) = (pos, true);
+            }
+        }
     }
     if fatal.is_some() {
         // Whatever follows the FATAL is the connection's end: drop it.
