@@ -67,6 +67,9 @@ pub struct Prepared {
     /// Statements kept per server connection.
     pub cap: usize,
     names: HashMap<Box<[u8]>, Arc<Statement>>,
+    /// Some statement in `names` changes the session (SET...): a Bind must
+    /// look its effects up.
+    names_have_effects: bool,
     /// Names of SQL-level PREPAREs.
     sql_names: HashMap<Box<[u8]>, Arc<Statement>>,
     /// Queries pgkeel added, not yet counted by the relay.
@@ -117,6 +120,7 @@ impl Prepared {
             enabled: true,
             cap: 500,
             names: HashMap::new(),
+            names_have_effects: false,
             sql_names: HashMap::new(),
             injected: 0,
             queue: VecDeque::new(),
@@ -145,6 +149,7 @@ impl Prepared {
     /// DEALLOCATE ALL / DISCARD ALL: the client's names are gone.
     pub fn forget_all(&mut self) {
         self.names.clear();
+        self.names_have_effects = false;
         self.sql_names.clear();
     }
 
@@ -296,6 +301,10 @@ impl Prepared {
     /// The session effects of the statement a Bind runs (none if unnamed
     /// or unknown: an unnamed statement's Parse was scanned itself).
     pub fn bind_effects(&self, frame: &[u8]) -> crate::session::effects::Effects {
+        if !self.names_have_effects {
+            // Spares the usual Bind a second name lookup.
+            return Default::default();
+        }
         cstr(&frame[HEADER_LEN..])
             .and_then(|(_, rest)| cstr(rest))
             .and_then(|(name, _)| self.names.get(name))
@@ -386,6 +395,7 @@ impl Prepared {
                 let stmt = self.cache.intern(rest);
                 let forget = Some(Box::<[u8]>::from(name));
                 self.names.insert(name.into(), stmt.clone());
+                self.names_have_effects |= !stmt.effects.is_empty();
                 if conn.touch(stmt.id) {
                     self.counters.hits += 1;
                     self.reply(PARSE_COMPLETE, forget);
