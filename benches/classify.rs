@@ -46,6 +46,7 @@ fn bench(c: &mut Criterion) {
         pool_mode: PoolMode::Transaction,
         default_read_only: false,
         deferred_begin: false,
+        statements: None,
     };
     let frames = query(SELECT);
     let mut scratch = Vec::new();

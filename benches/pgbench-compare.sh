@@ -24,7 +24,7 @@ PG_PORT=${PG_PORT:-55432}
 BOUNCER_PORT=${BOUNCER_PORT:-56432}
 PGKEEL_PORT=${PGKEEL_PORT:-56433}
 PGKEEL_NOSPLIT_PORT=${PGKEEL_NOSPLIT_PORT:-56434}
-ALL_WORKLOADS="select-simple select-extended select-prepared tpcb connect-per-txn single-client"
+ALL_WORKLOADS="select-simple select-extended select-prepared tpcb tpcb-prepared connect-per-txn single-client"
 WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS}
 
 install_packages postgresql-15 postgresql-client-15 pgbouncer ca-certificates
@@ -130,6 +130,10 @@ args_for() {
         select-extended) echo "-S -M extended -c $CLIENTS -j 2" ;;
         select-prepared) echo "-S -M prepared -c $CLIENTS -j 2" ;;
         tpcb) echo "-c $CLIENTS -j 2" ;;
+        # A thread per client: -M prepared prepares with a blocking
+        # PQprepare, which with -j 2 would stall a thread's other clients
+        # mid-transaction on the pool they fill (with any pooler).
+        tpcb-prepared) echo "-M prepared -c $CLIENTS -j $CLIENTS" ;;
         connect-per-txn) echo "-S -C -c $CLIENTS -j 2" ;;
         single-client) echo "-S -c 1 -j 1" ;;
     esac

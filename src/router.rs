@@ -97,6 +97,9 @@ pub struct SessionView<'a> {
     pub default_read_only: bool,
     /// A BEGIN was answered and not yet sent to a server.
     pub deferred_begin: bool,
+    /// The client's named prepared statements (transaction mode), so a
+    /// Bind of one routes by its text.
+    pub statements: Option<&'a crate::session::prepared::Prepared>,
 }
 
 struct Rule {
@@ -235,10 +238,26 @@ impl Router {
             }
             let frame = &rest[..len];
             rest = &rest[len..];
-            let k = match typ {
+            let text = match typ {
                 b'Q' | b'P' => {
                     parsed_here |= typ == b'P';
-                    let text = protocol::query_text(typ, frame);
+                    Some(protocol::query_text(typ, frame))
+                }
+                b'B' => match bound_statement(frame) {
+                    // A statement of the client's: routed by its text.
+                    Some(name) if !name.is_empty() => s.statements.and_then(|p| p.query_of(name)),
+                    // The unnamed statement parsed in this request.
+                    Some(_) if parsed_here => continue,
+                    _ => None,
+                },
+                b'D' | b'E' | b'C' | b'H' => continue,
+                b'S' => break,
+                _ => None,
+            };
+            // No text (a Bind of a statement unknown here, a FunctionCall):
+            // the request needs the primary.
+            let k = match text {
+                Some(text) => {
                     let (e, h) = self.lookup(text, scratch, metrics);
                     hint = hint.or(h);
                     hits &= e.pattern_hits;
@@ -247,10 +266,7 @@ impl Router {
                     }
                     e.kind
                 }
-                b'B' if !parsed_here || bind_names_statement(frame) => Kind::Write,
-                b'B' | b'D' | b'E' | b'C' | b'H' => continue,
-                b'S' => break,
-                _ => Kind::Write,
+                None => Kind::Write,
             };
             kind = Some(kind.map_or(k, |acc| acc.then(k)));
             if typ == b'Q' {
@@ -428,13 +444,14 @@ fn weighted<'a>(candidates: &[(&'a Arc<Member>, u32)], mut n: u32) -> &'a Arc<Me
 }
 
 /// A Bind naming a prepared statement (not the unnamed one).
-fn bind_names_statement(frame: &[u8]) -> bool {
+/// The statement name a Bind names (`None` if malformed).
+fn bound_statement(frame: &[u8]) -> Option<&[u8]> {
     // Bind: portal name, then statement name, both NUL-terminated.
     let body = &frame[HEADER_LEN..];
-    let Some(portal_end) = body.iter().position(|&c| c == 0) else {
-        return true;
-    };
-    body.get(portal_end + 1).is_none_or(|&c| c != 0)
+    let portal_end = body.iter().position(|&c| c == 0)?;
+    let rest = &body[portal_end + 1..];
+    let name_end = rest.iter().position(|&c| c == 0)?;
+    Some(&rest[..name_end])
 }
 
 #[cfg(test)]
@@ -459,6 +476,7 @@ mod tests {
             pool_mode: PoolMode::Transaction,
             default_read_only: false,
             deferred_begin: false,
+            statements: None,
         }
     }
 
@@ -492,6 +510,41 @@ mod tests {
             Some((Route::Primary, Why::Write))
         );
         assert_eq!(decide(&r, &s, &q("BEGIN")), Decision::DeferBegin);
+        // A Bind of a named statement routes by the statement's text.
+        let mut prepared = crate::session::prepared::Prepared::new(Default::default());
+        let mut conn = crate::statements::ConnStatements::default();
+        for (name, sql) in [("r", "SELECT 1"), ("w", "DELETE FROM t")] {
+            let body = format!("{name}\0{sql}\0\0\0");
+            let mut parse = vec![b'P'];
+            parse.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+            parse.extend_from_slice(body.as_bytes());
+            prepared.client_message(b'P', &parse, &mut conn, &mut bytes::BytesMut::new());
+        }
+        let bind = |name: &str| {
+            let body = format!("\0{name}\0\0\0\0\0\0\0");
+            let mut f = vec![b'B'];
+            f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+            f.extend_from_slice(body.as_bytes());
+            f.extend_from_slice(b"S\0\0\0\x04");
+            f
+        };
+        let with = SessionView {
+            statements: Some(&prepared),
+            ..view()
+        };
+        assert_eq!(
+            route_of(decide(&r, &with, &bind("r"))),
+            Some((Route::Replica, Why::Read))
+        );
+        assert_eq!(
+            route_of(decide(&r, &with, &bind("w"))),
+            Some((Route::Primary, Why::Write))
+        );
+        assert_eq!(
+            route_of(decide(&r, &s, &bind("r"))),
+            Some((Route::Primary, Why::Write)),
+            "unknown statement: the primary"
+        );
         let parse_begin = [&b"P\0\0\0\x0fP_0\0BEGIN;\0\0\0"[..], b"S\0\0\0\x04"].concat();
         assert_eq!(
             route_of(decide(&r, &s, &parse_begin)),

@@ -170,6 +170,16 @@ async fn reads_spread_over_replicas_and_writes_stay_on_the_primary() {
         .await
         .unwrap();
     assert!(replicas.contains(&(r[0].get::<_, i32>(0) as u16)));
+    // Named prepared statements too: a Bind routes by its statement's
+    // text, and the statement is prepared on each replica as needed.
+    let stmt = app.prepare("SELECT inet_server_port()::int").await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let port = app.query_one(&stmt, &[]).await.unwrap().get::<_, i32>(0) as u16;
+        assert!(replicas.contains(&port), "a prepared read ran on {port}");
+        seen.insert(port);
+    }
+    assert_eq!(seen.len(), 2, "prepared reads spread: {seen:?}");
 
     // Writes, and reads that need the primary, reach only the primary.
     for sql in [

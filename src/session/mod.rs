@@ -924,6 +924,7 @@ impl Session {
                 pool_mode: self.user.pool_mode,
                 default_read_only: self.default_read_only,
                 deferred_begin: self.deferred_begin.is_some(),
+                statements: Some(&self.prepared).filter(|p| p.enabled),
             };
             router.decide(
                 &view,
