@@ -22,7 +22,7 @@ use regex::bytes::{Regex, RegexBuilder};
 use crate::classify::{self, FunctionPolicy, Hint, Kind};
 use crate::config::{Balance, Config, Fallback, ListenerRoute, PoolMode, Route, RoutingConfig};
 use crate::metrics::Metrics;
-use crate::protocol::{self, HEADER_LEN};
+use crate::protocol;
 use crate::topology::{Member, MemberState, Topology};
 
 /// `[[query_rules]]` supported (their pattern hits are cached as a bit set).
@@ -243,7 +243,7 @@ impl Router {
                     parsed_here |= typ == b'P';
                     Some(protocol::query_text(typ, frame))
                 }
-                b'B' => match bound_statement(frame) {
+                b'B' => match crate::session::prepared::bound_name(frame) {
                     // A statement of the client's: routed by its text.
                     Some(name) if !name.is_empty() => s.statements.and_then(|p| p.query_of(name)),
                     // The unnamed statement parsed in this request.
@@ -441,17 +441,6 @@ fn weighted<'a>(candidates: &[(&'a Arc<Member>, u32)], mut n: u32) -> &'a Arc<Me
         n -= w;
     }
     candidates[candidates.len() - 1].0
-}
-
-/// A Bind naming a prepared statement (not the unnamed one).
-/// The statement name a Bind names (`None` if malformed).
-fn bound_statement(frame: &[u8]) -> Option<&[u8]> {
-    // Bind: portal name, then statement name, both NUL-terminated.
-    let body = &frame[HEADER_LEN..];
-    let portal_end = body.iter().position(|&c| c == 0)?;
-    let rest = &body[portal_end + 1..];
-    let name_end = rest.iter().position(|&c| c == 0)?;
-    Some(&rest[..name_end])
 }
 
 #[cfg(test)]

@@ -1013,7 +1013,10 @@ impl Session {
             && !st.responded
             && !self.bufs.replay.is_empty()
             && self.retries < MAX_RETRIES
-            && relay::replay_reads_only(&self.bufs.replay)
+            && relay::replay_reads_only(
+                &self.bufs.replay,
+                Some(&self.prepared).filter(|p| p.enabled),
+            )
         {
             // Nothing reached the client and the request only reads: put it
             // back in front of whatever the client sent since, and run it

@@ -305,9 +305,8 @@ impl Prepared {
             // Spares the usual Bind a second name lookup.
             return Default::default();
         }
-        cstr(&frame[HEADER_LEN..])
-            .and_then(|(_, rest)| cstr(rest))
-            .and_then(|(name, _)| self.names.get(name))
+        bound_name(frame)
+            .and_then(|name| self.names.get(name))
             .map_or_else(Default::default, |s| s.effects)
     }
 
@@ -666,6 +665,12 @@ impl Prepared {
     pub fn settled(&self) -> bool {
         self.queue.is_empty()
     }
+}
+
+/// The statement name in a Bind frame (`None` if malformed).
+pub fn bound_name(frame: &[u8]) -> Option<&[u8]> {
+    let (_, rest) = cstr(frame.get(HEADER_LEN..)?)?;
+    cstr(rest).map(|(name, _)| name)
 }
 
 fn trim_end(s: &[u8]) -> &[u8] {

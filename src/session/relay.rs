@@ -80,8 +80,6 @@ pub struct TxState {
     pub in_copy: bool,
     /// The request so far is read-only and kept in `Buffers::replay`.
     pub replayable: bool,
-    /// A Parse is in the replay copy (so a Bind in it can be re-run).
-    pub replay_has_parse: bool,
     /// The request in flight ends a transaction (COMMIT/END): if the server
     /// dies now, the transaction's outcome is unknown.
     pub commit_in_flight: bool,
@@ -115,7 +113,6 @@ impl Default for TxState {
             swallow: 0,
             reported: Vec::new(),
             replayable: false,
-            replay_has_parse: false,
             commit_in_flight: false,
             in_copy: false,
             one_request: false,
@@ -257,34 +254,42 @@ fn ends_transaction(sql: &str) -> bool {
 }
 
 /// May this frame be part of a request re-run on another server?
-/// Only the message types are checked here, on the hot path; whether the
-/// SQL only reads is decided by `replay_reads_only`, when a server has died.
-fn replayable_frame(typ: u8, _frame: &[u8], st: &mut TxState) -> bool {
-    match typ {
-        b'Q' => true,
-        b'P' => {
-            st.replay_has_parse = true;
-            true
-        }
-        // A Bind can be re-run only with the Parse it binds.
-        b'B' => st.replay_has_parse,
-        b'D' | b'E' | b'S' | b'H' => true,
-        _ => false,
-    }
+/// Only the message types are checked here, on the hot path; what the
+/// request runs is checked by `replay_reads_only`, when a server has died.
+fn replayable_frame(typ: u8) -> bool {
+    matches!(typ, b'Q' | b'P' | b'B' | b'D' | b'E' | b'S' | b'H')
 }
 
-/// True when every Query and Parse in a kept request is read-only, so the
-/// request may run again on another server.
-pub fn replay_reads_only(replay: &[u8]) -> bool {
+/// True when everything a kept request runs only reads, so it may run
+/// again on another server: each Query and Parse, and the statement of
+/// each Bind: the unnamed one parsed earlier in the request, or one of the
+/// client's named statements (`statements`, transaction mode), which
+/// pgkeel prepares again wherever the request lands.
+pub fn replay_reads_only(replay: &[u8], statements: Option<&Prepared>) -> bool {
+    let reads = |sql: &[u8]| {
+        classify::classify(std::str::from_utf8(sql).unwrap_or(""), &Default::default())
+            == classify::Kind::Read
+    };
+    let mut parsed = false;
     let mut rest = replay;
     while let Some(Ok((typ, len))) = protocol::header(rest) {
         if rest.len() < len {
             return false;
         }
-        if matches!(typ, b'Q' | b'P')
-            && classify::classify(query_text(typ, &rest[..len]), &Default::default())
-                != classify::Kind::Read
-        {
+        let frame = &rest[..len];
+        let ok = match typ {
+            b'Q' | b'P' => {
+                parsed |= typ == b'P';
+                reads(protocol::query_text(typ, frame))
+            }
+            b'B' => match super::prepared::bound_name(frame) {
+                Some(b"") => parsed,
+                Some(name) => statements.and_then(|p| p.query_of(name)).is_some_and(reads),
+                None => false,
+            },
+            _ => true,
+        };
+        if !ok {
             return false;
         }
         rest = &rest[len..];
@@ -328,7 +333,7 @@ pub fn scan_client(
             st.commit_in_flight |= ends_transaction(text);
         }
         if st.replayable {
-            if !st.responded && replayable_frame(typ, frame, st) {
+            if !st.responded && replayable_frame(typ) {
                 b.replay.extend_from_slice(frame);
             } else {
                 st.replayable = false;
@@ -831,18 +836,42 @@ mod tests {
             msg(b'S', b""),
         ]
         .concat();
-        assert!(replay_reads_only(&read));
-        assert!(replay_reads_only(&msg(b'Q', b"SELECT 1\0")));
-        assert!(!replay_reads_only(&msg(
-            b'Q',
-            b"INSERT INTO t VALUES (1)\0"
-        )));
-        assert!(!replay_reads_only(&msg(
-            b'P',
-            b"\0SELECT nextval('s')\0\0\0"
-        )));
+        assert!(replay_reads_only(&read, None));
+        let only = |frames: &[u8]| replay_reads_only(frames, None);
+        assert!(only(&msg(b'Q', b"SELECT 1\0")));
+        assert!(!only(&msg(b'Q', b"INSERT INTO t VALUES (1)\0")));
+        assert!(!only(&msg(b'P', b"\0SELECT nextval('s')\0\0\0")));
+        // An unnamed Bind needs its Parse in the copy.
+        let unnamed_bind = [
+            msg(b'B', b"\0\0\0\0\0\0\0\0"),
+            msg(b'E', b"\0\0\0\0\0"),
+            msg(b'S', b""),
+        ]
+        .concat();
+        assert!(!only(&unnamed_bind));
+        // A named one is re-run if the client's statement only reads.
+        let mut p = Prepared::new(Default::default());
+        let mut conn = ConnStatements::default();
+        for f in [
+            msg(b'P', b"r\0SELECT 1\0\0\0"),
+            msg(b'P', b"w\0DELETE FROM t\0\0\0"),
+        ] {
+            p.client_message(b'P', &f, &mut conn, &mut BytesMut::new());
+        }
+        let bind = |name: &str| {
+            [
+                msg(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes()),
+                msg(b'E', b"\0\0\0\0\0"),
+                msg(b'S', b""),
+            ]
+            .concat()
+        };
+        assert!(replay_reads_only(&bind("r"), Some(&p)));
+        assert!(!replay_reads_only(&bind("w"), Some(&p)));
+        assert!(!replay_reads_only(&bind("unknown"), Some(&p)));
+        assert!(!replay_reads_only(&bind("r"), None));
         assert!(
-            !replay_reads_only(&read[..read.len() - 2]),
+            !replay_reads_only(&read[..read.len() - 2], None),
             "a truncated copy is not replayed"
         );
     }

@@ -107,6 +107,10 @@ async fn client(
         last_ok: None,
     };
     let mut conn: Option<tokio_postgres::Client> = None;
+    // Odd readers use a named prepared statement (prepared once per
+    // connection), as JDBC and psycopg do; even ones the unnamed one.
+    let mut stmt: Option<tokio_postgres::Statement> = None;
+    let read = "SELECT count(*) FROM failover_log WHERE client = $1";
     let insert = format!("INSERT INTO failover_log (client) VALUES ({id}) RETURNING id");
     while !*stop.borrow() {
         let c = match &conn {
@@ -120,6 +124,7 @@ async fn client(
                 Ok((c, task)) => {
                     tokio::spawn(task);
                     conn = Some(c);
+                    stmt = None;
                     continue;
                 }
                 Err(e) => {
@@ -154,11 +159,16 @@ async fn client(
                 }
                 .await
             }
+            Kind::Reader if id % 2 == 1 => async {
+                if stmt.is_none() {
+                    stmt = Some(c.prepare(read).await?);
+                }
+                c.query(stmt.as_ref().expect("prepared"), &[&id]).await
+            }
+            .await
+            .map(|_| Vec::new()),
             Kind::Reader => c
-                .query_typed(
-                    "SELECT count(*) FROM failover_log WHERE client = $1",
-                    &[(&id, tokio_postgres::types::Type::INT4)],
-                )
+                .query_typed(read, &[(&id, tokio_postgres::types::Type::INT4)])
                 .await
                 .map(|_| Vec::new()),
         };
