@@ -280,19 +280,19 @@ impl Prepared {
     fn reply_query(&mut self, tag: &str) {
         let mut out = BytesMut::new();
         protocol::put_command_complete(&mut out, tag);
-        self.queue.push_back(Item::Reply {
-            bytes: out.freeze(),
-            forget: None,
-            ready: true,
-        });
+        self.answer_query(out);
     }
 
     /// A simple Query refused here, in its turn.
     fn refuse_query(&mut self, code: &str, message: &str) {
         let mut out = BytesMut::new();
         protocol::put_error(&mut out, protocol::Severity::Error, code, message);
+        self.answer_query(out);
+    }
+
+    fn answer_query(&mut self, answer: BytesMut) {
         self.queue.push_back(Item::Reply {
-            bytes: out.freeze(),
+            bytes: answer.freeze(),
             forget: None,
             ready: true,
         });
