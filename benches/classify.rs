@@ -39,6 +39,7 @@ fn bench(c: &mut Criterion) {
     let router = Router::new(&cfg);
     let metrics = Metrics::new();
     let view = SessionView {
+        peer: "127.0.0.1:5000".parse().unwrap(),
         user: "app",
         database: "app",
         application_name: "",

@@ -326,6 +326,8 @@ impl Default for AdminConfig {
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
+    /// One info line per client Query and Parse (reloadable).
+    pub log_queries: bool,
 }
 
 impl Default for LogConfig {
@@ -333,6 +335,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
+            log_queries: false,
         }
     }
 }
@@ -477,6 +480,17 @@ pub enum Route {
     Any,
 }
 
+impl Route {
+    /// As the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Primary => "primary",
+            Route::Replica => "replica",
+            Route::Any => "any",
+        }
+    }
+}
+
 /// What a listener does with the statements it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -573,7 +587,7 @@ pub struct QueryRule {
     pub database: Option<String>,
     pub application_name: Option<String>,
     pub route: Route,
-    /// Log each statement the rule routes.
+    /// Log the first statement of each transaction the rule routes.
     #[serde(default)]
     pub log: bool,
 }

@@ -20,6 +20,7 @@ pub mod notify;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod querylog;
 pub mod reload;
 pub mod router;
 pub mod session;

@@ -28,6 +28,17 @@ pub struct Metrics {
     pub transaction_duration_seconds: HistogramVec,
     /// `transaction_duration_seconds` children, indexed like `transactions`.
     pub transaction_seconds: [Histogram; 2],
+    pub query_duration_seconds: HistogramVec,
+    /// `query_duration_seconds` children, indexed like `transactions`.
+    pub query_seconds: [Histogram; 2],
+    /// Bytes read from and written to clients after login (admin console
+    /// sessions excluded), and relayed to and from servers for them.
+    pub client_bytes_received_total: IntCounter,
+    pub client_bytes_sent_total: IntCounter,
+    pub server_bytes_received_total: IntCounter,
+    pub server_bytes_sent_total: IntCounter,
+    /// ErrorResponses servers sent to clients, by SQLSTATE class.
+    pub server_errors_total: IntCounterVec,
     pub routed_total: IntCounterVec,
     /// `routed_total` children: [route index * reasons + reason index].
     routed: Vec<IntCounter>,
@@ -103,6 +114,25 @@ const TRANSACTION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 ];
 
+/// Buckets for request durations: a cached point read on a local server
+/// answers in ~100 µs, so they start lower than the transactions'.
+const QUERY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0, 60.0,
+];
+
+/// The SQLSTATE class (its first two characters) an error is counted
+/// under: two ASCII letters or digits, upper-cased, else `XX`. Only the
+/// class, so a server cannot grow the label set past 36².
+pub fn sqlstate_class(code: Option<&str>) -> [u8; 2] {
+    match code.map(str::as_bytes) {
+        Some([a, b, ..]) if a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric() => {
+            [a.to_ascii_uppercase(), b.to_ascii_uppercase()]
+        }
+        _ => *b"XX",
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -131,6 +161,16 @@ impl Metrics {
             &["role"],
         )
         .unwrap();
+        let query_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "pgkeel_query_duration_seconds",
+                "Time from a request (a simple Query, or extended-protocol messages up to their Sync) going to the server until its ReadyForQuery, by role of the server",
+            )
+            .buckets(QUERY_BUCKETS.to_vec()),
+            &["role"],
+        )
+        .unwrap();
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).unwrap();
         let m = Metrics {
             clients_connected: IntGauge::new(
                 "pgkeel_clients_connected",
@@ -170,6 +210,35 @@ impl Metrics {
                 transaction_duration_seconds.with_label_values(&["replica"]),
             ],
             transaction_duration_seconds,
+            query_seconds: [
+                query_duration_seconds.with_label_values(&["primary"]),
+                query_duration_seconds.with_label_values(&["replica"]),
+            ],
+            query_duration_seconds,
+            client_bytes_received_total: counter(
+                "pgkeel_client_bytes_received_total",
+                "Bytes received from clients after login (admin console excluded)",
+            ),
+            client_bytes_sent_total: counter(
+                "pgkeel_client_bytes_sent_total",
+                "Bytes sent to clients after login (admin console excluded)",
+            ),
+            server_bytes_received_total: counter(
+                "pgkeel_server_bytes_received_total",
+                "Bytes received from servers while relaying for clients (not pgkeel's own control queries and health checks)",
+            ),
+            server_bytes_sent_total: counter(
+                "pgkeel_server_bytes_sent_total",
+                "Bytes sent to servers while relaying for clients, pgkeel's SET preludes and statement rewrites included",
+            ),
+            server_errors_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_server_errors_total",
+                    "ErrorResponses servers sent to clients, by SQLSTATE class (first two characters)",
+                ),
+                &["class"],
+            )
+            .unwrap(),
             routed_total: IntCounterVec::new(
                 Opts::new(
                     "pgkeel_routed_total",
@@ -414,6 +483,17 @@ impl Metrics {
             .unwrap();
         r.register(Box::new(m.transaction_duration_seconds.clone()))
             .unwrap();
+        r.register(Box::new(m.query_duration_seconds.clone()))
+            .unwrap();
+        for c in [
+            &m.client_bytes_received_total,
+            &m.client_bytes_sent_total,
+            &m.server_bytes_received_total,
+            &m.server_bytes_sent_total,
+        ] {
+            r.register(Box::new(c.clone())).unwrap();
+        }
+        r.register(Box::new(m.server_errors_total.clone())).unwrap();
         r.register(Box::new(m.build_info.clone())).unwrap();
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -646,5 +726,47 @@ impl Collector for ScrapeCollector {
         out.extend(g.pool_server_connections.collect());
         out.extend(g.pool_clients_waiting.collect());
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_counted_by_a_bounded_class() {
+        assert_eq!(&sqlstate_class(Some("22012")), b"22");
+        assert_eq!(&sqlstate_class(Some("40P01")), b"40");
+        assert_eq!(&sqlstate_class(Some("hv000")), b"HV", "upper-cased");
+        for bad in [
+            None,
+            Some(""),
+            Some("4"),
+            Some("4-000"),
+            Some("\u{e9}2000"),
+            Some(" 2000"),
+        ] {
+            assert_eq!(&sqlstate_class(bad), b"XX", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn new_families_are_exported() {
+        let m = Metrics::new();
+        m.server_errors_total.with_label_values(&["22"]).inc();
+        m.query_seconds[1].observe(0.001);
+        m.client_bytes_sent_total.inc_by(10);
+        let text = m.render();
+        for line in [
+            "pgkeel_server_errors_total{class=\"22\"} 1",
+            "pgkeel_query_duration_seconds_count{role=\"replica\"} 1",
+            "pgkeel_query_duration_seconds_count{role=\"primary\"} 0",
+            "pgkeel_client_bytes_sent_total 10",
+            "pgkeel_client_bytes_received_total 0",
+            "pgkeel_server_bytes_received_total 0",
+            "pgkeel_server_bytes_sent_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
     }
 }

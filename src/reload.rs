@@ -101,12 +101,14 @@ pub fn loaded_at_start(shared: &Shared, path: &Path) {
 
 /// Keys (and tables) that keep their running value until a restart: the
 /// ones `apply` keeps. SHOW CONFIG calls them not changeable.
-pub const RESTART_ONLY: [&str; 8] = [
+pub const RESTART_ONLY: [&str; 9] = [
     "proxy.listen",
     "listeners",
     "admin.listen",
     "proxy.max_client_connections",
-    "log",
+    // The subscriber is built once; `log.log_queries` is read per transaction.
+    "log.level",
+    "log.format",
     "health",
     "etcd",
     "servers",
@@ -141,7 +143,8 @@ pub fn apply(shared: &Shared, mut new: Config) -> Vec<String> {
     keep!("admin.listen", admin.listen);
     keep!("admin.listen", admin_addr);
     keep!("proxy.max_client_connections", proxy.max_client_connections);
-    keep!("log", log);
+    keep!("log.level", log.level);
+    keep!("log.format", log.format);
     keep!("health", health);
     keep!("etcd", etcd);
     keep!("servers", servers);

@@ -88,6 +88,8 @@ pub enum Decision {
 
 /// The facts about a session that routing depends on.
 pub struct SessionView<'a> {
+    /// The client's address (for a rule's log line).
+    pub peer: std::net::SocketAddr,
     pub user: &'a str,
     pub database: &'a str,
     pub application_name: &'a str,
@@ -295,7 +297,8 @@ impl Router {
                     .is_none_or(|a| a == s.application_name);
             if matches {
                 if r.log {
-                    tracing::info!(rule = i, route = ?r.route, user = s.user, database = s.database, query = %String::from_utf8_lossy(first_text), "query rule matched");
+                    let sql = crate::querylog::loggable(first_text);
+                    tracing::info!(target: "pgkeel::querylog", peer = %s.peer, user = s.user, database = s.database, rule = i, route = r.route.name(), query = sql.as_ref(), "query rule matched");
                 }
                 return Decision::Route {
                     route: r.route,
@@ -458,6 +461,7 @@ mod tests {
 
     fn view() -> SessionView<'static> {
         SessionView {
+            peer: "127.0.0.1:5000".parse().unwrap(),
             user: "app",
             database: "db",
             application_name: "",

@@ -250,6 +250,14 @@ async fn every_show_command_answers_typed_rows() {
         p.shared().metrics.transactions_completed().to_string()
     );
     assert_eq!(get(&rows[0], "clients_connected"), "3");
+    let stat = |col: &str| -> u64 { get(&rows[0], col).parse().unwrap() };
+    for col in ["total_received", "total_sent", "total_query_time"] {
+        assert!(stat(col) > 0, "{col}: {rows:?}");
+    }
+    assert_eq!(
+        stat("total_received"),
+        p.shared().metrics.client_bytes_received_total.get()
+    );
 
     // SHOW TOPOLOGY: the one server, primary and healthy.
     let (_, rows) = show(&c, "SHOW TOPOLOGY").await;

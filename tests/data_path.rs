@@ -512,6 +512,122 @@ async fn admin_endpoints_report_the_primary_and_metrics() {
     p.shutdown().await;
 }
 
+/// The sum of a counter family over its labels.
+fn errors_sum(v: &prometheus::IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    v.collect()[0]
+        .get_metric()
+        .iter()
+        .map(|s| s.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// Bytes in and out, request durations and server errors by SQLSTATE class,
+/// as real traffic moves them: the request counters are updated before the
+/// client has its answer, the byte counters as the bytes move (a session-mode
+/// client's traffic shows while it is still connected).
+#[tokio::test]
+async fn traffic_metrics_count_bytes_request_times_and_server_errors() {
+    use tokio_postgres::types::Type;
+    let p = start(&config(pg_port(), "", "")).await;
+    let m = p.shared().metrics.clone();
+    let c = app(p.local_addr()).await;
+    let received = m.client_bytes_received_total.get();
+    let requests = m.query_seconds[0].get_sample_count();
+    let class = |c: &str| m.server_errors_total.with_label_values(&[c]).get();
+    let (div0, undefined) = (class("22"), class("42"));
+    let own_errors = errors_sum(&m.errors_total);
+
+    for _ in 0..5 {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    // A simple Query "SELECT 1" is 14 bytes: type, length, text, NUL.
+    assert_eq!(m.client_bytes_received_total.get() - received, 5 * 14);
+    let r = c
+        .query_typed("SELECT $1::int + 1", &[(&41i32, Type::INT4)])
+        .await
+        .unwrap();
+    assert_eq!(r[0].get::<_, i32>(0), 42);
+    let e = c.simple_query("SELECT 1/0").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "22012");
+    let e = c
+        .query_typed("SELECT 1/$1::int", &[(&0i32, Type::INT4)])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22012");
+    let e = c
+        .simple_query("SELECT * FROM dp_no_such_table")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42P01");
+    let big = one(&c, "SELECT repeat('x', 200000)").await;
+    assert_eq!(big.len(), 200_000);
+
+    // One duration per request (a Query, or a batch up to its Sync), on the primary.
+    assert_eq!(m.query_seconds[0].get_sample_count() - requests, 10);
+    assert_eq!(m.query_seconds[1].get_sample_count(), 0);
+    assert!(m.query_seconds[0].get_sample_sum() > 0.0);
+    assert_eq!((class("22") - div0, class("42") - undefined), (2, 1));
+    let own_now = errors_sum(&m.errors_total);
+    assert_eq!(own_now, own_errors, "server errors are not pgkeel's own");
+    // Nothing was added or held back on the way: what clients sent went to
+    // the server, and what the server sent reached the client (counted just
+    // after the write, so a moment after the client may have read it).
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            m.client_bytes_received_total.get() == m.server_bytes_sent_total.get()
+                && m.server_bytes_received_total.get() == m.client_bytes_sent_total.get()
+        })
+        .await,
+        "client in {} / server out {}, server in {} / client out {}",
+        m.client_bytes_received_total.get(),
+        m.server_bytes_sent_total.get(),
+        m.server_bytes_received_total.get(),
+        m.client_bytes_sent_total.get()
+    );
+    assert!(m.client_bytes_sent_total.get() > 200_000);
+    let (_, text) = http_get(p.admin_addr().unwrap(), "/metrics").await;
+    for line in [
+        "pgkeel_server_errors_total{class=\"22\"}",
+        "pgkeel_query_duration_seconds_count{role=\"primary\"}",
+        "pgkeel_client_bytes_received_total",
+        "pgkeel_client_bytes_sent_total",
+    ] {
+        assert!(text.contains(line), "{line} missing from /metrics");
+    }
+    drop(c);
+    p.shutdown().await;
+
+    // Session mode: one pump for the whole session, counted as it goes.
+    let p = start(&config(
+        pg_port(),
+        "pool_mode = \"session\"\npool_size = 1",
+        "",
+    ))
+    .await;
+    let m = p.shared().metrics.clone();
+    let c = app(p.local_addr()).await;
+    for i in 1..=3u64 {
+        c.simple_query("SELECT 1").await.unwrap();
+        // 14 bytes per "SELECT 1", 16 per "SELECT 1/0".
+        assert_eq!(m.client_bytes_received_total.get(), (i - 1) * 30 + 14);
+        // The last "SELECT 1/0" has had its ReadyForQuery by now, too.
+        assert_eq!(m.query_seconds[0].get_sample_count(), 2 * i - 1);
+        let e = c.simple_query("SELECT 1/0").await.unwrap_err();
+        assert_eq!(sqlstate(&e), "22012");
+        assert_eq!(m.server_errors_total.with_label_values(&["22"]).get(), i);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            m.client_bytes_sent_total.get() > 0
+                && m.client_bytes_sent_total.get() == m.server_bytes_received_total.get()
+        })
+        .await
+    );
+    drop(c);
+    p.shutdown().await;
+}
+
 /// The backend running `marker` for a client of pgkeel, as seen by a superuser.
 async fn backend_running(su: &tokio_postgres::Client, marker: &str) -> bool {
     one(

@@ -305,6 +305,27 @@ fn check_values(m: &Exposition, primary: &str, replica: &str) {
             txns
         );
     }
+    for role in ["primary", "replica"] {
+        // Every request forwarded had its ReadyForQuery, and its duration.
+        assert_eq!(
+            v("pgkeel_query_duration_seconds_count", &[("role", role)]),
+            v("pgkeel_queries_total", &[("role", role)]),
+            "{role}"
+        );
+    }
+    for bytes in [
+        "pgkeel_client_bytes_received_total",
+        "pgkeel_client_bytes_sent_total",
+        "pgkeel_server_bytes_received_total",
+        "pgkeel_server_bytes_sent_total",
+    ] {
+        assert!(v(bytes, &[]) > 0.0, "{bytes}");
+    }
+    // SELECT 1/0 (22012) is the server's error, not pgkeel's.
+    assert!(v("pgkeel_server_errors_total", &[("class", "22")]) >= 1.0);
+    assert!(m
+        .find("pgkeel_errors_total", &[("sqlstate", "22012")])
+        .is_empty());
     assert!(v("pgkeel_errors_total", &[("sqlstate", "53300")]) >= 1.0);
     // Known codes exist at 0 before they first happen (rate() needs that).
     assert_eq!(v("pgkeel_errors_total", &[("sqlstate", "57P03")]), 0.0);

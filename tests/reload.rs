@@ -1,19 +1,24 @@
 //! Live reload under load: pgbench runs through pgkeel while its config file
 //! is rewritten 20 times (pool size, query rules, a user added and removed,
 //! invalid files in between); no pgbench client sees an error, each valid
-//! change is live at once, each invalid one changes nothing, and SIGHUP
-//! reloads too.
+//! change is live at once and shows in the admin console's SHOW CONFIG and
+//! in /status, each invalid one changes nothing (and /status says why), and
+//! SIGHUP reloads too.
 
 mod common;
 mod support;
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::shared_pg;
 use pgkeel::ProxyHandle;
+use sha2::{Digest, Sha256};
 use support::*;
+use tokio_postgres::SimpleQueryMessage;
 
 /// Writes like a careful editor: a new file renamed over the old one, so
 /// the watcher never sees half a file.
@@ -33,6 +38,33 @@ fn reload_errors(p: &ProxyHandle) -> u64 {
         .config_reloads_total
         .with_label_values(&["error"])
         .get()
+}
+
+/// The console's SHOW CONFIG as key -> value (NULL as "NULL").
+async fn show_config(console: &tokio_postgres::Client) -> HashMap<String, String> {
+    let msgs = console.simple_query("SHOW CONFIG").await.unwrap();
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((
+                r.get("key").unwrap().to_owned(),
+                r.get("value").unwrap_or("NULL").to_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn status(admin: SocketAddr) -> serde_json::Value {
+    let (code, body) = http_get(admin, "/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 async fn wait_version(p: &ProxyHandle, v: u64) {
@@ -96,13 +128,27 @@ async fn twenty_rewrites_under_pgbench_no_client_error() {
     pgbench_init(pg.port);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgkeel.toml");
-    let text = |pool: u32, extra: &str| config(pg.port, &format!("pool_size = {pool}"), extra);
+    // Every version keeps an admin user for the console (after the five
+    // support users, so `users[0]` stays `app`).
+    let admin_user = "[[users]]\nname = \"admin\"\npassword = \"admin_password\"\n";
+    let text = |pool: u32, extra: &str| {
+        config(
+            pg.port,
+            &format!("pool_size = {pool}"),
+            &format!("{admin_user}{extra}"),
+        )
+        .replace("[admin]\n", "[admin]\nusers = [\"admin\"]\n")
+    };
     write_config(&path, &text(4, ""));
     let p = pgkeel::Proxy::start(pgkeel::config::Config::from_file(&path).unwrap())
         .await
         .unwrap();
     p.watch_config(path.clone());
     let port = p.local_addr().port().to_string();
+    let admin = p.admin_addr().unwrap();
+    let console = connect(p.local_addr(), "admin", "admin_password", "pgkeel")
+        .await
+        .expect("admin logs in to the console");
 
     let bench = tokio::process::Command::new("pgbench")
         .args([
@@ -151,6 +197,14 @@ async fn twenty_rewrites_under_pgbench_no_client_error() {
             assert_eq!(p.shared().config.load().users[0].pool_size, before);
             let err = p.shared().config_info.load().last_error.clone().unwrap();
             assert!(err.contains("proxy.pool_size"), "{err}");
+            // Neither the console nor /status shows the invalid file's value.
+            let shown = show_config(&console).await;
+            assert_eq!(shown["proxy.pool_size"], before.to_string());
+            assert_eq!(shown["users[0].pool_size"], before.to_string());
+            let st = status(admin).await;
+            assert_eq!(st["config"]["version"], serde_json::json!(expected));
+            let shown_err = st["config"]["last_error"].as_str().unwrap_or_default();
+            assert!(shown_err.contains("proxy.pool_size"), "{st}");
             continue;
         }
         let pool = 2 + i % 4;
@@ -161,7 +215,8 @@ async fn twenty_rewrites_under_pgbench_no_client_error() {
         if i % 2 == 0 {
             extra.push_str(rule);
         }
-        write_config(&path, &text(pool, &extra));
+        let written = text(pool, &extra);
+        write_config(&path, &written);
         expected += 1;
         wait_version(&p, expected).await;
         let cfg = p.shared().config.load_full();
@@ -175,6 +230,38 @@ async fn twenty_rewrites_under_pgbench_no_client_error() {
                 .filter(|pl| pl.key.user == "app")
                 .all(|pl| pl.settings().size == pool),
             "pools follow pool_size"
+        );
+        // The admin console shows the change: pool size, rules, users.
+        let shown = show_config(&console).await;
+        assert_eq!(shown["proxy.pool_size"], pool.to_string(), "change {i}");
+        assert_eq!(shown["users[0].pool_size"], pool.to_string(), "change {i}");
+        assert_eq!(
+            shown.get("query_rules[0].pattern").map(String::as_str),
+            (i % 2 == 0).then_some("pgbench_branches"),
+            "change {i}"
+        );
+        let temp_shown = shown
+            .iter()
+            .any(|(k, v)| k.starts_with("users[") && k.ends_with("].name") && v == "temp");
+        assert_eq!(temp_shown, (6..12).contains(&i), "change {i}");
+        // And /status: this file's version and hash, no error, the pools' size.
+        let st = status(admin).await;
+        assert_eq!(st["config"]["version"], serde_json::json!(expected));
+        assert_eq!(
+            st["config"]["sha256"].as_str(),
+            Some(sha256_hex(&written).as_str())
+        );
+        assert!(st["config"]["last_error"].is_null(), "{st}");
+        let app_pools: Vec<&serde_json::Value> = st["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|pl| pl["user"] == "app")
+            .collect();
+        assert!(!app_pools.is_empty(), "{st}");
+        assert!(
+            app_pools.iter().all(|pl| pl["size"] == pool),
+            "change {i}: {st}"
         );
         if i == 6 {
             let c = connect(p.local_addr(), "temp", "temp_password", "appdb")
@@ -230,6 +317,7 @@ async fn twenty_rewrites_under_pgbench_no_client_error() {
     assert_eq!(v["config"]["sha256"].as_str().map(str::len), Some(64));
     let (_, metrics) = http_get(p.admin_addr().unwrap(), "/metrics").await;
     assert!(metrics.contains("pgkeel_config_reloads_total{result=\"ok\"}"));
+    drop(console);
     p.shutdown().await;
 }
 

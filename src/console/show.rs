@@ -371,6 +371,13 @@ pub(super) fn stats(shared: &Shared) -> ResultSet {
         ("replica_xact_count", xr),
         ("primary_query_count", qp),
         ("replica_query_count", qr),
+        // PgBouncer's names: bytes from and to clients, µs spent in requests.
+        ("total_received", m.client_bytes_received_total.get()),
+        ("total_sent", m.client_bytes_sent_total.get()),
+        (
+            "total_query_time",
+            micros(m.query_seconds.iter().map(|h| h.get_sample_sum()).sum()),
+        ),
         (
             "total_wait_time",
             micros(m.pool_wait_seconds.get_sample_sum()),
@@ -384,6 +391,10 @@ pub(super) fn stats(shared: &Shared) -> ResultSet {
             counter_vec_sum(&m.client_login_failures_total),
         ),
         ("total_errors", counter_vec_sum(&m.errors_total)),
+        (
+            "total_server_errors",
+            counter_vec_sum(&m.server_errors_total),
+        ),
         ("total_cancel_requests", m.cancel_requests_total.get()),
         ("total_retried_statements", m.retried_statements_total.get()),
         ("total_failovers", counter_vec_sum(&m.failovers_total)),
@@ -754,6 +765,9 @@ webhook = "http://hook:pw@127.0.0.1:9/x"
         assert!(get("users[0].password").2.is_none());
         assert!(crate::reload::needs_restart("etcd.scope"));
         assert!(!crate::reload::needs_restart("admin.users"));
+        assert!(crate::reload::needs_restart("log.format"));
+        assert!(!crate::reload::needs_restart("log.log_queries"));
+        assert_eq!(get("log.log_queries").1.as_deref(), Some("false"));
         let all: String = rows
             .iter()
             .map(|r| format!("{}={:?}", r.0, mask(&r.0, r.1.clone())))

@@ -27,6 +27,7 @@ use crate::config::{ListenerRoute, PinFeature, PoolMode, Route, User};
 use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::{self, sqlstate, Severity};
 use crate::proxy::Shared;
+use crate::querylog::QueryLog;
 use crate::router::{Decision, Picked, SessionView};
 use crate::topology::Member;
 use effects::Effects;
@@ -150,6 +151,8 @@ struct Session {
     pinned: Option<PinFeature>,
     /// `[proxy] pin_on` as of the last config this session saw.
     pin_on: Vec<PinFeature>,
+    /// `[log] log_queries` as of the last config this session saw.
+    log_queries: bool,
     shutdown: watch::Receiver<bool>,
     /// This client in `Shared::clients` (state for the admin console, KILL).
     registered: Registered,
@@ -285,6 +288,7 @@ impl Session {
             prepared,
             pinned: None,
             pin_on: Vec::new(),
+            log_queries: false,
             shutdown,
             registered,
         }
@@ -296,6 +300,35 @@ impl Session {
         self.prepared.enabled = cfg.proxy.prepared_statements;
         self.prepared.cap = cfg.proxy.prepared_statements_cache_size as usize;
         self.pin_on.clone_from(&cfg.proxy.pin_on);
+        self.log_queries = cfg.log.log_queries;
+    }
+
+    /// The fields of this session's query log lines on the attached server
+    /// (only built while `log_queries` is on).
+    fn query_log(&self) -> Option<Box<QueryLog>> {
+        if !self.log_queries {
+            return None;
+        }
+        let pool = self.server.as_ref()?.pool();
+        let member = self
+            .pools
+            .iter()
+            .find(|(_, p)| Arc::ptr_eq(p, pool))
+            .map_or_else(
+                || format!("{}:{}", pool.key.host, pool.key.port),
+                |(m, _)| m.name.clone(),
+            );
+        Some(Box::new(QueryLog {
+            peer: self.peer,
+            user: self.user.name.clone(),
+            database: self.database.clone(),
+            route: if self.on_primary {
+                "primary"
+            } else {
+                "replica"
+            },
+            member,
+        }))
     }
 
     /// Session state lives on the server connection (session mode, or a
@@ -325,6 +358,8 @@ impl Session {
         let mut opts = relay::Options {
             release_on_idle: mode == PoolMode::Transaction,
             max_message_size: cfg.proxy.max_message_size.0 as usize,
+            role: 0,
+            counters: relay::Counters::new(&self.shared.metrics),
         };
         self.adopt_config();
         loop {
@@ -399,11 +434,15 @@ impl Session {
                             one_request: !on_primary,
                             ..TxState::default()
                         };
+                        self.st.log = self.query_log();
                         self.bufs.replay.clear();
                         self.prepared.reset_queue();
                         self.restore_params();
                         if let Some(begin) = self.deferred_begin.take() {
                             // The BEGIN the client was already answered for.
+                            if let Some(log) = &self.st.log {
+                                log.client_message(b'Q', &begin);
+                            }
                             self.bufs.to_server.extend_from_slice(&begin);
                             self.st.swallow += 1;
                             self.st.status = b'T';
@@ -425,6 +464,7 @@ impl Session {
 
             let server = self.server.as_mut().expect("attached above").conn();
             opts.release_on_idle = mode == PoolMode::Transaction && self.pinned.is_none();
+            opts.role = usize::from(!self.on_primary);
             let track = (mode == PoolMode::Transaction).then_some(Track {
                 prepared: &mut self.prepared,
                 conn: &mut server.statements,
@@ -709,7 +749,8 @@ impl Session {
             tokio::select! {
                 r = self.client.read_buf(&mut self.bufs.from_client) => match r {
                     Ok(0) | Err(_) => return Ok(None),
-                    Ok(_) => {}
+                    // Between transactions the first message of the next one is read here, not in the relay.
+                    Ok(n) => self.shared.metrics.client_bytes_received_total.inc_by(n as u64),
                 },
                 _ = self.shutdown.changed() => return Err(Ended::Shutdown),
                 _ = self.registered.kill.changed() => return Err(Ended::Killed),
@@ -917,6 +958,7 @@ impl Session {
         let decision = {
             let router = self.shared.router.load();
             let view = SessionView {
+                peer: self.peer,
                 user: &self.user.name,
                 database: &self.database,
                 application_name: self.want.get("application_name").unwrap_or(""),
@@ -1124,7 +1166,14 @@ impl Session {
     async fn reply(&mut self, build: impl FnOnce(&mut BytesMut)) -> bool {
         let mut out = BytesMut::new();
         build(&mut out);
-        self.client.write_all(&out).await.is_ok()
+        let ok = self.client.write_all(&out).await.is_ok();
+        if ok {
+            self.shared
+                .metrics
+                .client_bytes_sent_total
+                .inc_by(out.len() as u64);
+        }
+        ok
     }
 
     async fn send_fatal(&mut self, code: &str, msg: &str) {

@@ -13,7 +13,10 @@
 //! transaction status, and `unsynced` notes extended-protocol messages not
 //! yet followed by a Sync.
 
+use std::time::Instant;
+
 use bytes::{Buf, BytesMut};
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -21,6 +24,7 @@ use tokio::sync::watch;
 use crate::classify;
 use crate::config::PinFeature;
 use crate::protocol::{self, HEADER_LEN};
+use crate::querylog::QueryLog;
 use crate::statements::ConnStatements;
 
 use super::effects::{self, Effects};
@@ -97,6 +101,12 @@ pub struct TxState {
     pub effects: Effects,
     /// A statement needed the client pinned to this connection.
     pub pinned: Option<PinFeature>,
+    /// SQLSTATE classes of the ErrorResponses forwarded to the client and
+    /// not yet counted (the pump counts them after each server read).
+    pub server_errors: Vec<[u8; 2]>,
+    /// `[log] log_queries`: who sends this attach's queries. `None` (the
+    /// default) costs one check per Query or Parse.
+    pub log: Option<Box<QueryLog>>,
 }
 
 impl Default for TxState {
@@ -120,6 +130,8 @@ impl Default for TxState {
             syncs_since_execute: 0,
             effects: Effects::NONE,
             pinned: None,
+            server_errors: Vec::new(),
+            log: None,
         }
     }
 }
@@ -165,6 +177,125 @@ pub struct Options {
     /// Release at the first idle point (transaction pooling).
     pub release_on_idle: bool,
     pub max_message_size: usize,
+    /// The attached server's role, as the metrics index it: 0 primary, 1 other.
+    pub role: usize,
+    pub counters: Counters,
+}
+
+/// The metrics the pump updates itself, as bytes move: a session-mode pump
+/// lasts the whole session, so counting at its end would hide a long
+/// session's traffic until it leaves. Clones of the registry's metrics.
+#[derive(Clone)]
+pub struct Counters {
+    pub client_received: IntCounter,
+    pub client_sent: IntCounter,
+    pub server_received: IntCounter,
+    pub server_sent: IntCounter,
+    /// Request durations on the primary ([0]) and other members ([1]).
+    pub query_seconds: [Histogram; 2],
+    pub server_errors: IntCounterVec,
+}
+
+impl Counters {
+    pub fn new(m: &crate::metrics::Metrics) -> Counters {
+        Counters {
+            client_received: m.client_bytes_received_total.clone(),
+            client_sent: m.client_bytes_sent_total.clone(),
+            server_received: m.server_bytes_received_total.clone(),
+            server_sent: m.server_bytes_sent_total.clone(),
+            query_seconds: m.query_seconds.clone(),
+            server_errors: m.server_errors_total.clone(),
+        }
+    }
+
+    /// Counts the errors `scan_server` noted (rare: a label lookup each).
+    fn count_server_errors(&self, st: &mut TxState) {
+        for class in st.server_errors.drain(..) {
+            let label = std::str::from_utf8(&class).unwrap_or("XX");
+            self.server_errors.with_label_values(&[label]).inc();
+        }
+    }
+}
+
+/// Requests whose send times are kept; deeper pipelines are answered untimed.
+const CLOCKED: usize = 16;
+
+/// Each request's time, from going to the server to its ReadyForQuery.
+///
+/// A request is what earns one ReadyForQuery (`TxState::pending`): a simple
+/// Query, or extended-protocol messages up to their Sync, whose clock starts
+/// at the first of them. Send times wait in a small ring, oldest first, and
+/// each ReadyForQuery takes the oldest: exact for pipelines too, and for a
+/// client that sends its next request as soon as an ErrorResponse arrives
+/// (tokio-postgres does), which timing a whole busy period at once would
+/// merge with the failed one. One `Instant::now()` per request, no
+/// allocation. A PREPARE pgkeel sends ahead of a client's EXECUTE earns a
+/// ReadyForQuery and so counts as a request of its own.
+#[derive(Default)]
+struct RequestClock {
+    ring: [Option<Instant>; CLOCKED],
+    head: usize,
+    len: usize,
+    /// Owed beyond the ring (newer than all in it): answered without a time.
+    untimed: u32,
+    /// When the extended-protocol messages not yet followed by a Sync began.
+    batch: Option<Instant>,
+}
+
+impl RequestClock {
+    fn owed(&self) -> u32 {
+        self.len as u32 + self.untimed
+    }
+
+    /// After client messages were scanned: clocks the requests sent.
+    fn sent(&mut self, st: &TxState) {
+        let owed = self.owed();
+        let mut now = None;
+        if st.pending > owed {
+            let at = self
+                .batch
+                .take()
+                .unwrap_or_else(|| *now.get_or_insert_with(Instant::now));
+            for _ in owed..st.pending {
+                if self.untimed > 0 || self.len == CLOCKED {
+                    self.untimed += 1;
+                } else {
+                    self.ring[(self.head + self.len) % CLOCKED] = Some(at);
+                    self.len += 1;
+                }
+            }
+        } else {
+            // Syncs sent into COPY FROM STDIN earn nothing: the newest go,
+            // and the request (the COPY) keeps its start.
+            for _ in st.pending..owed {
+                if self.untimed > 0 {
+                    self.untimed -= 1;
+                } else {
+                    self.len -= 1;
+                    let at = self.ring[(self.head + self.len) % CLOCKED].take();
+                    self.batch = self.batch.or(at);
+                }
+            }
+        }
+        if st.unsynced && self.batch.is_none() {
+            self.batch = Some(now.unwrap_or_else(Instant::now));
+        }
+    }
+
+    /// After server messages were scanned: times the requests answered.
+    fn answered(&mut self, st: &TxState, histogram: &Histogram) {
+        for _ in st.pending..self.owed() {
+            if self.len > 0 {
+                if let Some(at) = self.ring[self.head].take() {
+                    histogram.observe(at.elapsed().as_secs_f64());
+                }
+                self.head = (self.head + 1) % CLOCKED;
+                self.len -= 1;
+            } else {
+                self.untimed -= 1;
+            }
+        }
+    }
 }
 
 /// Transaction-mode bookkeeping for an attach: the client's prepared
@@ -331,6 +462,9 @@ pub fn scan_client(
         if matches!(typ, b'Q' | b'P') {
             let text = query_text(typ, frame);
             st.commit_in_flight |= ends_transaction(text);
+            if let Some(log) = &st.log {
+                log.client_message(typ, frame);
+            }
         }
         if st.replayable {
             if !st.responded && replayable_frame(typ) {
@@ -541,6 +675,8 @@ pub fn scan_server(
             break;
         }
         let body = &buf[pos + HEADER_LEN..pos + len];
+        // The SQLSTATE class of an ErrorResponse, counted if it reaches the client.
+        let mut error_class = None;
         match typ {
             b'Z' => {
                 st.status = body[0];
@@ -566,6 +702,9 @@ pub fn scan_server(
                     fatal = Some(msg);
                     break;
                 }
+                error_class = Some(crate::metrics::sqlstate_class(protocol::error_field(
+                    &fields, b'C',
+                )));
             }
             _ => {}
         }
@@ -590,6 +729,9 @@ pub fn scan_server(
             st.preamble += 1;
         } else {
             st.responded = true;
+            if let Some(class) = error_class {
+                st.server_errors.push(class);
+            }
         }
         pos += len;
         if let Some(t) = track.as_deref_mut() {
@@ -662,6 +804,9 @@ pub async fn pump(
     let mut terminated = false;
     // The server is gone; report it once what it sent before is delivered.
     let mut lost: Option<std::io::Error> = None;
+    let counters = &opts.counters;
+    let query_seconds = &counters.query_seconds[opts.role];
+    let mut clock = RequestClock::default();
     loop {
         if lost.is_some() && b.to_client.is_empty() {
             return Outcome::ServerLost(lost.take().expect("checked"));
@@ -672,6 +817,7 @@ pub async fn pump(
                 Ok(ClientScan::Terminate) => terminated = true,
                 Err(e) => return Outcome::ClientProtocol(e),
             }
+            clock.sent(st);
         }
         let flushed = b.to_server.is_empty() && b.to_client.is_empty() && b.from_server.is_empty();
         if terminated && b.to_server.is_empty() {
@@ -688,26 +834,32 @@ pub async fn pump(
         tokio::select! {
             r = cr.read_buf(&mut b.from_client), if b.to_server.is_empty() && !terminated && !st.request_done => match r {
                 Ok(0) | Err(_) => return Outcome::ClientGone,
-                Ok(_) => {}
+                Ok(n) => counters.client_received.inc_by(n as u64),
             },
             r = sr.read_buf(&mut b.from_server), if b.to_client.is_empty() && lost.is_none() => match r {
                 Ok(0) => return Outcome::ServerLost(std::io::ErrorKind::UnexpectedEof.into()),
                 Err(e) => return Outcome::ServerLost(e),
-                Ok(_) => match scan_server(b, st, track.as_mut()) {
-                    Ok(None) => {}
-                    Ok(Some(fatal)) => lost = Some(std::io::Error::other(format!("the server ended the connection: {fatal}"))),
-                    Err(e) => return Outcome::ServerProtocol(e),
-                },
-            },
-            r = cw.write_buf(&mut b.to_client), if !b.to_client.is_empty() => {
-                if r.is_err() {
-                    return Outcome::ClientGone;
+                Ok(n) => {
+                    counters.server_received.inc_by(n as u64);
+                    let scanned = scan_server(b, st, track.as_mut());
+                    if !st.server_errors.is_empty() {
+                        counters.count_server_errors(st);
+                    }
+                    clock.answered(st, query_seconds);
+                    match scanned {
+                        Ok(None) => {}
+                        Ok(Some(fatal)) => lost = Some(std::io::Error::other(format!("the server ended the connection: {fatal}"))),
+                        Err(e) => return Outcome::ServerProtocol(e),
+                    }
                 }
             },
-            r = sw.write_buf(&mut b.to_server), if !b.to_server.is_empty() => {
-                if let Err(e) = r {
-                    return Outcome::ServerLost(e);
-                }
+            r = cw.write_buf(&mut b.to_client), if !b.to_client.is_empty() => match r {
+                Ok(n) => counters.client_sent.inc_by(n as u64),
+                Err(_) => return Outcome::ClientGone,
+            },
+            r = sw.write_buf(&mut b.to_server), if !b.to_server.is_empty() => match r {
+                Ok(n) => counters.server_sent.inc_by(n as u64),
+                Err(e) => return Outcome::ServerLost(e),
             },
             r = shutdown.changed(), if !closing => {
                 let _ = r;
@@ -912,6 +1064,112 @@ mod tests {
         b.from_server.extend_from_slice(&err);
         assert_eq!(scan_server(&mut b, &mut st, None).unwrap(), None);
         assert_eq!(&b.to_client[..], &err[..]);
+    }
+
+    #[test]
+    fn forwarded_errors_are_noted_by_class() {
+        let mut st = TxState {
+            pending: 2,
+            ..TxState::default()
+        };
+        let mut b = Buffers::default();
+        for (severity, code) in [
+            (protocol::Severity::Error, "22012"),
+            (protocol::Severity::Error, "23505"),
+        ] {
+            let mut e = BytesMut::new();
+            protocol::put_error(&mut e, severity, code, "boom");
+            b.from_server.extend_from_slice(&e);
+            b.from_server.extend_from_slice(&msg(b'Z', b"I"));
+        }
+        scan_server(&mut b, &mut st, None).unwrap();
+        assert_eq!(st.server_errors, vec![*b"22", *b"23"]);
+        // A FATAL ends the server connection and is not forwarded: not counted.
+        let mut st = TxState {
+            pending: 1,
+            ..TxState::default()
+        };
+        let mut b = Buffers::default();
+        let mut fatal = BytesMut::new();
+        protocol::put_error(&mut fatal, protocol::Severity::Fatal, "57P01", "bye");
+        b.from_server.extend_from_slice(&fatal);
+        assert!(scan_server(&mut b, &mut st, None).unwrap().is_some());
+        assert!(st.server_errors.is_empty());
+    }
+
+    #[test]
+    fn each_request_is_timed_from_sending_to_its_ready_for_query() {
+        let histogram = Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap();
+        let mut clock = RequestClock::default();
+        let mut b = Buffers::default();
+        let mut st = TxState::default();
+        let send = |clock: &mut RequestClock, b: &mut Buffers, st: &mut TxState, req: &[u8]| {
+            b.from_client.extend_from_slice(req);
+            scan_client(b, st, 1 << 20, None).unwrap();
+            clock.sent(st);
+            b.to_server.clear();
+        };
+        let answer = |clock: &mut RequestClock, b: &mut Buffers, st: &mut TxState, resp: &[u8]| {
+            b.from_server.extend_from_slice(resp);
+            scan_server(b, st, None).unwrap();
+            clock.answered(st, &histogram);
+            b.to_client.clear();
+        };
+        let ready = msg(b'Z', b"I");
+        let query = msg(b'Q', b"SELECT 1\0");
+        send(&mut clock, &mut b, &mut st, &query);
+        assert_eq!(clock.owed(), 1);
+        answer(&mut clock, &mut b, &mut st, &ready);
+        assert_eq!(histogram.get_sample_count(), 1);
+        // Pipelined, or sent right after an error before its ReadyForQuery
+        // came: each request is timed on its own.
+        send(
+            &mut clock,
+            &mut b,
+            &mut st,
+            &[query.clone(), query.clone()].concat(),
+        );
+        answer(&mut clock, &mut b, &mut st, &ready);
+        assert_eq!(histogram.get_sample_count(), 2);
+        send(&mut clock, &mut b, &mut st, &query);
+        assert_eq!(clock.owed(), 2);
+        answer(
+            &mut clock,
+            &mut b,
+            &mut st,
+            &[ready.clone(), ready.clone()].concat(),
+        );
+        assert_eq!(histogram.get_sample_count(), 4);
+        // Extended protocol: the clock starts at the Parse, before any Sync,
+        // and a ParseComplete does not stop it.
+        send(&mut clock, &mut b, &mut st, &msg(b'P', b"\0SELECT 1\0\0\0"));
+        let parsed = clock.batch.expect("the batch is clocked");
+        assert_eq!(clock.owed(), 0);
+        answer(&mut clock, &mut b, &mut st, &msg(b'1', b""));
+        send(&mut clock, &mut b, &mut st, &msg(b'S', b""));
+        assert_eq!(clock.ring[clock.head], Some(parsed));
+        answer(&mut clock, &mut b, &mut st, &ready);
+        assert_eq!(histogram.get_sample_count(), 5);
+        // Deeper than the ring: the overflow is answered untimed, in order.
+        let many: Vec<u8> = (0..CLOCKED + 4).flat_map(|_| query.clone()).collect();
+        send(&mut clock, &mut b, &mut st, &many);
+        assert_eq!((clock.len, clock.untimed), (CLOCKED, 4));
+        let readies: Vec<u8> = (0..CLOCKED + 4).flat_map(|_| ready.clone()).collect();
+        answer(&mut clock, &mut b, &mut st, &readies);
+        assert_eq!(histogram.get_sample_count(), 5 + CLOCKED as u64);
+        assert_eq!(clock.owed(), 0);
+        // Syncs sent into COPY FROM STDIN earn nothing: forgotten.
+        send(
+            &mut clock,
+            &mut b,
+            &mut st,
+            &[msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")].concat(),
+        );
+        assert_eq!(clock.owed(), 1);
+        let executed = clock.ring[clock.head];
+        send(&mut clock, &mut b, &mut st, &msg(b'd', b"1\n"));
+        assert_eq!(clock.owed(), 0);
+        assert_eq!(clock.batch, executed, "the copy is still the request");
     }
 
     #[test]
