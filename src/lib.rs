@@ -23,7 +23,9 @@ pub mod proxy;
 pub mod querylog;
 pub mod reload;
 pub mod router;
+pub mod scrape;
 pub mod session;
+pub mod shared;
 pub mod statements;
 pub mod topology;
 

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::config::ListenerRoute;
 use crate::protocol::{self, sqlstate, Severity};
-use crate::proxy::Shared;
+use crate::shared::Shared;
 
 type Accepted = (TcpStream, std::net::SocketAddr, ListenerRoute);
 

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::config::NotifyConfig;
+use crate::config::{parse_http_url, NotifyConfig};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Event {
@@ -45,19 +45,6 @@ impl Event {
     }
 }
 
-/// Host, port and path of an `http://` URL.
-pub fn parse_http_url(url: &str) -> Option<(String, u16, String)> {
-    let rest = url.strip_prefix("http://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().ok()?),
-        None => (authority, 80),
-    };
-    (!host.is_empty()).then(|| (host.to_owned(), port, path.to_owned()))
-}
 
 /// Starts the notifier; events sent to the returned channel reach the hooks.
 pub fn spawn(hooks: Vec<NotifyConfig>) -> mpsc::Sender<Event> {

@@ -2,9 +2,8 @@
 //! background tasks. One `Proxy` is one independent instance: nothing here is
 //! global, so tests run several side by side in one process.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -12,100 +11,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::scram::ScramKeys;
-use crate::auth::Secret;
-use crate::backend::ServerCredentials;
 use crate::cancel::CancelRegistry;
-use crate::config::{Config, ListenerRoute, User};
+use crate::config::{Config, ListenerRoute};
 use crate::metrics::Metrics;
-use crate::pool::{Pool, PoolKey, PoolSettings, Pools};
-use crate::topology::{self, Member, TopologyHandle};
-
-/// State every session and background task shares.
-pub struct Shared {
-    pub config: ArcSwap<Config>,
-    pub topology: Arc<TopologyHandle>,
-    pub pools: Pools,
-    pub cancels: Arc<CancelRegistry>,
-    pub metrics: Metrics,
-    pub shutdown: watch::Receiver<bool>,
-    /// Routing built from the current config; swapped with it on reload.
-    pub router: ArcSwap<crate::router::Router>,
-    /// Bumped by every reload, so sessions notice cheaply.
-    pub config_version: std::sync::atomic::AtomicU64,
-    /// Version, file hash and last reload error, for /status.
-    pub config_info: ArcSwap<crate::reload::ConfigInfo>,
-    /// Connected clients (SHOW CLIENTS, KILL).
-    pub clients: Arc<crate::clients::ClientRegistry>,
-    /// PAUSE / RESUME.
-    pub pause: crate::clients::Pause,
-    /// SCRAM keys recovered from client logins, per user, for users whose
-    /// server password pgkeel does not know.
-    scram_keys: Mutex<HashMap<String, ScramKeys>>,
-    /// Named prepared statements of all clients, by content.
-    pub statements: Arc<crate::statements::StatementCache>,
-}
-
-impl Shared {
-    pub fn remember_scram_keys(&self, user: &str, keys: ScramKeys) {
-        self.scram_keys
-            .lock()
-            .expect("scram keys poisoned")
-            .insert(user.to_owned(), keys);
-    }
-
-    /// Pool settings for `user` under `cfg`.
-    pub fn pool_settings(&self, cfg: &Config, user: &User) -> PoolSettings {
-        PoolSettings {
-            size: user.pool_size,
-            min_size: cfg.proxy.min_pool_size.min(user.pool_size),
-            connect_timeout: cfg.proxy.connect_timeout.0,
-            idle_timeout: cfg.proxy.server_idle_timeout.0,
-            lifetime: cfg.proxy.server_lifetime.0,
-        }
-    }
-
-    pub fn credentials(&self, user: &User) -> ServerCredentials {
-        ServerCredentials {
-            user: user.server_user.clone(),
-            password: user.server_password.clone(),
-            md5_hash: match &user.secret {
-                Secret::Md5(h) if user.server_user == user.name => Some(h.clone()),
-                _ => None,
-            },
-            scram_keys: self
-                .scram_keys
-                .lock()
-                .expect("scram keys poisoned")
-                .get(&user.name)
-                .cloned(),
-        }
-    }
-
-    /// The pool for `user` on `database` at `member`.
-    pub fn pool_for(&self, member: &Member, database: &str, user: &User) -> Arc<Pool> {
-        let key = PoolKey {
-            host: member.host.clone(),
-            port: member.port,
-            database: database.to_owned(),
-            user: user.name.clone(),
-        };
-        let pool = self.pools.get_or_create(key, |key| {
-            // The user as configured now (a reload may have changed it).
-            let cfg = self.config.load();
-            let user = cfg.user(&user.name).unwrap_or(user);
-            let settings = self.pool_settings(&cfg, user);
-            Pool::new(key, settings, self.credentials(user), self.metrics.clone())
-        });
-        if user.server_password.is_none() {
-            let creds = self.credentials(user);
-            if creds.scram_keys.is_some() && pool.credentials().scram_keys != creds.scram_keys {
-                pool.set_credentials(creds);
-            }
-        }
-        pool
-    }
-}
+use crate::pool::Pools;
+use crate::shared::{ConfigInfo, Shared};
+use crate::topology::{self, TopologyHandle};
 
 pub struct Proxy;
 
@@ -167,7 +78,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             router: ArcSwap::from_pointee(crate::router::Router::new(&config)),
             config_version: std::sync::atomic::AtomicU64::new(1),
-            config_info: ArcSwap::from_pointee(crate::reload::ConfigInfo {
+            config_info: ArcSwap::from_pointee(ConfigInfo {
                 version: 1,
                 ..Default::default()
             }),
@@ -177,7 +88,7 @@ impl Proxy {
             cancels: Arc::new(CancelRegistry::default()),
             metrics,
             shutdown: shutdown_rx.clone(),
-            scram_keys: Mutex::new(HashMap::new()),
+            scram_keys: Default::default(),
             statements: Arc::default(),
             clients: Arc::default(),
             pause: crate::clients::Pause::default(),
@@ -185,7 +96,7 @@ impl Proxy {
         shared
             .metrics
             .registry
-            .register(Box::new(crate::metrics::ScrapeCollector::new(
+            .register(Box::new(crate::scrape::ScrapeCollector::new(
                 Arc::downgrade(&shared),
             )))
             .expect("scrape collector registers once");

@@ -18,22 +18,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, ConfigError};
-use crate::proxy::Shared;
+use crate::shared::{ConfigInfo, Shared};
 
-/// What /status says about the configuration.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ConfigInfo {
-    /// Bumped by every successful reload (1 at start).
-    pub version: u64,
-    pub path: Option<String>,
-    /// SHA-256 of the file last loaded.
-    pub sha256: Option<String>,
-    /// Seconds since the Unix epoch.
-    pub loaded_at: f64,
-    pub last_error: Option<String>,
-    /// Changed keys that keep their running value until a restart.
-    pub pending_restart: Vec<String>,
-}
 
 fn now() -> f64 {
     SystemTime::now()

@@ -20,55 +20,12 @@ use std::time::Duration;
 use regex::bytes::{Regex, RegexBuilder};
 
 use crate::classify::{self, FunctionPolicy, Hint, Kind};
+pub use crate::config::Why;
 use crate::config::{Balance, Config, Fallback, ListenerRoute, PoolMode, Route, RoutingConfig};
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::topology::{Member, MemberState, Topology};
 
-/// `[[query_rules]]` supported (their pattern hits are cached as a bit set).
-pub const MAX_RULES: usize = 128;
-
-/// Why a route was chosen (the `reason` label of `pgkeel_routed_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why {
-    Listener,
-    SessionMode,
-    SplitOff,
-    Hint,
-    Rule,
-    Read,
-    Write,
-    ReadOnlyTransaction,
-    Transaction,
-}
-
-impl Why {
-    pub const ALL: [Why; 9] = [
-        Why::Listener,
-        Why::SessionMode,
-        Why::SplitOff,
-        Why::Hint,
-        Why::Rule,
-        Why::Read,
-        Why::Write,
-        Why::ReadOnlyTransaction,
-        Why::Transaction,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Why::Listener => "listener",
-            Why::SessionMode => "session_mode",
-            Why::SplitOff => "split_off",
-            Why::Hint => "hint",
-            Why::Rule => "rule",
-            Why::Read => "read",
-            Why::Write => "write",
-            Why::ReadOnlyTransaction => "read_only_transaction",
-            Why::Transaction => "transaction",
-        }
-    }
-}
 
 /// What to do with the request at the head of a client's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -99,7 +99,7 @@ struct Watch {
     stop: AtomicBool,
 }
 
-async fn sample(watch: Arc<Watch>, proxy: Option<Arc<pgkeel::proxy::Shared>>, name: String) {
+async fn sample(watch: Arc<Watch>, proxy: Option<Arc<pgkeel::shared::Shared>>, name: String) {
     let pg = common::shared_pg();
     let su = common::pg_client(pg.port, "postgres", "postgres", "postgres").await;
     let count = su

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::clients::{ClientSpec, ClientState, Registered};
 use crate::config::ListenerRoute;
 use crate::protocol::{self, sqlstate, Severity};
-use crate::proxy::Shared;
+use crate::shared::Shared;
 use crate::session::startup::AdminLogin;
 
 /// Console queries are short; anything longer is not one of its commands.

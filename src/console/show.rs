@@ -13,7 +13,7 @@ use super::{boolean, num, text, time, ResultSet, Type};
 use crate::clients::ClientState;
 use crate::config::{Config, PoolMode};
 use crate::pool::{Pool, PoolKey};
-use crate::proxy::Shared;
+use crate::shared::Shared;
 use crate::topology::{Role, Topology};
 
 fn pool_mode(m: PoolMode) -> &'static str {

@@ -26,7 +26,7 @@ use crate::clients::{ClientState, Registered};
 use crate::config::{ListenerRoute, PinFeature, PoolMode, Route, User};
 use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::{self, sqlstate, Severity};
-use crate::proxy::Shared;
+use crate::shared::Shared;
 use crate::querylog::QueryLog;
 use crate::router::{Decision, Picked, SessionView};
 use crate::topology::Member;

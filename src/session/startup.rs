@@ -18,7 +18,7 @@ use crate::cancel::Registration;
 use crate::config::{AuthMethod, Config, User};
 use crate::pool::PoolError;
 use crate::protocol::{self, sqlstate};
-use crate::proxy::Shared;
+use crate::shared::Shared;
 
 /// A client that logged in.
 pub struct Login {
