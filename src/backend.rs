@@ -69,7 +69,7 @@ pub struct ServerConn {
     /// ParameterStatus values the server sent at startup.
     pub params: Vec<(String, String)>,
     /// The tracked session parameters this connection has now.
-    pub state: crate::session::params::Params,
+    pub state: crate::params::Params,
     /// Prepared statements pgkeel made on this connection.
     pub statements: crate::statements::ConnStatements,
     pub created: Instant,
@@ -239,7 +239,7 @@ impl ServerConn {
             stream,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key: Arc::new(key),
-            state: crate::session::params::Params::from_pairs(
+            state: crate::params::Params::from_pairs(
                 params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             ),
             params,

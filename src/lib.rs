@@ -17,6 +17,7 @@ pub mod console;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod params;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

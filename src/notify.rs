@@ -45,7 +45,6 @@ impl Event {
     }
 }
 
-
 /// Starts the notifier; events sent to the returned channel reach the hooks.
 pub fn spawn(hooks: Vec<NotifyConfig>) -> mpsc::Sender<Event> {
     let (tx, mut rx) = mpsc::channel::<Event>(64);

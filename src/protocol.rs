@@ -166,6 +166,14 @@ pub fn get_cstr(buf: &mut &[u8]) -> Option<String> {
     Some(s)
 }
 
+/// The statement name of a Bind frame (`""`: the unnamed statement).
+pub fn bind_statement_name(frame: &[u8]) -> Option<&[u8]> {
+    let body = frame.get(HEADER_LEN..)?;
+    let portal_end = memchr::memchr(0, body)?;
+    let rest = &body[portal_end + 1..];
+    memchr::memchr(0, rest).map(|end| &rest[..end])
+}
+
 /// Parses the fields of an ErrorResponse or NoticeResponse body.
 pub fn parse_error_fields(mut body: &[u8]) -> Vec<(u8, String)> {
     let mut fields = Vec::new();

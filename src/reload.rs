@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{Config, ConfigError};
 use crate::shared::{ConfigInfo, Shared};
 
-
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -26,7 +26,6 @@ use crate::metrics::Metrics;
 use crate::protocol;
 use crate::topology::{Member, MemberState, Topology};
 
-
 /// What to do with the request at the head of a client's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -58,7 +57,13 @@ pub struct SessionView<'a> {
     pub deferred_begin: bool,
     /// The client's named prepared statements (transaction mode), so a
     /// Bind of one routes by its text.
-    pub statements: Option<&'a crate::session::prepared::Prepared>,
+    pub statements: Option<&'a dyn NamedStatements>,
+}
+
+/// The texts of a client's named prepared statements, by the client's own
+/// names. The session's statement map implements it; the router only reads.
+pub trait NamedStatements {
+    fn query_of(&self, name: &[u8]) -> Option<&[u8]>;
 }
 
 struct Rule {
@@ -202,7 +207,7 @@ impl Router {
                     parsed_here |= typ == b'P';
                     Some(protocol::query_text(typ, frame))
                 }
-                b'B' => match crate::session::prepared::bound_name(frame) {
+                b'B' => match protocol::bind_statement_name(frame) {
                     // A statement of the client's: routed by its text.
                     Some(name) if !name.is_empty() => s.statements.and_then(|p| p.query_of(name)),
                     // The unnamed statement parsed in this request.
@@ -461,15 +466,14 @@ mod tests {
         );
         assert_eq!(decide(&r, &s, &q("BEGIN")), Decision::DeferBegin);
         // A Bind of a named statement routes by the statement's text.
-        let mut prepared = crate::session::prepared::Prepared::new(Default::default());
-        let mut conn = crate::statements::ConnStatements::default();
-        for (name, sql) in [("r", "SELECT 1"), ("w", "DELETE FROM t")] {
-            let body = format!("{name}\0{sql}\0\0\0");
-            let mut parse = vec![b'P'];
-            parse.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-            parse.extend_from_slice(body.as_bytes());
-            prepared.client_message(b'P', &parse, &mut conn, &mut bytes::BytesMut::new());
+        struct Named(Vec<(&'static str, &'static str)>);
+        impl NamedStatements for Named {
+            fn query_of(&self, name: &[u8]) -> Option<&[u8]> {
+                let found = self.0.iter().find(|(n, _)| n.as_bytes() == name);
+                found.map(|(_, sql)| sql.as_bytes())
+            }
         }
+        let prepared = Named(vec![("r", "SELECT 1"), ("w", "DELETE FROM t")]);
         let bind = |name: &str| {
             let body = format!("\0{name}\0\0\0\0\0\0\0");
             let mut f = vec![b'B'];

@@ -144,4 +144,3 @@ impl Collector for ScrapeCollector {
         out
     }
 }
-

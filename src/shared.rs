@@ -103,7 +103,6 @@ impl Shared {
     }
 }
 
-
 /// What /status says about the configuration.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ConfigInfo {

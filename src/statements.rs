@@ -24,7 +24,7 @@ pub struct Statement {
     pub body: Bytes,
     /// What running it does to the session (SET, LISTEN...), so a Bind of
     /// it counts like its text.
-    pub effects: crate::session::effects::Effects,
+    pub effects: crate::classify::effects::Effects,
 }
 
 /// All statements known, by content. Touched only when a client sends a
@@ -52,7 +52,7 @@ impl StatementCache {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let text = &body[..memchr::memchr(0, body).unwrap_or(body.len())];
-        let effects = crate::session::effects::scan(text);
+        let effects = crate::classify::effects::scan(text);
         let body = Bytes::copy_from_slice(body);
         let s = Arc::new(Statement {
             effects,

@@ -13,6 +13,7 @@
 //! statement's normalized text (`normalize.rs`: literals and comments out),
 //! and this module stays free of caching.
 
+pub mod effects;
 mod normalize;
 
 use std::collections::HashSet;

@@ -98,8 +98,8 @@ pub enum LogFormat {
     Json,
 }
 
-mod values;
 mod validate;
+mod values;
 
 use validate::{toml_error, validate};
 
@@ -610,4 +610,3 @@ impl Config {
         }
     }
 }
-

@@ -25,8 +25,8 @@ use tokio::sync::watch;
 use crate::clients::{ClientSpec, ClientState, Registered};
 use crate::config::ListenerRoute;
 use crate::protocol::{self, sqlstate, Severity};
-use crate::shared::Shared;
 use crate::session::startup::AdminLogin;
+use crate::shared::Shared;
 
 /// Console queries are short; anything longer is not one of its commands.
 const MAX_MESSAGE: usize = 64 << 10;

@@ -5,8 +5,6 @@
 //! for a connection, then the relay pumps until the server is idle again.
 //! Session mode keeps the connection until the client leaves.
 
-pub mod effects;
-pub mod params;
 pub mod prepared;
 pub mod relay;
 pub mod startup;
@@ -21,16 +19,17 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::backend::{self, BackendError};
+use crate::classify::effects::Effects;
 use crate::classify::Kind;
 use crate::clients::{ClientState, Registered};
 use crate::config::{ListenerRoute, PinFeature, PoolMode, Route, User};
+use crate::params;
 use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::{self, sqlstate, Severity};
-use crate::shared::Shared;
 use crate::querylog::QueryLog;
 use crate::router::{Decision, Picked, SessionView};
+use crate::shared::Shared;
 use crate::topology::Member;
-use effects::Effects;
 use prepared::Prepared;
 use relay::{Buffers, Outcome, Track, TxState};
 use startup::{Handshake, Login};
@@ -966,7 +965,9 @@ impl Session {
                 pool_mode: self.user.pool_mode,
                 default_read_only: self.default_read_only,
                 deferred_begin: self.deferred_begin.is_some(),
-                statements: Some(&self.prepared).filter(|p| p.enabled),
+                statements: Some(&self.prepared)
+                    .filter(|p| p.enabled)
+                    .map(|p| p as &dyn crate::router::NamedStatements),
             };
             router.decide(
                 &view,

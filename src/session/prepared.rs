@@ -300,7 +300,7 @@ impl Prepared {
 
     /// The session effects of the statement a Bind runs (none if unnamed
     /// or unknown: an unnamed statement's Parse was scanned itself).
-    pub fn bind_effects(&self, frame: &[u8]) -> crate::session::effects::Effects {
+    pub fn bind_effects(&self, frame: &[u8]) -> crate::classify::effects::Effects {
         if !self.names_have_effects {
             // Spares the usual Bind a second name lookup.
             return Default::default();
@@ -669,8 +669,13 @@ impl Prepared {
 
 /// The statement name in a Bind frame (`None` if malformed).
 pub fn bound_name(frame: &[u8]) -> Option<&[u8]> {
-    let (_, rest) = cstr(frame.get(HEADER_LEN..)?)?;
-    cstr(rest).map(|(name, _)| name)
+    protocol::bind_statement_name(frame)
+}
+
+impl crate::router::NamedStatements for Prepared {
+    fn query_of(&self, name: &[u8]) -> Option<&[u8]> {
+        Prepared::query_of(self, name)
+    }
 }
 
 fn trim_end(s: &[u8]) -> &[u8] {

@@ -27,8 +27,8 @@ use crate::protocol::{self, HEADER_LEN};
 use crate::querylog::QueryLog;
 use crate::statements::ConnStatements;
 
-use super::effects::{self, Effects};
 use super::prepared::{Prepared, Verdict};
+use crate::classify::effects::{self, Effects};
 
 /// Read granularity: large enough that a big result moves in few syscalls.
 const READ_CHUNK: usize = 32 * 1024;

@@ -30,7 +30,7 @@ pub struct Login {
     pub pending: BytesMut,
     /// The session parameters the client wants (server defaults, overridden
     /// by its startup packet).
-    pub want: crate::session::params::Params,
+    pub want: crate::params::Params,
 }
 
 /// A login to the admin console database (`[admin] database`).
@@ -270,7 +270,7 @@ pub async fn handshake(
     let mut server_params = welcome_params(shared, cfg, &database, &user).await?;
     // What the client asked for at startup wins over the server's defaults;
     // the first server it gets is SET to match.
-    let mut want = crate::session::params::Params::from_pairs(
+    let mut want = crate::params::Params::from_pairs(
         server_params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
     for (k, v) in &params {
