@@ -218,8 +218,9 @@ for line in open(sys.argv[1]):
 def med(vals):
     nums = [float(v) for v in vals if v not in ("-", "failed", "n/a")]
     return statistics.median(nums) if nums else None
-print("| workload | target | tps | avg latency ms | proxy CPU µs/txn | tps vs PgBouncer | tps vs direct |")
-print("|---|---|---:|---:|---:|---:|---:|")
+prev = any("pgkeel-previous" in t for t in rows.values())
+print("| workload | target | tps | avg latency ms | proxy CPU µs/txn | tps vs PgBouncer | tps vs direct |" + (" tps vs previous |" if prev else ""))
+print("|---|---|---:|---:|---:|---:|---:|" + ("---:|" if prev else ""))
 for w, targets in rows.items():
     base = {t: med([r[0] for r in runs]) for t, runs in targets.items()}
     for t, runs in targets.items():
@@ -227,7 +228,7 @@ for w, targets in rows.items():
         status = runs[0][0] if tps is None else None
         f = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"
         ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}"
-        print(f"| {w} | {t} | {status or f(tps)} | {f(lat, 3)} | {f(cpu, 1)} | {ratio(tps, base.get('pgbouncer'))} | {ratio(tps, base.get('direct'))} |")
+        print(f"| {w} | {t} | {status or f(tps)} | {f(lat, 3)} | {f(cpu, 1)} | {ratio(tps, base.get('pgbouncer'))} | {ratio(tps, base.get('direct'))} |" + (f" {ratio(tps, base.get('pgkeel-previous'))} |" if prev else ""))
 PY
 } > "$OUT"
 section "results ($OUT)"
