@@ -12,7 +12,10 @@
 # PGBOUNCER (the pgbouncer binary; Debian's 1.18 cannot do -M prepared in
 # transaction mode, so the prepared workloads need one >= 1.21, e.g. built
 # from its repository: see benches/results/prepared.md),
-# OUT (benches/results/latest.md), SKIP_BUILD=1, KEEP=1 (keep the work dir).
+# OUT (benches/results/latest.md), SKIP_BUILD=1, KEEP=1 (keep the work dir),
+# PGKEEL_BIN (target/release/pgkeel), BASELINE (another pgkeel binary, e.g.
+# built from an earlier commit: adds a "pgkeel-baseline" target, split on,
+# to the same interleaved rounds, to measure a change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -27,6 +30,8 @@ PG_PORT=${PG_PORT:-55432}
 BOUNCER_PORT=${BOUNCER_PORT:-56432}
 PGKEEL_PORT=${PGKEEL_PORT:-56433}
 PGKEEL_NOSPLIT_PORT=${PGKEEL_NOSPLIT_PORT:-56434}
+PGKEEL_BASELINE_PORT=${PGKEEL_BASELINE_PORT:-56435}
+PGKEEL_BIN=${PGKEEL_BIN:-target/release/pgkeel}
 ALL_WORKLOADS="select-simple select-extended select-prepared tpcb tpcb-prepared connect-per-txn single-client"
 WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS}
 
@@ -89,8 +94,8 @@ PIDS+=("$BOUNCER_PID")
 # Two pgkeel instances: as shipped (read/write split on: every statement is
 # classified, and with no replica here reads fall back to the primary), and
 # with read_write_split = false, so the difference is the split's cost.
-start_pgkeel_bench() { # name port split -> sets PID_<name>
-    local name=$1 port=$2 split=$3
+start_pgkeel_bench() { # name port split [binary] -> sets PID_<name>
+    local name=$1 port=$2 split=$3 bin=${4:-$PGKEEL_BIN}
     cat > "$WORK/$name.toml" <<TOML
 [proxy]
 listen = "127.0.0.1:$port"
@@ -114,8 +119,8 @@ host = "127.0.0.1"
 port = $PG_PORT
 TOML
     local pid=""
-    if [ -x target/release/pgkeel ]; then
-        target/release/pgkeel --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+    if [ -x "$bin" ]; then
+        "$bin" --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
         pid=$!
         PIDS+=("$pid")
         TIMEOUT=20 wait_for pg_isready -h 127.0.0.1 -p "$port" || { echo "$name did not start: see $WORK/$name.log"; pid=""; }
@@ -127,6 +132,11 @@ TOML
 section "pgkeel on 127.0.0.1:$PGKEEL_PORT (split on) and :$PGKEEL_NOSPLIT_PORT (split off)"
 start_pgkeel_bench pgkeel "$PGKEEL_PORT" true
 start_pgkeel_bench pgkeel-nosplit "$PGKEEL_NOSPLIT_PORT" false
+TARGETS=(direct pgbouncer pgkeel pgkeel-nosplit)
+if [ -n "${BASELINE:-}" ]; then
+    start_pgkeel_bench pgkeel-baseline "$PGKEEL_BASELINE_PORT" true "$BASELINE"
+    TARGETS+=(pgkeel-baseline)
+fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
@@ -172,19 +182,19 @@ run_one() { # workload target port pid
     echo "  $w $t: tps $tps, latency $lat ms, proxy CPU $per us/txn"
 }
 
-TARGETS=(direct pgbouncer pgkeel pgkeel-nosplit)
 for w in $WORKLOADS; do
     section "$w ($(args_for "$w"), ${DURATION}s x $ROUNDS rounds)"
     for r in $(seq 1 "$ROUNDS"); do
         # Rotate the order each round so no target always runs first.
-        for i in 0 1 2 3; do
-            t=${TARGETS[$(( (i + r - 1) % 4 ))]}
+        for i in "${!TARGETS[@]}"; do
+            t=${TARGETS[$(( (i + r - 1) % ${#TARGETS[@]} ))]}
             case $t in
                 direct) run_one "$w" direct "$PG_PORT" "" ;;
                 pgbouncer) run_one "$w" pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" ;;
-                pgkeel|pgkeel-nosplit)
+                pgkeel|pgkeel-nosplit|pgkeel-baseline)
                     local_pid=PID_${t//-/_}
                     port=$PGKEEL_PORT; [ "$t" = pgkeel-nosplit ] && port=$PGKEEL_NOSPLIT_PORT
+                    [ "$t" = pgkeel-baseline ] && port=$PGKEEL_BASELINE_PORT
                     if [ -n "${!local_pid}" ]; then run_one "$w" "$t" "$port" "${!local_pid}"
                     else printf '%s\t%s\tn/a\t-\t-\n' "$w" "$t" >> "$RAW"; fi ;;
             esac
