@@ -13,8 +13,9 @@
 # transaction mode, so the prepared workloads need one >= 1.21, e.g. built
 # from its repository: see benches/results/prepared.md),
 # OUT (benches/results/latest.md), SKIP_BUILD=1, KEEP=1 (keep the work dir),
-# PREVIOUS (another pgkeel binary, e.g. the previous main's, run as the
-# extra target pgkeel-previous, split on, in the same interleaved rounds).
+# PGKEEL_BIN (target/release/pgkeel), BASELINE (another pgkeel binary, e.g.
+# built from an earlier commit: adds a "pgkeel-baseline" target, split on,
+# to the same interleaved rounds, to measure a change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -29,7 +30,8 @@ PG_PORT=${PG_PORT:-55432}
 BOUNCER_PORT=${BOUNCER_PORT:-56432}
 PGKEEL_PORT=${PGKEEL_PORT:-56433}
 PGKEEL_NOSPLIT_PORT=${PGKEEL_NOSPLIT_PORT:-56434}
-PGKEEL_PREVIOUS_PORT=${PGKEEL_PREVIOUS_PORT:-56435}
+PGKEEL_BASELINE_PORT=${PGKEEL_BASELINE_PORT:-56435}
+PGKEEL_BIN=${PGKEEL_BIN:-target/release/pgkeel}
 ALL_WORKLOADS="select-simple select-extended select-prepared tpcb tpcb-prepared connect-per-txn single-client"
 WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS}
 
@@ -93,7 +95,7 @@ PIDS+=("$BOUNCER_PID")
 # classified, and with no replica here reads fall back to the primary), and
 # with read_write_split = false, so the difference is the split's cost.
 start_pgkeel_bench() { # name port split [binary] -> sets PID_<name>
-    local name=$1 port=$2 split=$3 bin=${4:-target/release/pgkeel}
+    local name=$1 port=$2 split=$3 bin=${4:-$PGKEEL_BIN}
     cat > "$WORK/$name.toml" <<TOML
 [proxy]
 listen = "127.0.0.1:$port"
@@ -131,9 +133,9 @@ section "pgkeel on 127.0.0.1:$PGKEEL_PORT (split on) and :$PGKEEL_NOSPLIT_PORT (
 start_pgkeel_bench pgkeel "$PGKEEL_PORT" true
 start_pgkeel_bench pgkeel-nosplit "$PGKEEL_NOSPLIT_PORT" false
 TARGETS=(direct pgbouncer pgkeel pgkeel-nosplit)
-if [ -n "${PREVIOUS:-}" ]; then
-    start_pgkeel_bench pgkeel-previous "$PGKEEL_PREVIOUS_PORT" true "$PREVIOUS"
-    TARGETS+=(pgkeel-previous)
+if [ -n "${BASELINE:-}" ]; then
+    start_pgkeel_bench pgkeel-baseline "$PGKEEL_BASELINE_PORT" true "$BASELINE"
+    TARGETS+=(pgkeel-baseline)
 fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -189,11 +191,10 @@ for w in $WORKLOADS; do
             case $t in
                 direct) run_one "$w" direct "$PG_PORT" "" ;;
                 pgbouncer) run_one "$w" pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" ;;
-                pgkeel|pgkeel-nosplit|pgkeel-previous)
+                pgkeel|pgkeel-nosplit|pgkeel-baseline)
                     local_pid=PID_${t//-/_}
-                    port=$PGKEEL_PORT
-                    [ "$t" = pgkeel-nosplit ] && port=$PGKEEL_NOSPLIT_PORT
-                    [ "$t" = pgkeel-previous ] && port=$PGKEEL_PREVIOUS_PORT
+                    port=$PGKEEL_PORT; [ "$t" = pgkeel-nosplit ] && port=$PGKEEL_NOSPLIT_PORT
+                    [ "$t" = pgkeel-baseline ] && port=$PGKEEL_BASELINE_PORT
                     if [ -n "${!local_pid}" ]; then run_one "$w" "$t" "$port" "${!local_pid}"
                     else printf '%s\t%s\tn/a\t-\t-\n' "$w" "$t" >> "$RAW"; fi ;;
             esac
@@ -218,9 +219,9 @@ for line in open(sys.argv[1]):
 def med(vals):
     nums = [float(v) for v in vals if v not in ("-", "failed", "n/a")]
     return statistics.median(nums) if nums else None
-prev = any("pgkeel-previous" in t for t in rows.values())
-print("| workload | target | tps | avg latency ms | proxy CPU µs/txn | tps vs PgBouncer | tps vs direct |" + (" tps vs previous |" if prev else ""))
-print("|---|---|---:|---:|---:|---:|---:|" + ("---:|" if prev else ""))
+base_col = any("pgkeel-baseline" in t for t in rows.values())
+print("| workload | target | tps | avg latency ms | proxy CPU µs/txn | tps vs PgBouncer | tps vs direct |" + (" tps vs baseline |" if base_col else ""))
+print("|---|---|---:|---:|---:|---:|---:|" + ("---:|" if base_col else ""))
 for w, targets in rows.items():
     base = {t: med([r[0] for r in runs]) for t, runs in targets.items()}
     for t, runs in targets.items():
@@ -228,7 +229,7 @@ for w, targets in rows.items():
         status = runs[0][0] if tps is None else None
         f = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"
         ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}"
-        print(f"| {w} | {t} | {status or f(tps)} | {f(lat, 3)} | {f(cpu, 1)} | {ratio(tps, base.get('pgbouncer'))} | {ratio(tps, base.get('direct'))} |" + (f" {ratio(tps, base.get('pgkeel-previous'))} |" if prev else ""))
+        print(f"| {w} | {t} | {status or f(tps)} | {f(lat, 3)} | {f(cpu, 1)} | {ratio(tps, base.get('pgbouncer'))} | {ratio(tps, base.get('direct'))} |" + (f" {ratio(tps, base.get('pgkeel-baseline'))} |" if base_col else ""))
 PY
 } > "$OUT"
 section "results ($OUT)"

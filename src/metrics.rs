@@ -63,6 +63,8 @@ pub struct Metrics {
     pub failovers_total: IntCounterVec,
     pub held_clients: IntGauge,
     pub hold_seconds: Histogram,
+    pub suspicions_total: IntCounterVec,
+    pub suspicion_hold_delay_seconds: Histogram,
     pub primary_unavailable_seconds_total: Counter,
     pub retried_statements_total: IntCounter,
     pub failover_errors_total: IntCounterVec,
@@ -370,6 +372,22 @@ impl Metrics {
                 ]),
             )
             .unwrap(),
+            suspicions_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_suspicions_total",
+                    "Members suspected after a server connection ended unexpectedly, by result: raised, cleared (answered a probe), confirmed (down)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            suspicion_hold_delay_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pgkeel_suspicion_hold_delay_seconds",
+                    "From a server connection's unexpected end to its member held out of routing",
+                )
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5]),
+            )
+            .unwrap(),
             primary_unavailable_seconds_total: Counter::new(
                 "pgkeel_primary_unavailable_seconds_total",
                 "Seconds without a usable primary",
@@ -501,6 +519,12 @@ impl Metrics {
         r.register(Box::new(m.failovers_total.clone())).unwrap();
         r.register(Box::new(m.held_clients.clone())).unwrap();
         r.register(Box::new(m.hold_seconds.clone())).unwrap();
+        r.register(Box::new(m.suspicions_total.clone())).unwrap();
+        for result in ["raised", "cleared", "confirmed"] {
+            m.suspicions_total.with_label_values(&[result]);
+        }
+        r.register(Box::new(m.suspicion_hold_delay_seconds.clone()))
+            .unwrap();
         r.register(Box::new(m.primary_unavailable_seconds_total.clone()))
             .unwrap();
         r.register(Box::new(m.retried_statements_total.clone()))

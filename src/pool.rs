@@ -20,7 +20,8 @@ use crate::metrics::Metrics;
 /// ParameterStatus (name, value) pairs a server sent at startup.
 pub type ServerParams = Vec<(String, String)>;
 
-/// Idle time after which a checkout probes the connection before lending it.
+/// Idle time after which the admin console calls an idle connection
+/// `used` (PgBouncer's sv_used). Every checkout probes the socket anyway.
 const STALE_CHECK_AFTER: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -255,8 +256,8 @@ impl Pool {
             .collect()
     }
 
-    /// Idle connections a checkout would probe before lending (idle for
-    /// `STALE_CHECK_AFTER` or more): PgBouncer's `sv_used`.
+    /// Idle connections idle for `STALE_CHECK_AFTER` or more: PgBouncer's
+    /// `sv_used`.
     pub fn needs_check(idle_for: Duration) -> bool {
         idle_for >= STALE_CHECK_AFTER
     }
@@ -300,11 +301,11 @@ impl Pool {
                 break;
             };
             let idle_for = conn.last_used.elapsed();
-            // The staleness probe costs a syscall; a connection back in the
-            // pool for under STALE_CHECK_AFTER was fine a moment ago.
+            // Whatever its idle time: a server that crashed a millisecond
+            // ago has closed every idle connection to it.
             if conn.created.elapsed() >= s.lifetime
                 || idle_for >= s.idle_timeout
-                || (idle_for >= STALE_CHECK_AFTER && conn.is_stale())
+                || !quiet(&conn.stream)
             {
                 self.closed(conn);
                 continue;
@@ -396,6 +397,19 @@ impl Pool {
     }
 }
 
+/// The socket has nothing to read and is not closed: the server neither
+/// ended the connection nor sent anything unasked. One non-blocking
+/// `recv(MSG_PEEK)`, asked of the kernel itself: the runtime's readiness
+/// flags lag a close by up to a reactor turn.
+fn quiet(stream: &tokio::net::TcpStream) -> bool {
+    let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // The runtime's sockets are non-blocking, so the peek never waits.
+    matches!(
+        socket2::SockRef::from(stream).peek(&mut b),
+        Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
+}
+
 /// All pools. Looked up once per client login and cached by the session.
 #[derive(Default)]
 pub struct Pools {
@@ -481,5 +495,46 @@ impl Pools {
             .values()
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (theirs, _) = l.accept().await.unwrap();
+        (ours, theirs)
+    }
+
+    /// Until the peer's close or bytes reach this socket (the kernel's
+    /// loopback delivery is not instantaneous), then what the peek says.
+    async fn quiet_once_delivered(s: &TcpStream) -> bool {
+        s.readable().await.unwrap();
+        quiet(s)
+    }
+
+    #[tokio::test]
+    async fn checkout_probe_sees_what_the_server_did() {
+        let (ours, _theirs) = pair().await;
+        assert!(quiet(&ours), "an open, silent connection may be lent");
+        assert!(quiet(&ours), "the peek consumes nothing");
+
+        let (ours, theirs) = pair().await;
+        drop(theirs);
+        assert!(!quiet_once_delivered(&ours).await, "the server closed it");
+
+        let (ours, mut theirs) = pair().await;
+        // Like a FATAL sent before the server process exits.
+        theirs.write_all(b"E").await.unwrap();
+        assert!(
+            !quiet_once_delivered(&ours).await,
+            "the server sent something unasked"
+        );
+        assert!(!quiet(&ours), "and it is still there: the peek left it");
     }
 }

@@ -560,6 +560,9 @@ impl Session {
                     return "protocol violation";
                 }
                 Outcome::ServerLost(e) => {
+                    if let Some(k) = self.server.as_ref().map(|s| &s.pool().key) {
+                        self.shared.topology.suspect(&k.host, k.port);
+                    }
                     if !self.server_lost(&e.to_string()).await {
                         return "server lost mid-message";
                     }

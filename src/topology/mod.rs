@@ -181,23 +181,71 @@ pub struct FailoverRecord {
 /// How many past failovers /status keeps.
 const FAILOVER_HISTORY: usize = 20;
 
+/// Suspicions waiting for the publisher. A crashed primary ends every
+/// connection to it at once; past this many unread, more say nothing new.
+const SUSPICION_QUEUE: usize = 256;
+
+/// A server connection to a member ended without pgkeel or its client
+/// asking: the publisher holds new work for that member until a probe on a
+/// fresh connection answers.
+#[derive(Debug)]
+pub struct Suspicion {
+    pub host: String,
+    pub port: u16,
+    /// When the session saw the connection end.
+    pub at: Instant,
+}
+
 /// The published topology and a way to wait for the next change.
 pub struct TopologyHandle {
     current: ArcSwap<Topology>,
     changed: watch::Sender<u64>,
     generation: AtomicU64,
     failovers: Mutex<VecDeque<FailoverRecord>>,
+    suspicions: mpsc::Sender<Suspicion>,
+    /// Taken by the publisher when it starts.
+    suspicions_rx: Mutex<Option<mpsc::Receiver<Suspicion>>>,
 }
 
 impl TopologyHandle {
     pub fn new() -> Arc<TopologyHandle> {
         let (changed, _) = watch::channel(0);
+        let (suspicions, rx) = mpsc::channel(SUSPICION_QUEUE);
         Arc::new(TopologyHandle {
             current: ArcSwap::from_pointee(Topology::default()),
             changed,
             generation: AtomicU64::new(0),
             failovers: Mutex::new(VecDeque::new()),
+            suspicions,
+            suspicions_rx: Mutex::new(Some(rx)),
         })
+    }
+
+    /// A server connection to `host:port` died unexpectedly (EOF, reset, a
+    /// server FATAL). Never waits: the publisher, the one writer of the
+    /// topology, marks the member suspect. A member already down, or
+    /// unknown, is left alone.
+    pub fn suspect(&self, host: &str, port: u16) {
+        let up = self
+            .load()
+            .members
+            .iter()
+            .any(|m| m.healthy && m.member.port == port && m.member.host == host);
+        if up {
+            let _ = self.suspicions.try_send(Suspicion {
+                host: host.to_owned(),
+                port,
+                at: Instant::now(),
+            });
+        }
+    }
+
+    /// The receiving end of `suspect`, once.
+    pub(crate) fn take_suspicions(&self) -> Option<mpsc::Receiver<Suspicion>> {
+        self.suspicions_rx
+            .lock()
+            .expect("suspicions poisoned")
+            .take()
     }
 
     /// The last failovers, oldest first (the last may still be going on).

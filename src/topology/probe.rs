@@ -2,8 +2,11 @@
 //! One task per member keeps a control connection and runs
 //! `PROBE_SQL` (role, WAL position, replay lag) on an interval the publisher can change
 //! (fast while a new leader is being confirmed). Dropping the handle stops it.
+//! A suspected member also gets one-off probes on a fresh connection
+//! (`Prober::probe_now`): only a postmaster that still accepts connections
+//! clears a suspicion.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
@@ -38,6 +41,11 @@ pub struct ProbeResult {
     /// Which prober (a member re-added with another address gets a new one).
     pub id: u64,
     pub result: Result<Probe, String>,
+    /// When the probe began: one that began before a suspicion says
+    /// nothing about the member after it.
+    pub started: Instant,
+    /// The suspicion a one-off probe answers (`None`: the regular probe).
+    pub token: Option<u64>,
 }
 
 /// One round trip tells role, WAL position and replay lag.
@@ -51,9 +59,40 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
 pub struct Prober {
     pub id: u64,
     interval: watch::Sender<Duration>,
+    name: String,
+    pg: tokio_postgres::Config,
+    results: mpsc::Sender<ProbeResult>,
 }
 
 impl Prober {
+    /// Probes once now, on a new connection, within `timeout`, apart from
+    /// the regular loop (which may be waiting on a hung connection); the
+    /// result carries `token`.
+    pub fn probe_now(&self, token: u64, timeout: Duration) {
+        let (name, id, pg, results) = (
+            self.name.clone(),
+            self.id,
+            self.pg.clone(),
+            self.results.clone(),
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut fresh = None;
+            let result = tokio::time::timeout(timeout, probe_once(&pg, &mut fresh))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+            let _ = results
+                .send(ProbeResult {
+                    name,
+                    id,
+                    result,
+                    started,
+                    token: Some(token),
+                })
+                .await;
+        });
+    }
+
     pub fn set_interval(&self, d: Duration) {
         self.interval.send_if_modified(|cur| {
             let changed = *cur != d;
@@ -83,8 +122,21 @@ pub fn spawn(
         pg.password(p);
     }
     let (tx, rx) = watch::channel(interval);
-    tokio::spawn(run(name, id, pg, settings.timeout, rx, results));
-    Prober { id, interval: tx }
+    tokio::spawn(run(
+        name.clone(),
+        id,
+        pg.clone(),
+        settings.timeout,
+        rx,
+        results.clone(),
+    ));
+    Prober {
+        id,
+        interval: tx,
+        name,
+        pg,
+        results,
+    }
 }
 
 async fn run(
@@ -97,6 +149,7 @@ async fn run(
 ) {
     let mut client: Option<tokio_postgres::Client> = None;
     loop {
+        let started = Instant::now();
         let result = tokio::time::timeout(timeout, probe_once(&pg, &mut client))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
@@ -108,6 +161,8 @@ async fn run(
                 name: name.clone(),
                 id,
                 result,
+                started,
+                token: None,
             })
             .await
             .is_err()

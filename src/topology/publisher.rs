@@ -8,6 +8,14 @@
 //! probe has confirmed it is writable. Patroni writes the leader key 1–2 s
 //! before promotion completes, so right after a leader change its member is
 //! probed every 50 ms until `pg_is_in_recovery()` turns false.
+//!
+//! Fast suspicion: when a session's server connection ends unexpectedly it
+//! sends a `Suspicion`; the member is published as down at once (so new
+//! transactions are held, or reads go elsewhere) and probed on a fresh
+//! connection. An answer clears the suspicion; a failure confirms the
+//! member down until its regular probes see it again. Suspicion only ever
+//! takes a member out: it never makes another one the primary, and a
+//! suspicion cleared in milliseconds is not a failover.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use super::etcd::EtcdEvent;
 use super::patroni::{PatroniMember, PatroniState};
 use super::probe::{self, Probe, ProbeResult, ProbeSettings, Prober};
-use super::{FailoverRecord, Member, MemberState, Role, Topology, TopologyHandle};
+use super::{FailoverRecord, Member, MemberState, Role, Suspicion, Topology, TopologyHandle};
 use crate::metrics::Metrics;
 use crate::notify::Event;
 
@@ -35,6 +43,85 @@ struct Outage {
 /// How often a new leader is probed until it accepts writes.
 pub const FAST_PROBE: Duration = Duration::from_millis(50);
 
+/// At most this long for a suspected member to answer on a fresh
+/// connection (a crashed server refuses at once; a hung one holds clients
+/// no longer than this before it is marked down).
+pub const SUSPECT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What a suspected member's snapshot says while it is being probed.
+const SUSPECT_ERROR: &str = "suspect: a server connection ended unexpectedly; probing";
+
+/// A member under suspicion.
+#[derive(Debug, Clone, Copy)]
+struct Suspect {
+    /// When the publisher raised it.
+    since: Instant,
+    /// The one-off probe that decides it.
+    token: u64,
+}
+
+/// What a probe result does to a member's state and its suspicion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Record the result; the suspicion (if any) stands.
+    Store,
+    /// Says nothing about the member now: drop it.
+    Ignore,
+    /// The suspicion's probe answered: the member is fine.
+    Cleared,
+    /// A probe failed while suspect: the member is down.
+    Confirmed,
+}
+
+/// Pure: how a result (`token`: which one-off probe, `None` for the
+/// regular loop; `started`: when it began) bears on a member that is
+/// `suspect`, or was last suspected at `distrust_before`. Only the
+/// suspicion's own probe, on a fresh connection, clears it; any failure
+/// confirms it; a success that began before the suspicion is stale.
+fn verdict(
+    suspect: Option<Suspect>,
+    distrust_before: Option<Instant>,
+    token: Option<u64>,
+    started: Instant,
+    ok: bool,
+) -> Verdict {
+    match (suspect, token) {
+        (Some(s), Some(t)) if s.token == t => {
+            if ok {
+                Verdict::Cleared
+            } else {
+                Verdict::Confirmed
+            }
+        }
+        // A one-off probe for a suspicion already decided.
+        (_, Some(_)) => Verdict::Ignore,
+        (Some(_), None) if !ok => Verdict::Confirmed,
+        (_, None) if ok && distrust_before.is_some_and(|d| started < d) => Verdict::Ignore,
+        (_, None) => Verdict::Store,
+    }
+}
+
+/// Pure: takes suspected members out of a computed topology. A suspected
+/// member is down; a suspected primary leaves no primary (never another
+/// one in its place).
+fn hold_suspects(t: &mut Topology, suspected: &[&str]) {
+    if suspected.is_empty() {
+        return;
+    }
+    for m in &mut t.members {
+        if suspected.contains(&m.member.name.as_str()) {
+            m.healthy = false;
+            m.last_error = Some(SUSPECT_ERROR.to_owned());
+        }
+    }
+    if t.primary
+        .as_ref()
+        .is_some_and(|p| suspected.contains(&p.name.as_str()))
+    {
+        t.primary = None;
+    }
+}
+
 /// Where membership comes from.
 pub enum Source {
     /// Fixed `[[servers]]`.
@@ -48,6 +135,13 @@ struct Entry {
     patroni: Option<PatroniMember>,
     probe: Option<Result<Probe, String>>,
     prober: Prober,
+    suspect: Option<Suspect>,
+    /// When the last suspicion was raised: probes begun before it cannot
+    /// vouch for the member.
+    distrust_before: Option<Instant>,
+    /// When the probe that last cleared a suspicion began: connections
+    /// that ended before it are explained by the same event.
+    vouched_at: Option<Instant>,
 }
 
 pub struct Publisher {
@@ -73,6 +167,14 @@ pub struct Publisher {
     notify: mpsc::Sender<Event>,
     /// Probe results; taken by `run`.
     results_rx: Option<mpsc::Receiver<ProbeResult>>,
+    next_token: u64,
+    /// The primary of the last publish before suspicions were applied:
+    /// failovers are tracked on that view, so a suspicion that clears is
+    /// no failover.
+    raw_primary: Option<String>,
+    /// A suspected primary was confirmed down: the outage began when it
+    /// was suspected.
+    confirmed_since: Option<Instant>,
 }
 
 impl Publisher {
@@ -107,6 +209,9 @@ impl Publisher {
             outage: None,
             notify,
             results_rx: Some(results_rx),
+            next_token: 0,
+            raw_primary: None,
+            confirmed_since: None,
         };
         (p, ready_rx)
     }
@@ -120,6 +225,7 @@ impl Publisher {
 
     pub async fn run(mut self, source: Source, mut shutdown: watch::Receiver<bool>) {
         let mut results = self.results_rx.take().expect("run once");
+        let mut suspicions = self.handle.take_suspicions();
         let mut etcd_rx = match source {
             Source::Static(servers) => {
                 let wanted = servers
@@ -140,6 +246,10 @@ impl Publisher {
                     None => etcd_rx = None,
                 },
                 Some(r) = results.recv() => self.on_probe(r),
+                s = async { suspicions.as_mut()?.recv().await }, if suspicions.is_some() => match s {
+                    Some(s) => self.on_suspicion(s),
+                    None => suspicions = None,
+                },
                 _ = shutdown.changed() => return,
             }
         }
@@ -259,6 +369,9 @@ impl Publisher {
                     patroni,
                     probe: None,
                     prober,
+                    suspect: None,
+                    distrust_before: None,
+                    vouched_at: None,
                 },
             );
         }
@@ -270,6 +383,30 @@ impl Publisher {
         };
         if e.prober.id != r.id {
             return;
+        }
+        let ok = r.result.is_ok();
+        match verdict(e.suspect, e.distrust_before, r.token, r.started, ok) {
+            Verdict::Ignore => return,
+            Verdict::Store => {}
+            Verdict::Cleared => {
+                let s = e.suspect.take().expect("cleared a suspicion");
+                e.vouched_at = Some(r.started);
+                self.metrics
+                    .suspicions_total
+                    .with_label_values(&["cleared"])
+                    .inc();
+                tracing::info!(member = %r.name, after_ms = s.since.elapsed().as_millis() as u64, "suspect member answers on a new connection: suspicion cleared");
+            }
+            Verdict::Confirmed => {
+                let s = e.suspect.take().expect("confirmed a suspicion");
+                self.metrics
+                    .suspicions_total
+                    .with_label_values(&["confirmed"])
+                    .inc();
+                if self.raw_primary.as_deref() == Some(r.name.as_str()) {
+                    self.confirmed_since = Some(s.since);
+                }
+            }
         }
         match (&e.probe, &r.result) {
             (Some(Ok(_)) | None, Err(err)) => {
@@ -309,6 +446,46 @@ impl Publisher {
             self.ready.send_replace(true);
         }
         self.publish("health check");
+    }
+
+    /// A session's server connection ended unexpectedly: the member is
+    /// held out of routing at once and probed on a fresh connection.
+    fn on_suspicion(&mut self, s: Suspicion) {
+        let Some((name, e)) = self
+            .entries
+            .iter_mut()
+            .find(|(_, e)| e.member.port == s.port && e.member.host == s.host)
+        else {
+            return;
+        };
+        // Already suspect, already down, or cleared by a probe that began
+        // after this connection ended: nothing new.
+        if e.suspect.is_some()
+            || !matches!(e.probe, Some(Ok(_)))
+            || e.vouched_at.is_some_and(|v| s.at <= v)
+        {
+            return;
+        }
+        self.next_token += 1;
+        let now = Instant::now();
+        e.suspect = Some(Suspect {
+            since: now,
+            token: self.next_token,
+        });
+        e.distrust_before = Some(now);
+        e.prober.probe_now(
+            self.next_token,
+            self.probe_settings.timeout.min(SUSPECT_PROBE_TIMEOUT),
+        );
+        self.metrics
+            .suspicions_total
+            .with_label_values(&["raised"])
+            .inc();
+        tracing::warn!(member = %name, "a server connection ended unexpectedly: member suspect, new transactions held until it answers a probe");
+        self.publish("suspect");
+        self.metrics
+            .suspicion_hold_delay_seconds
+            .observe(s.at.elapsed().as_secs_f64());
     }
 
     fn compute(&self) -> Topology {
@@ -379,9 +556,19 @@ impl Publisher {
             (None, Some(_)) => self.switchover_seen = None,
             _ => {}
         }
-        let new = self.compute();
+        let mut new = self.compute();
         let old = self.handle.load_full();
-        self.track_failover(&old, &new);
+        let raw_primary = new.primary_name().map(str::to_owned);
+        self.track_failover(self.raw_primary.clone(), &new);
+        self.confirmed_since = None;
+        self.raw_primary = raw_primary;
+        let suspected: Vec<&str> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.suspect.is_some())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        hold_suspects(&mut new, &suspected);
         if new.same_as(&old) {
             return;
         }
@@ -449,7 +636,8 @@ impl Publisher {
 
     /// A failover starts when the primary goes away, or a switchover is
     /// announced, while there was one; it ends when a primary is usable again.
-    fn track_failover(&mut self, old: &Topology, new: &Topology) {
+    /// Both before suspicions are applied (`old`: the last primary so seen).
+    fn track_failover(&mut self, old: Option<String>, new: &Topology) {
         let announced = new
             .switchover
             .as_ref()
@@ -458,7 +646,7 @@ impl Publisher {
         let name = |t: &Topology| t.primary.as_ref().map(|p| p.name.clone());
         let held = self.metrics.held_clients.get();
         match &mut self.outage {
-            None if unavailable && old.primary.is_some() => {
+            None if unavailable && old.is_some() => {
                 let kind = if announced || new.switchover.is_some() {
                     "planned"
                 } else {
@@ -466,20 +654,20 @@ impl Publisher {
                 };
                 tracing::warn!(
                     kind,
-                    old_primary = name(old).as_deref().unwrap_or("none"),
+                    old_primary = old.as_deref().unwrap_or("none"),
                     "failover started: new transactions are held"
                 );
                 self.metrics.failover_in_progress.set(1);
                 self.outage = Some(Outage {
-                    since: Instant::now(),
+                    since: self.confirmed_since.unwrap_or_else(Instant::now),
                     kind,
-                    old: name(old),
+                    old: old.clone(),
                     held_peak: held,
                     errors_at_start: self.metrics.failover_errors(),
                 });
                 let mut ev = Event::new("failover_start");
                 ev.kind = Some(kind);
-                ev.old_leader = name(old);
+                ev.old_leader = old.clone();
                 ev.held_clients = held;
                 let started_at = ev.at;
                 self.send(ev);
@@ -489,7 +677,7 @@ impl Publisher {
                         started_at,
                         ended_at: None,
                         outage_ms: None,
-                        old_primary: name(old),
+                        old_primary: old.clone(),
                         new_primary: None,
                         held_clients_peak: held,
                         errors_returned: 0,
@@ -563,4 +751,305 @@ fn pick_primary(members: &[MemberState]) -> Option<Arc<Member>> {
         );
     }
     Some(first.member.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A static-mode publisher over members that are never reachable (their
+    /// probers' own results are not read here: each test feeds results).
+    fn publisher(names: &[&str]) -> (Publisher, Arc<TopologyHandle>) {
+        let handle = TopologyHandle::new();
+        let (notify, _) = mpsc::channel(16);
+        let settings = ProbeSettings {
+            user: "nobody".into(),
+            password: None,
+            database: "postgres".into(),
+            timeout: Duration::from_millis(200),
+        };
+        let (mut p, _) = Publisher::new(
+            handle.clone(),
+            Metrics::new(),
+            settings,
+            Duration::from_secs(3600),
+            false,
+            notify,
+        );
+        let wanted = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), "127.0.0.1".to_string(), 1 + i as u16, None))
+            .collect();
+        p.reconcile(wanted);
+        p.seen_state = true;
+        (p, handle)
+    }
+
+    fn probe(role: Role) -> Result<Probe, String> {
+        Ok(Probe {
+            role,
+            lsn: Some(100),
+            streaming: role == Role::Replica,
+            replay_lag: Some(0.0),
+        })
+    }
+
+    fn result(
+        p: &Publisher,
+        name: &str,
+        r: Result<Probe, String>,
+        started: Instant,
+        token: Option<u64>,
+    ) -> ProbeResult {
+        ProbeResult {
+            name: name.into(),
+            id: p.entries[name].prober.id,
+            result: r,
+            started,
+            token,
+        }
+    }
+
+    fn suspect(p: &mut Publisher, name: &str) {
+        let m = p.entries[name].member.clone();
+        p.on_suspicion(Suspicion {
+            host: m.host.clone(),
+            port: m.port,
+            at: Instant::now(),
+        });
+    }
+
+    fn token(p: &Publisher, name: &str) -> u64 {
+        p.entries[name].suspect.expect("suspect").token
+    }
+
+    fn primary(h: &TopologyHandle) -> Option<String> {
+        h.load().primary.as_ref().map(|m| m.name.clone())
+    }
+
+    fn healthy(h: &TopologyHandle, name: &str) -> bool {
+        h.load().member(name).expect("member").healthy
+    }
+
+    fn count(p: &Publisher, result: &str) -> u64 {
+        p.metrics
+            .suspicions_total
+            .with_label_values(&[result])
+            .get()
+    }
+
+    #[test]
+    fn verdicts() {
+        let t0 = Instant::now();
+        let s = Suspect {
+            since: t0 + Duration::from_millis(5),
+            token: 7,
+        };
+        let d = Some(s.since);
+        let before = t0;
+        let after = t0 + Duration::from_millis(10);
+        // The suspicion's own probe decides it.
+        assert_eq!(verdict(Some(s), d, Some(7), after, true), Verdict::Cleared);
+        assert_eq!(
+            verdict(Some(s), d, Some(7), after, false),
+            Verdict::Confirmed
+        );
+        // An older one-off probe, or one for a suspicion already decided.
+        assert_eq!(verdict(Some(s), d, Some(6), after, true), Verdict::Ignore);
+        assert_eq!(verdict(None, d, Some(7), after, false), Verdict::Ignore);
+        // The regular loop: any failure confirms; a success never clears.
+        assert_eq!(verdict(Some(s), d, None, after, false), Verdict::Confirmed);
+        assert_eq!(verdict(Some(s), d, None, after, true), Verdict::Store);
+        // A success that began before the suspicion is stale, now and later.
+        assert_eq!(verdict(Some(s), d, None, before, true), Verdict::Ignore);
+        assert_eq!(verdict(None, d, None, before, true), Verdict::Ignore);
+        assert_eq!(verdict(None, d, None, after, true), Verdict::Store);
+        assert_eq!(verdict(None, None, None, before, true), Verdict::Store);
+        assert_eq!(verdict(None, d, None, before, false), Verdict::Store);
+    }
+
+    #[tokio::test]
+    async fn suspect_then_probe_ok_clears_without_a_failover() {
+        let (mut p, h) = publisher(&["a", "b"]);
+        let start = Instant::now();
+        p.on_probe(result(&p, "a", probe(Role::Primary), start, None));
+        p.on_probe(result(&p, "b", probe(Role::Replica), start, None));
+        assert_eq!(primary(&h).as_deref(), Some("a"));
+
+        suspect(&mut p, "a");
+        assert_eq!(primary(&h), None, "new transactions are held");
+        assert!(!healthy(&h, "a"));
+        assert!(healthy(&h, "b"), "the replica is untouched");
+        assert_eq!(count(&p, "raised"), 1);
+        assert_eq!(p.metrics.suspicion_hold_delay_seconds.get_sample_count(), 1);
+        // More connections ending the same way say nothing new.
+        suspect(&mut p, "a");
+        assert_eq!(count(&p, "raised"), 1);
+        // Regular probes cannot clear it: begun before, or on the old connection.
+        p.on_probe(result(&p, "a", probe(Role::Primary), start, None));
+        p.on_probe(result(&p, "a", probe(Role::Primary), Instant::now(), None));
+        assert_eq!(primary(&h), None);
+
+        let t = token(&p, "a");
+        p.on_probe(result(
+            &p,
+            "a",
+            probe(Role::Primary),
+            Instant::now(),
+            Some(t),
+        ));
+        assert_eq!(primary(&h).as_deref(), Some("a"), "held clients go on");
+        assert!(healthy(&h, "a"));
+        assert_eq!(count(&p, "cleared"), 1);
+        assert_eq!(count(&p, "confirmed"), 0);
+        assert!(
+            h.failovers().is_empty(),
+            "a cleared suspicion is no failover"
+        );
+        assert_eq!(p.metrics.failover_in_progress.get(), 0);
+        // A connection that ended before the clearing probe began: the same event.
+        let m = p.entries["a"].member.clone();
+        p.on_suspicion(Suspicion {
+            host: m.host.clone(),
+            port: m.port,
+            at: start,
+        });
+        assert_eq!(count(&p, "raised"), 1);
+        assert_eq!(primary(&h).as_deref(), Some("a"));
+    }
+
+    #[tokio::test]
+    async fn suspect_then_probe_fails_marks_down_until_probes_see_it() {
+        let (mut p, h) = publisher(&["a", "b"]);
+        let start = Instant::now();
+        p.on_probe(result(&p, "a", probe(Role::Primary), start, None));
+        p.on_probe(result(&p, "b", probe(Role::Replica), start, None));
+        suspect(&mut p, "a");
+        let t = token(&p, "a");
+        p.on_probe(result(
+            &p,
+            "a",
+            Err("connection refused".into()),
+            Instant::now(),
+            Some(t),
+        ));
+        assert_eq!(count(&p, "confirmed"), 1);
+        assert_eq!(primary(&h), None);
+        assert!(!healthy(&h, "a"));
+        assert!(p.entries["a"].suspect.is_none());
+        let f = h.failovers();
+        assert_eq!(f.len(), 1, "a confirmed primary is a failover");
+        assert_eq!(f[0].kind, "unplanned");
+        assert_eq!(f[0].old_primary.as_deref(), Some("a"));
+        assert_eq!(p.metrics.failover_in_progress.get(), 1);
+        // A probe that began before the suspicion cannot bring it back...
+        p.on_probe(result(&p, "a", probe(Role::Primary), start, None));
+        assert_eq!(primary(&h), None);
+        // ...nor can another suspicion's stale one-off probe...
+        p.on_probe(result(
+            &p,
+            "a",
+            probe(Role::Primary),
+            Instant::now(),
+            Some(t),
+        ));
+        assert_eq!(primary(&h), None);
+        // ...and a down member is not suspected again.
+        suspect(&mut p, "a");
+        assert_eq!(count(&p, "raised"), 1);
+        // Its regular probe seeing it again does.
+        p.on_probe(result(&p, "a", probe(Role::Primary), Instant::now(), None));
+        assert_eq!(primary(&h).as_deref(), Some("a"));
+        assert_eq!(p.metrics.failover_in_progress.get(), 0);
+        assert!(h.failovers()[0].ended_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_suspected_probe_failure_from_the_regular_loop_confirms() {
+        let (mut p, h) = publisher(&["a"]);
+        p.on_probe(result(&p, "a", probe(Role::Primary), Instant::now(), None));
+        suspect(&mut p, "a");
+        p.on_probe(result(&p, "a", Err("eof".into()), Instant::now(), None));
+        assert_eq!(count(&p, "confirmed"), 1);
+        assert!(p.entries["a"].suspect.is_none());
+        assert_eq!(primary(&h), None);
+    }
+
+    #[tokio::test]
+    async fn suspicion_never_promotes() {
+        // Two servers out of recovery (a split brain): "a" is chosen.
+        let (mut p, h) = publisher(&["a", "b", "c"]);
+        let now = Instant::now();
+        p.on_probe(result(&p, "a", probe(Role::Primary), now, None));
+        p.on_probe(result(&p, "b", probe(Role::Primary), now, None));
+        p.on_probe(result(&p, "c", probe(Role::Replica), now, None));
+        assert_eq!(primary(&h).as_deref(), Some("a"));
+        suspect(&mut p, "a");
+        assert_eq!(
+            primary(&h),
+            None,
+            "the other writable server is not promoted"
+        );
+        // A suspected replica only stops taking reads.
+        suspect(&mut p, "c");
+        assert!(!healthy(&h, "c"));
+        assert!(!h.load().member("c").expect("c").serves_reads());
+        let t = token(&p, "a");
+        p.on_probe(result(
+            &p,
+            "a",
+            probe(Role::Primary),
+            Instant::now(),
+            Some(t),
+        ));
+        assert_eq!(primary(&h).as_deref(), Some("a"));
+        assert!(!healthy(&h, "c"), "c is still being probed");
+        let t = token(&p, "c");
+        p.on_probe(result(
+            &p,
+            "c",
+            probe(Role::Replica),
+            Instant::now(),
+            Some(t),
+        ));
+        assert!(h.load().member("c").expect("c").serves_reads());
+        assert_eq!(primary(&h).as_deref(), Some("a"));
+        assert_eq!(count(&p, "raised"), 2);
+        assert_eq!(count(&p, "cleared"), 2);
+    }
+
+    #[test]
+    fn hold_suspects_takes_members_out_only() {
+        let m = |name: &str, role| MemberState {
+            member: Arc::new(Member {
+                name: name.into(),
+                host: "h".into(),
+                port: 1,
+            }),
+            role,
+            healthy: true,
+            last_error: None,
+            patroni: None,
+            lag_bytes: Some(0),
+            lsn: None,
+            streaming: role == Role::Replica,
+            replay_lag: None,
+        };
+        let members = vec![m("a", Role::Primary), m("b", Role::Replica)];
+        let mut t = Topology {
+            primary: Some(members[0].member.clone()),
+            members,
+            ..Topology::default()
+        };
+        hold_suspects(&mut t, &[]);
+        assert!(t.primary.is_some() && t.members.iter().all(|m| m.healthy));
+        hold_suspects(&mut t, &["b"]);
+        assert_eq!(t.primary.as_ref().map(|p| p.name.as_str()), Some("a"));
+        assert!(!t.members[1].healthy);
+        assert_eq!(t.members[1].last_error.as_deref(), Some(SUSPECT_ERROR));
+        hold_suspects(&mut t, &["a"]);
+        assert!(t.primary.is_none());
+        assert!(!t.members[0].healthy);
+    }
 }

@@ -95,6 +95,7 @@ async fn client(
     id: i32,
     kind: Kind,
     started: Instant,
+    think: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> ClientReport {
     let mut r = ClientReport {
@@ -192,19 +193,39 @@ async fn client(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = tokio::time::sleep(think) => {}
             _ = stop.changed() => {}
         }
     }
     r
 }
 
-/// Starts the clients; `stop` ends them; the handle yields the report.
+/// Starts the clients (20 ms between requests); `stop` ends them; the
+/// handle yields the report.
 pub fn start(
     url: &str,
     writers: usize,
     transactions: usize,
     readers: usize,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Report> {
+    start_with(
+        url,
+        writers,
+        transactions,
+        readers,
+        Duration::from_millis(20),
+        stop,
+    )
+}
+
+/// `start`, with `think` between a client's requests.
+pub fn start_with(
+    url: &str,
+    writers: usize,
+    transactions: usize,
+    readers: usize,
+    think: Duration,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Report> {
     let started = Instant::now();
@@ -218,6 +239,7 @@ pub fn start(
             i as i32,
             kind,
             started,
+            think,
             stop.clone(),
         )));
     }
