@@ -2,8 +2,8 @@
 //! startup packets, stalled logins, too many clients. Each gets a clear
 //! error and the proxy keeps serving everyone else.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::time::Duration;
 

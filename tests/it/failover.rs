@@ -1,20 +1,19 @@
 //! The acceptance test for failover without errors: nine application-like
 //! clients on persistent connections through pgkeel (transaction pooling)
-//! while the real Patroni cluster (synchronous mode, so no acknowledged
-//! commit can be lost by PostgreSQL itself) goes through a planned
+//! while the binary's real Patroni cluster (switched to synchronous mode for
+//! these tests' turns, so no acknowledged commit can be lost by PostgreSQL
+//! itself) goes through a planned
 //! switchover, a killed leader and a killed replica. Counts, not timings.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{shared_sync_cluster, Cluster};
+use common::cluster::{self, Cluster};
 use support::workload::{self, Report};
 use support::*;
-use tokio::sync::{watch, Mutex};
-
-static TURN: Mutex<()> = Mutex::const_new(());
+use tokio::sync::watch;
 
 const WRITERS: usize = 5;
 const TRANSACTIONS: usize = 2;
@@ -101,8 +100,8 @@ fn every_writer_resumed(report: &Report, after: Instant) {
 
 #[tokio::test]
 async fn planned_switchover_no_errors_no_disconnects_no_lost_writes() {
-    let _turn = TURN.lock().await;
-    let c = shared_sync_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.sync_cluster().await;
     c.run_async(&["wait-healthy"]).await;
     let p = proxy(c).await;
     let old = c.leader();
@@ -180,8 +179,8 @@ async fn planned_switchover_no_errors_no_disconnects_no_lost_writes() {
 
 #[tokio::test]
 async fn killed_leader_no_disconnects_at_most_one_error_per_client_no_lost_writes() {
-    let _turn = TURN.lock().await;
-    let c = shared_sync_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.sync_cluster().await;
     c.run_async(&["wait-healthy"]).await;
     let p = proxy(c).await;
     let old = c.leader();
@@ -221,8 +220,8 @@ async fn killed_leader_no_disconnects_at_most_one_error_per_client_no_lost_write
 
 #[tokio::test]
 async fn killed_replica_no_errors() {
-    let _turn = TURN.lock().await;
-    let c = shared_sync_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.sync_cluster().await;
     c.run_async(&["wait-healthy"]).await;
     let p = proxy(c).await;
     let leader = c.leader();

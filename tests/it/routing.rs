@@ -3,22 +3,19 @@
 //! hints and fixed-route listeners override, a lagging replica is skipped,
 //! read-your-writes holds with a replica's replay paused, and after a
 //! switchover the old primary takes reads only once it streams again.
-//! One cluster for the binary; the tests take turns, since several pause
-//! replicas or move the leader.
+//! The binary's one cluster, shared with patroni.rs and failover.rs: each
+//! test holds its turn, since several pause replicas or move the leader.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::cluster::{shared_cluster, Cluster};
+use common::cluster::{self, Cluster};
 use pgkeel::topology::Role;
 use support::*;
-use tokio::sync::Mutex;
 use tokio_postgres::{Client, SimpleQueryMessage};
-
-static TURN: Mutex<()> = Mutex::const_new(());
 
 async fn proxy(c: &'static Cluster, extra: &str) -> pgkeel::ProxyHandle {
     let p = start(&format!(
@@ -143,8 +140,8 @@ async fn table(p: &pgkeel::ProxyHandle) {
 
 #[tokio::test]
 async fn reads_spread_over_replicas_and_writes_stay_on_the_primary() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let p = proxy(c, "").await;
     let leader = settle(c, &p).await;
     let primary = c.port_of(&leader);
@@ -250,8 +247,8 @@ async fn reads_spread_over_replicas_and_writes_stay_on_the_primary() {
 
 #[tokio::test]
 async fn rules_hints_and_fixed_route_listeners_override_the_sql() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let p = proxy(
         c,
         "[[listeners]]\naddress = \"127.0.0.1:0\"\nroute = \"replica\"\n\
@@ -321,8 +318,8 @@ async fn rules_hints_and_fixed_route_listeners_override_the_sql() {
 
 #[tokio::test]
 async fn a_lagging_replica_takes_no_reads_until_it_catches_up() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let p = proxy(c, "[routing]\nmax_replica_lag_bytes = \"256KB\"\n").await;
     let leader = settle(c, &p).await;
     let replicas = replica_ports(c, &leader);
@@ -375,8 +372,8 @@ async fn a_lagging_replica_takes_no_reads_until_it_catches_up() {
 
 #[tokio::test]
 async fn read_your_writes_holds_with_a_replica_paused() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let p = proxy(c, "[routing]\nread_your_writes = true\n").await;
     let plain = proxy(c, "").await;
     let leader = settle(c, &p).await;
@@ -455,8 +452,8 @@ async fn read_your_writes_holds_with_a_replica_paused() {
 
 #[tokio::test]
 async fn after_a_switchover_the_old_primary_takes_reads_once_it_streams() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let p = proxy(c, "").await;
     let old = settle(c, &p).await;
     let old_port = c.port_of(&old);

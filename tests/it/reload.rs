@@ -5,8 +5,8 @@
 //! in /status, each invalid one changes nothing (and /status says why), and
 //! SIGHUP reloads too.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,21 +1,17 @@
 //! pgkeel following a real Patroni cluster through etcd: planned switchover,
 //! a killed leader, an etcd restart, and the watch's edge cases (events
 //! between read and watch, noloadbalance tags, vanishing members, a leader
-//! key naming a dead server). One cluster for the whole binary; the tests
-//! that change it run one at a time.
+//! key naming a dead server). The binary's one cluster, shared with
+//! routing.rs and failover.rs: each test holds its turn, since they change it.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{shared_cluster, Cluster};
+use common::cluster::{self, Cluster};
 use pgkeel::topology::Role;
 use support::*;
-use tokio::sync::Mutex;
-
-/// The tests take turns: some change the cluster or stop etcd.
-static TURN: Mutex<()> = Mutex::const_new(());
 
 async fn proxy(c: &Cluster) -> pgkeel::ProxyHandle {
     start(&c.pgkeel_config(&c.scope, "query_wait_timeout = \"2s\"")).await
@@ -104,8 +100,8 @@ async fn topology_settles(p: &pgkeel::ProxyHandle, leader: &str) {
 
 #[tokio::test]
 async fn follows_a_planned_switchover() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let (p, old) = settled_proxy(c).await;
     assert_eq!(where_writes_go(&p).await.unwrap(), (c.port_of(&old), false));
 
@@ -134,8 +130,8 @@ async fn follows_a_planned_switchover() {
 
 #[tokio::test]
 async fn follows_a_killed_leader_and_sees_it_rejoin() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let (p, old) = settled_proxy(c).await;
 
     let started = Instant::now();
@@ -184,8 +180,8 @@ async fn follows_a_killed_leader_and_sees_it_rejoin() {
 
 #[tokio::test]
 async fn keeps_serving_through_an_etcd_restart() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let (p, leader) = settled_proxy(c).await;
     let client = connect(p.local_addr(), "app", "app_password", "app")
         .await
@@ -262,8 +258,8 @@ fn member_json(port: u16, role: &str, tags: &str) -> String {
 
 #[tokio::test]
 async fn no_event_between_read_and_watch_is_lost() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let prefix = format!("/service/{}/", scratch("gap"));
     let settings = pgkeel::topology::etcd::EtcdSettings {
         endpoints: vec![c.etcd_url()],
@@ -332,8 +328,8 @@ async fn no_event_between_read_and_watch_is_lost() {
 
 #[tokio::test]
 async fn noloadbalance_tags_vanishing_members_and_dead_leaders() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     wait_healthy(c).await;
     let scope = scratch("tags");
     let prefix = format!("/service/{scope}/");
@@ -464,8 +460,8 @@ async fn webhook_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<serde_json
 
 #[tokio::test]
 async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     wait_healthy(c).await;
     let scope = scratch("hold");
     let prefix = format!("/service/{scope}/");
@@ -599,8 +595,8 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
 
 #[tokio::test]
 async fn static_mode_finds_the_primary_among_its_servers() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     wait_healthy(c).await;
     let servers: String = c
         .pg_ports

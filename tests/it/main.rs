@@ -1,0 +1,39 @@
+//! pgkeel's integration tests: one test binary, so one link, one PostgreSQL
+//! 15 (`common::shared_pg`) and one Patroni cluster (`common::cluster`)
+//! shared by every module below, and their tests run as threads of one
+//! process (`cargo test --test it -- --test-threads=2`). One module's tests:
+//! `cargo test --test it data_path::`.
+//!
+//! To add a test module: put it in this folder as `tests/it/<name>.rs`, add
+//! `mod <name>;` below (one line per file, sorted), and start it with
+//! `use crate::common;` / `use crate::support;` as it needs them, never a
+//! `mod common;` of its own (that would start a second server). Sharing
+//! rules, because every module runs next to every other:
+//! - name the tables, schemas, roles and databases it creates after the
+//!   module (`dp_*`, `routing_*`), or create shared ones once (`OnceLock`);
+//! - server-wide changes (ALTER SYSTEM, pg_hba.conf, restarts, killing
+//!   backends other than its own) need a server of its own
+//!   (`common::start_replica`, `common::start_etcd`, or a new helper in
+//!   `common`), never the shared one;
+//! - a test that uses the Patroni cluster holds `common::cluster::turn()`
+//!   for its whole length and asks for the mode it needs
+//!   (`shared_cluster()` or `shared_sync_cluster()`): the cluster is one,
+//!   and its tests switch leaders and kill members.
+
+mod common;
+mod support;
+
+mod admin_console;
+mod auth;
+mod bad_input;
+mod cli;
+mod data_path;
+mod drivers;
+mod failover;
+mod harness_smoke;
+mod metrics_promtool;
+mod patroni;
+mod prepared;
+mod query_log;
+mod reload;
+mod routing;
