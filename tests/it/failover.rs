@@ -18,6 +18,11 @@ use tokio::sync::watch;
 const WRITERS: usize = 5;
 const TRANSACTIONS: usize = 2;
 const READERS: usize = 2;
+/// Successes every client has before the event, so it hits running clients.
+const WARM_UP: u64 = 20;
+/// Successes every client has after the event (and after the cluster
+/// settled) before the workload stops.
+const RESUMED: u64 = 50;
 
 async fn proxy(c: &Cluster) -> pgkeel::ProxyHandle {
     let p = start(&c.pgkeel_config(
@@ -36,23 +41,44 @@ fn url(p: &pgkeel::ProxyHandle) -> String {
     support::url(p.local_addr(), "app", "app_password", "app")
 }
 
-/// Runs the workload around `event`, until every writing client has written
-/// again for a while after it; returns the report.
+/// Runs the workload around `event`, until every client has succeeded again
+/// and again after it; returns the report. `event` ends once the cluster has
+/// settled after it (each test says what that means), so the clients run
+/// through the whole change, not a fixed time.
 async fn around<F: std::future::Future<Output = ()>>(p: &pgkeel::ProxyHandle, event: F) -> Report {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let clients = workload::start(&url(p), WRITERS, TRANSACTIONS, READERS, stop_rx);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (clients, progress) =
+        workload::start_with_progress(&url(p), WRITERS, TRANSACTIONS, READERS, stop_rx);
+    let none = vec![0; WRITERS + TRANSACTIONS + READERS];
+    let running = wait_until(Duration::from_secs(30), || async {
+        progress.every_client_beyond(&none, WARM_UP)
+    })
+    .await;
+    assert!(
+        running,
+        "the workload did not start: {:?}",
+        progress.counts()
+    );
     event.await;
     let after = Instant::now();
-    // Enough to see every client resume, bounded by the hold timeout.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let at_event = progress.counts();
+    // Bounded by the hold timeout: held clients resume within it.
     let writes_before = p.shared().metrics.transactions_completed();
     let resumed = wait_until(Duration::from_secs(45), || async {
         p.shared().metrics.transactions_completed() > writes_before + 50
+            && progress.every_client_beyond(&at_event, RESUMED)
     })
     .await;
-    assert!(resumed, "traffic did not resume after the event");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        resumed,
+        "traffic did not resume after the event: {:?} successes per client since it",
+        progress
+            .counts()
+            .iter()
+            .zip(&at_event)
+            .map(|(now, then)| now - then)
+            .collect::<Vec<_>>()
+    );
     stop_tx.send_replace(true);
     let report = clients.await.unwrap();
     eprintln!(
@@ -66,6 +92,24 @@ async fn around<F: std::future::Future<Output = ()>>(p: &pgkeel::ProxyHandle, ev
         }
     }
     report
+}
+
+/// Waits until pgkeel's topology satisfies `cond` (40 s at most: a killed
+/// leader is replaced once its key expires, after the cluster's TTL).
+async fn pgkeel_sees(
+    p: &pgkeel::ProxyHandle,
+    what: &str,
+    cond: impl Fn(&pgkeel::topology::Topology) -> bool,
+) {
+    let seen = wait_until(Duration::from_secs(40), || async {
+        cond(&p.shared().topology.load())
+    })
+    .await;
+    assert!(
+        seen,
+        "pgkeel never saw {what}: {:?}",
+        p.shared().topology.load()
+    );
 }
 
 /// Every acknowledged write is on the (new) leader.
@@ -121,6 +165,14 @@ async fn planned_switchover_no_errors_no_disconnects_no_lost_writes() {
     let report = around(&p, async {
         event_at = Instant::now();
         c.run_async(&["switchover"]).await;
+        // Until the old primary streams from the new one again: writes must
+        // not go back to it when it returns.
+        c.run_async(&["wait-healthy"]).await;
+        let new = c.leader();
+        pgkeel_sees(&p, "the new leader as primary", |t| {
+            t.primary.as_ref().is_some_and(|m| m.name == new)
+        })
+        .await;
     })
     .await;
     let show = |sql: &'static str| {
@@ -188,6 +240,10 @@ async fn killed_leader_no_disconnects_at_most_one_error_per_client_no_lost_write
     let report = around(&p, async {
         event_at = Instant::now();
         c.run_async(&["kill-leader"]).await;
+        pgkeel_sees(&p, "a new primary", |t| {
+            t.primary.as_ref().is_some_and(|m| m.name != old)
+        })
+        .await;
     })
     .await;
     let failovers = p.shared().topology.failovers();
@@ -233,6 +289,12 @@ async fn killed_replica_no_errors() {
         tokio::task::spawn_blocking(move || c.run(&["kill-member", replica]))
             .await
             .unwrap();
+        pgkeel_sees(&p, "the killed replica gone", |t| {
+            !t.members
+                .iter()
+                .any(|m| m.member.name == replica && m.healthy)
+        })
+        .await;
     })
     .await;
     p.shutdown().await;

@@ -93,7 +93,10 @@ fn child_server() {
     std::fs::write(format!("{out}.tmp"), pg.dir.to_string_lossy().as_bytes()).unwrap();
     std::fs::rename(format!("{out}.tmp"), &out).unwrap();
     if std::env::var("PGKEEL_HARNESS_CHILD_HANG").is_ok() {
-        std::thread::sleep(Duration::from_secs(600));
+        // Until the parent kills it.
+        loop {
+            std::thread::park();
+        }
     }
 }
 

@@ -416,6 +416,15 @@ async fn noloadbalance_tags_vanishing_members_and_dead_leaders() {
 }
 
 /// Collects the JSON bodies POSTed to it.
+/// Waits until pgkeel holds a client's statement, waiting for a primary.
+async fn held_now(p: &pgkeel::ProxyHandle) {
+    let held = wait_until(Duration::from_secs(10), || async {
+        p.shared().metrics.held_clients.get() > 0
+    })
+    .await;
+    assert!(held, "the statement was never held");
+}
+
 async fn webhook_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -534,7 +543,7 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
             client,
         )
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    held_now(&p).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let (r, client) = held.await.unwrap();
     assert_eq!(sqlstate(&r.unwrap_err()), "57014");
@@ -547,7 +556,7 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
             client,
         )
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    held_now(&p).await;
     etcd.put(format!("{prefix}leader"), "L", None)
         .await
         .unwrap();

@@ -461,13 +461,19 @@ async fn after_a_switchover_the_old_primary_takes_reads_once_it_streams() {
     let sql =
         "SELECT inet_server_port(), pg_is_in_recovery(), pg_last_wal_receive_lsn() IS NOT NULL";
 
+    // Reads so far, so that the switchover starts under a running reader.
+    let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader = {
         let stop = Instant::now() + Duration::from_secs(40);
+        let reads = reads.clone();
         tokio::spawn(async move {
             let mut seen = Vec::new();
             while Instant::now() < stop {
                 match row(&app, sql).await {
-                    Ok(r) => seen.push((Instant::now(), r)),
+                    Ok(r) => {
+                        seen.push((Instant::now(), r));
+                        reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Err(e) => panic!("read failed during the switchover: {e}"),
                 }
                 let back = seen
@@ -481,7 +487,11 @@ async fn after_a_switchover_the_old_primary_takes_reads_once_it_streams() {
             seen
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reading = wait_until(Duration::from_secs(10), || async {
+        reads.load(std::sync::atomic::Ordering::Relaxed) >= 10
+    })
+    .await;
+    assert!(reading, "the reader never read before the switchover");
     let switched_at = Instant::now();
     c.run_async(&["switchover"]).await;
     let seen = reader.await.unwrap();

@@ -169,26 +169,27 @@ impl Cluster {
         self.run(&["wait-healthy"]);
     }
 
-    /// Switches Patroni's synchronous_mode, then waits until the leader
-    /// runs in that mode: a synchronous standby streaming, or none named.
+    /// Switches Patroni's synchronous_mode when it differs, then waits until
+    /// the leader runs in that mode: a synchronous standby streaming, or
+    /// none named. (Checked on every turn: after a failover the new leader
+    /// names its synchronous standby anew.)
     fn set_synchronous(&self, on: bool) {
-        if self.synchronous.load(Ordering::SeqCst) == on {
-            return;
+        if self.synchronous.load(Ordering::SeqCst) != on {
+            let out = Command::new("patronictl")
+                .arg("-c")
+                .arg(self.dir.join("pg1/patroni.yml"))
+                .args(["edit-config", "--quiet", "--force", "--set"])
+                .arg(format!("synchronous_mode={on}"))
+                .output()
+                .expect("patronictl runs");
+            assert!(
+                out.status.success(),
+                "patronictl edit-config failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.synchronous.store(on, Ordering::SeqCst);
         }
-        let config = self.dir.join("pg1/patroni.yml");
-        let out = Command::new("patronictl")
-            .arg("-c")
-            .arg(&config)
-            .args(["edit-config", "--quiet", "--force", "--set"])
-            .arg(format!("synchronous_mode={on}"))
-            .output()
-            .expect("patronictl runs");
-        assert!(
-            out.status.success(),
-            "patronictl edit-config failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
         let sql = if on {
             "SELECT current_setting('synchronous_standby_names') <> '' AND EXISTS (SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync' AND state = 'streaming')"
         } else {
@@ -198,15 +199,14 @@ impl Cluster {
         loop {
             let leader = self.leader();
             if !leader.is_empty() && self.psql(self.port_of(&leader), sql) == "t" {
-                break;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the leader did not switch to synchronous_mode={on} within 60 s"
+                "the leader did not run with synchronous_mode={on} within 60 s"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.synchronous.store(on, Ordering::SeqCst);
     }
 
     /// Patroni's synchronous_mode as last set.
