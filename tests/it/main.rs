@@ -12,9 +12,9 @@
 //! - name the tables, schemas, roles and databases it creates after the
 //!   module (`dp_*`, `routing_*`), or create shared ones once (`OnceLock`);
 //! - server-wide changes (ALTER SYSTEM, pg_hba.conf, restarts, killing
-//!   backends other than its own) need a server of its own
-//!   (`common::start_replica`, `common::start_etcd`, or a new helper in
-//!   `common`), never the shared one;
+//!   backends other than the test's own) need a server of the test's own
+//!   (started the way `common::start_replica` and `common::start_etcd`
+//!   start theirs, with `common::TiedProcess`), never the shared one;
 //! - a test that uses the Patroni cluster holds `common::cluster::turn()`
 //!   for its whole length and asks for the mode it needs
 //!   (`shared_cluster()` or `shared_sync_cluster()`): the cluster is one,
