@@ -34,15 +34,22 @@ async fn where_writes_go(p: &pgkeel::ProxyHandle) -> Result<(u16, bool), String>
     Err("no row".into())
 }
 
+/// The table, once for the binary (tests sharing the cluster run at the
+/// same time, and concurrent `CREATE ... IF NOT EXISTS` of one name can fail).
 async fn setup_table(p: &pgkeel::ProxyHandle) {
-    let c = connect(p.local_addr(), "app", "app_password", "app")
-        .await
-        .unwrap();
-    c.simple_query(
-        "CREATE TABLE IF NOT EXISTS patroni_writes (id serial primary key, at timestamptz)",
-    )
-    .await
-    .unwrap();
+    static TABLE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    TABLE
+        .get_or_init(|| async {
+            let c = connect(p.local_addr(), "app", "app_password", "app")
+                .await
+                .unwrap();
+            c.simple_query(
+                "CREATE TABLE IF NOT EXISTS patroni_writes (id serial primary key, at timestamptz)",
+            )
+            .await
+            .unwrap();
+        })
+        .await;
 }
 
 /// Waits until writes through pgkeel land on `port`; returns how long that took.
@@ -258,8 +265,8 @@ fn member_json(port: u16, role: &str, tags: &str) -> String {
 
 #[tokio::test]
 async fn no_event_between_read_and_watch_is_lost() {
-    let turn = cluster::turn().await;
-    let c = turn.cluster().await;
+    // Changes nothing in the cluster: shares it with the others that do not.
+    let (_turn, c) = cluster::shared_turn().await;
     let prefix = format!("/service/{}/", scratch("gap"));
     let settings = pgkeel::topology::etcd::EtcdSettings {
         endpoints: vec![c.etcd_url()],
@@ -328,8 +335,8 @@ async fn no_event_between_read_and_watch_is_lost() {
 
 #[tokio::test]
 async fn noloadbalance_tags_vanishing_members_and_dead_leaders() {
-    let turn = cluster::turn().await;
-    let c = turn.cluster().await;
+    // Changes nothing in the cluster: shares it with the others that do not.
+    let (_turn, c) = cluster::shared_turn().await;
     wait_healthy(c).await;
     let scope = scratch("tags");
     let prefix = format!("/service/{scope}/");
@@ -469,8 +476,8 @@ async fn webhook_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<serde_json
 
 #[tokio::test]
 async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
-    let turn = cluster::turn().await;
-    let c = turn.cluster().await;
+    // Changes nothing in the cluster: shares it with the others that do not.
+    let (_turn, c) = cluster::shared_turn().await;
     wait_healthy(c).await;
     let scope = scratch("hold");
     let prefix = format!("/service/{scope}/");
@@ -604,8 +611,8 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
 
 #[tokio::test]
 async fn static_mode_finds_the_primary_among_its_servers() {
-    let turn = cluster::turn().await;
-    let c = turn.cluster().await;
+    // Changes nothing in the cluster: shares it with the others that do not.
+    let (_turn, c) = cluster::shared_turn().await;
     wait_healthy(c).await;
     let servers: String = c
         .pg_ports

@@ -130,18 +130,25 @@ impl Drop for Paused {
     }
 }
 
+/// The tables, once for the binary: tests sharing the cluster run at the
+/// same time, and concurrent `CREATE ... IF NOT EXISTS` of one name can fail.
 async fn table(p: &pgkeel::ProxyHandle) {
-    client(p.local_addr())
-        .await
-        .simple_query("CREATE TABLE IF NOT EXISTS routing_rows (id bigserial PRIMARY KEY, v text); CREATE SEQUENCE IF NOT EXISTS routing_seq; CREATE TABLE IF NOT EXISTS routing_reports (x int)")
-        .await
-        .unwrap();
+    static TABLES: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    TABLES
+        .get_or_init(|| async {
+            client(p.local_addr())
+                .await
+                .simple_query("CREATE TABLE IF NOT EXISTS routing_rows (id bigserial PRIMARY KEY, v text); CREATE SEQUENCE IF NOT EXISTS routing_seq; CREATE TABLE IF NOT EXISTS routing_reports (x int)")
+                .await
+                .unwrap();
+        })
+        .await;
 }
 
 #[tokio::test]
 async fn reads_spread_over_replicas_and_writes_stay_on_the_primary() {
-    let turn = cluster::turn().await;
-    let c = turn.cluster().await;
+    // Changes nothing in the cluster: shares it with the others that do not.
+    let (_turn, c) = cluster::shared_turn().await;
     let p = proxy(c, "").await;
     let leader = settle(c, &p).await;
     let primary = c.port_of(&leader);
@@ -247,8 +254,8 @@ async fn reads_spread_over_replicas_and_writes_stay_on_the_primary() {
 
 #[tokio::test]
 async fn rules_hints_and_fixed_route_listeners_override_the_sql() {
-    let turn = cluster::turn().await;
-    let c = turn.cluster().await;
+    // Changes nothing in the cluster: shares it with the others that do not.
+    let (_turn, c) = cluster::shared_turn().await;
     let p = proxy(
         c,
         "[[listeners]]\naddress = \"127.0.0.1:0\"\nroute = \"replica\"\n\

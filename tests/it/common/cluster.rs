@@ -3,11 +3,12 @@
 //! temporary directory. A reaper process tears it down once the test process
 //! exits, whichever way it exits.
 //!
-//! Its tests switch leaders, kill members and stop etcd, so they take turns
-//! (`turn()`), and each turn starts from a whole, healthy cluster in the
-//! replication mode the test asks for: asynchronous (`Turn::cluster`) or
-//! Patroni's synchronous mode (`Turn::sync_cluster`), switched at run time
-//! with `patronictl edit-config` instead of starting a second cluster.
+//! Tests that switch leaders, kill members, stop etcd or pause replay take
+//! turns (`turn()`), each from a whole, healthy cluster in the replication
+//! mode it asks for: asynchronous (`Turn::cluster`) or Patroni's synchronous
+//! mode (`Turn::sync_cluster`), switched at run time with `patronictl
+//! edit-config` instead of starting a second cluster. Tests that change
+//! nothing in it share it, alongside each other (`shared_turn()`).
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -53,19 +54,23 @@ fn shared() -> &'static Cluster {
     })
 }
 
-/// One cluster test at a time, across every module of the binary.
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The cluster's turns, across every module of the binary: a test that
+/// changes the cluster has it to itself (`turn`); tests that only need it
+/// steady share it (`shared_turn`). A tokio lock: it is not poisoned when a
+/// test fails while holding it.
+static TURN: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// A test's exclusive use of the cluster, until it is dropped. (A tokio
-/// mutex: it is not poisoned when a test fails while holding it.)
+/// A test's exclusive use of the cluster, until it is dropped.
 pub struct Turn {
-    _guard: tokio::sync::MutexGuard<'static, ()>,
+    _guard: tokio::sync::RwLockWriteGuard<'static, ()>,
 }
 
-/// Waits for the cluster's turn. Hold it for the whole test.
+/// Waits for the cluster to itself, for a test that changes it (switches
+/// leaders, kills members, stops etcd, pauses replay). Hold it for the
+/// whole test.
 pub async fn turn() -> Turn {
     Turn {
-        _guard: TURN.lock().await,
+        _guard: TURN.write().await,
     }
 }
 
@@ -80,6 +85,39 @@ impl Turn {
     pub async fn sync_cluster(&self) -> &'static Cluster {
         prepared(true).await
     }
+}
+
+/// A test's share of the cluster, next to other tests that change nothing
+/// in it, until it is dropped.
+pub struct SharedTurn {
+    _guard: tokio::sync::RwLockReadGuard<'static, ()>,
+}
+
+/// Waits until no test changes the cluster, then shares it, whole and
+/// healthy, in whichever replication mode it runs, with the other tests
+/// that change nothing: leaders, members and etcd stay as they are
+/// (scratch etcd scopes, tables and pgkeel instances of their own are fine).
+pub async fn shared_turn() -> (SharedTurn, &'static Cluster) {
+    let guard = TURN.read().await;
+    let c = tokio::task::spawn_blocking(shared).await.unwrap();
+    let whole = tokio::task::spawn_blocking(|| shared().healthy_now())
+        .await
+        .unwrap();
+    if whole {
+        return (SharedTurn { _guard: guard }, c);
+    }
+    // An earlier test failed and left it broken: repair it alone, then share.
+    drop(guard);
+    let exclusive = TURN.write().await;
+    tokio::task::spawn_blocking(|| shared().repair())
+        .await
+        .unwrap();
+    (
+        SharedTurn {
+            _guard: exclusive.downgrade(),
+        },
+        c,
+    )
 }
 
 async fn prepared(synchronous: bool) -> &'static Cluster {
@@ -167,6 +205,16 @@ impl Cluster {
             self.run(&["start-member", m]);
         }
         self.run(&["wait-healthy"]);
+    }
+
+    /// True when the cluster is healthy right now (one check, no waiting).
+    fn healthy_now(&self) -> bool {
+        self.command("wait-healthy")
+            .env("PGKEEL_UP_TIMEOUT", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// Switches Patroni's synchronous_mode when it differs, then waits until
