@@ -15,10 +15,13 @@
 //!   backends other than the test's own) need a server of the test's own
 //!   (started the way `common::start_replica` and `common::start_etcd`
 //!   start theirs, with `common::TiedProcess`), never the shared one;
-//! - a test that uses the Patroni cluster holds `common::cluster::turn()`
-//!   for its whole length and asks for the mode it needs
-//!   (`shared_cluster()` or `shared_sync_cluster()`): the cluster is one,
-//!   and its tests switch leaders and kill members.
+//! - a test that uses the Patroni cluster holds a turn for its whole
+//!   length: `common::cluster::turn()` to have it alone (it switches
+//!   leaders, kills members, stops etcd, pauses replay, or counts where
+//!   reads land), asking for the mode it needs (`Turn::cluster()` or
+//!   `Turn::sync_cluster()`); or `common::cluster::shared_turn()` when it
+//!   changes nothing and minds no one else's traffic (scratch etcd scopes),
+//!   to run alongside the others that do the same.
 
 mod common;
 mod support;

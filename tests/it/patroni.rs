@@ -34,8 +34,8 @@ async fn where_writes_go(p: &pgkeel::ProxyHandle) -> Result<(u16, bool), String>
     Err("no row".into())
 }
 
-/// The table, once for the binary (tests sharing the cluster run at the
-/// same time, and concurrent `CREATE ... IF NOT EXISTS` of one name can fail).
+/// The table, once for the binary: tests sharing the cluster run at the
+/// same time, and a concurrent `CREATE ... IF NOT EXISTS` of one name can fail.
 async fn setup_table(p: &pgkeel::ProxyHandle) {
     static TABLE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     TABLE

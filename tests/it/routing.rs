@@ -4,7 +4,8 @@
 //! read-your-writes holds with a replica's replay paused, and after a
 //! switchover the old primary takes reads only once it streams again.
 //! The binary's one cluster, shared with patroni.rs and failover.rs: each
-//! test holds its turn, since several pause replicas or move the leader.
+//! test has it to itself (its turn), since several pause replicas or move
+//! the leader, and the others count where their reads land.
 
 use crate::common;
 use crate::support;
@@ -130,8 +131,8 @@ impl Drop for Paused {
     }
 }
 
-/// The tables, once for the binary: tests sharing the cluster run at the
-/// same time, and concurrent `CREATE ... IF NOT EXISTS` of one name can fail.
+/// The tables, once for the binary: the cluster is the binary's, and a
+/// concurrent `CREATE ... IF NOT EXISTS` of one name can fail.
 async fn table(p: &pgkeel::ProxyHandle) {
     static TABLES: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     TABLES
@@ -147,8 +148,8 @@ async fn table(p: &pgkeel::ProxyHandle) {
 
 #[tokio::test]
 async fn reads_spread_over_replicas_and_writes_stay_on_the_primary() {
-    // Changes nothing in the cluster: shares it with the others that do not.
-    let (_turn, c) = cluster::shared_turn().await;
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let p = proxy(c, "").await;
     let leader = settle(c, &p).await;
     let primary = c.port_of(&leader);
@@ -254,8 +255,8 @@ async fn reads_spread_over_replicas_and_writes_stay_on_the_primary() {
 
 #[tokio::test]
 async fn rules_hints_and_fixed_route_listeners_override_the_sql() {
-    // Changes nothing in the cluster: shares it with the others that do not.
-    let (_turn, c) = cluster::shared_turn().await;
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let p = proxy(
         c,
         "[[listeners]]\naddress = \"127.0.0.1:0\"\nroute = \"replica\"\n\
@@ -438,7 +439,8 @@ async fn read_your_writes_holds_with_a_replica_paused() {
     }
     assert!(
         stale_without >= 20,
-        "without read-your-writes the paused replica served {stale_without} stale reads"
+        "without read-your-writes the paused replica served {stale_without} stale reads; plain pgkeel's topology: {:?}",
+        plain.shared().topology.load()
     );
     // Once the live replica has replayed the write, reads go there again
     // (never to the paused one).
