@@ -10,7 +10,7 @@
 //!         --url "host=127.0.0.1 port=54320 user=app password=app_password dbname=app" \
 //!         --action "scripts/cluster.sh switchover" --for 20
 
-#[path = "../tests/support/workload.rs"]
+#[path = "../tests/it/support/workload.rs"]
 mod workload;
 
 use std::time::Duration;

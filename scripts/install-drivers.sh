@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real drivers that tests/drivers.rs runs through pgkeel:
+# Installs the real drivers that tests/it/drivers.rs runs through pgkeel:
 # Java with Debian's PostgreSQL JDBC driver, Node.js with npm and the
 # packages locked in tests/drivers/node, and a venv in target/drivers-venv
 # with the Python drivers pinned in tests/drivers/python/requirements.txt.

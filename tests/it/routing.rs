@@ -3,22 +3,20 @@
 //! hints and fixed-route listeners override, a lagging replica is skipped,
 //! read-your-writes holds with a replica's replay paused, and after a
 //! switchover the old primary takes reads only once it streams again.
-//! One cluster for the binary; the tests take turns, since several pause
-//! replicas or move the leader.
+//! The binary's one cluster, shared with patroni.rs and failover.rs: each
+//! test has it to itself (its turn), since several pause replicas or move
+//! the leader, and the others count where their reads land.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::cluster::{shared_cluster, Cluster};
+use common::cluster::{self, Cluster};
 use pgkeel::topology::Role;
 use support::*;
-use tokio::sync::Mutex;
 use tokio_postgres::{Client, SimpleQueryMessage};
-
-static TURN: Mutex<()> = Mutex::const_new(());
 
 async fn proxy(c: &'static Cluster, extra: &str) -> pgkeel::ProxyHandle {
     let p = start(&format!(
@@ -133,18 +131,25 @@ impl Drop for Paused {
     }
 }
 
+/// The tables, once for the binary: the cluster is the binary's, and a
+/// concurrent `CREATE ... IF NOT EXISTS` of one name can fail.
 async fn table(p: &pgkeel::ProxyHandle) {
-    client(p.local_addr())
-        .await
-        .simple_query("CREATE TABLE IF NOT EXISTS routing_rows (id bigserial PRIMARY KEY, v text); CREATE SEQUENCE IF NOT EXISTS routing_seq; CREATE TABLE IF NOT EXISTS routing_reports (x int)")
-        .await
-        .unwrap();
+    static TABLES: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    TABLES
+        .get_or_init(|| async {
+            client(p.local_addr())
+                .await
+                .simple_query("CREATE TABLE IF NOT EXISTS routing_rows (id bigserial PRIMARY KEY, v text); CREATE SEQUENCE IF NOT EXISTS routing_seq; CREATE TABLE IF NOT EXISTS routing_reports (x int)")
+                .await
+                .unwrap();
+        })
+        .await;
 }
 
 #[tokio::test]
 async fn reads_spread_over_replicas_and_writes_stay_on_the_primary() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let p = proxy(c, "").await;
     let leader = settle(c, &p).await;
     let primary = c.port_of(&leader);
@@ -250,8 +255,8 @@ async fn reads_spread_over_replicas_and_writes_stay_on_the_primary() {
 
 #[tokio::test]
 async fn rules_hints_and_fixed_route_listeners_override_the_sql() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let p = proxy(
         c,
         "[[listeners]]\naddress = \"127.0.0.1:0\"\nroute = \"replica\"\n\
@@ -321,8 +326,8 @@ async fn rules_hints_and_fixed_route_listeners_override_the_sql() {
 
 #[tokio::test]
 async fn a_lagging_replica_takes_no_reads_until_it_catches_up() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let p = proxy(c, "[routing]\nmax_replica_lag_bytes = \"256KB\"\n").await;
     let leader = settle(c, &p).await;
     let replicas = replica_ports(c, &leader);
@@ -345,15 +350,20 @@ async fn a_lagging_replica_takes_no_reads_until_it_catches_up() {
     .await
     .unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || async {
+        // 30 s: on a busy machine (other tests of the binary run pgbench) a
+        // health probe can miss its 1 s timeout, and until the next one
+        // pgkeel shows Patroni's coarser lag instead of its own.
+        wait_until(Duration::from_secs(30), || async {
             // The live replica replays the same WAL at once; wait until
             // pgkeel has measured it caught up, and the paused one behind.
             lag_of(lagging).is_some_and(|l| l > 256 << 10)
                 && lag_of(other).is_some_and(|l| l <= 256 << 10)
         })
         .await,
-        "lag never showed: {:?}",
-        lag_of(lagging)
+        "lag never showed: {:?} (paused), {:?} (live); {:?}",
+        lag_of(lagging),
+        lag_of(other),
+        p.shared().topology.load()
     );
     let reads = spread(&app, "SELECT inet_server_port()", 10).await;
     assert_eq!(
@@ -375,8 +385,8 @@ async fn a_lagging_replica_takes_no_reads_until_it_catches_up() {
 
 #[tokio::test]
 async fn read_your_writes_holds_with_a_replica_paused() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let p = proxy(c, "[routing]\nread_your_writes = true\n").await;
     let plain = proxy(c, "").await;
     let leader = settle(c, &p).await;
@@ -429,7 +439,8 @@ async fn read_your_writes_holds_with_a_replica_paused() {
     }
     assert!(
         stale_without >= 20,
-        "without read-your-writes the paused replica served {stale_without} stale reads"
+        "without read-your-writes the paused replica served {stale_without} stale reads; plain pgkeel's topology: {:?}",
+        plain.shared().topology.load()
     );
     // Once the live replica has replayed the write, reads go there again
     // (never to the paused one).
@@ -455,8 +466,8 @@ async fn read_your_writes_holds_with_a_replica_paused() {
 
 #[tokio::test]
 async fn after_a_switchover_the_old_primary_takes_reads_once_it_streams() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let p = proxy(c, "").await;
     let old = settle(c, &p).await;
     let old_port = c.port_of(&old);
@@ -464,13 +475,19 @@ async fn after_a_switchover_the_old_primary_takes_reads_once_it_streams() {
     let sql =
         "SELECT inet_server_port(), pg_is_in_recovery(), pg_last_wal_receive_lsn() IS NOT NULL";
 
+    // Reads so far, so that the switchover starts under a running reader.
+    let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader = {
         let stop = Instant::now() + Duration::from_secs(40);
+        let reads = reads.clone();
         tokio::spawn(async move {
             let mut seen = Vec::new();
             while Instant::now() < stop {
                 match row(&app, sql).await {
-                    Ok(r) => seen.push((Instant::now(), r)),
+                    Ok(r) => {
+                        seen.push((Instant::now(), r));
+                        reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Err(e) => panic!("read failed during the switchover: {e}"),
                 }
                 let back = seen
@@ -484,7 +501,11 @@ async fn after_a_switchover_the_old_primary_takes_reads_once_it_streams() {
             seen
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reading = wait_until(Duration::from_secs(10), || async {
+        reads.load(std::sync::atomic::Ordering::Relaxed) >= 10
+    })
+    .await;
+    assert!(reading, "the reader never read before the switchover");
     let switched_at = Instant::now();
     c.run_async(&["switchover"]).await;
     let seen = reader.await.unwrap();

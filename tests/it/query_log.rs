@@ -4,8 +4,8 @@
 //! `[[query_rules]]` entry with `log = true` logs the statements it routes;
 //! and `[log] format = "json"` makes the same lines JSON objects.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,25 +1,24 @@
 //! The acceptance test for failover without errors: nine application-like
 //! clients on persistent connections through pgkeel (transaction pooling)
-//! while the real Patroni cluster (synchronous mode, so no acknowledged
-//! commit can be lost by PostgreSQL itself) goes through a planned
+//! while the binary's real Patroni cluster (switched to synchronous mode for
+//! these tests' turns, so no acknowledged commit can be lost by PostgreSQL
+//! itself) goes through a planned
 //! switchover, a killed leader and a killed replica. Counts, not timings.
 //! And fast suspicion: one terminated backend holds others only while a
 //! probe answers; a leader killed under a heavier load with idle pooled
 //! connections breaks no client connection (`PGKEEL_KILL_REPEAT` kills, 2
 //! by default; 10 by hand).
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{shared_sync_cluster, Cluster};
+use common::cluster::{self, Cluster};
 use prometheus::core::Metric;
 use support::workload::{self, Report};
 use support::*;
-use tokio::sync::{watch, Mutex};
-
-static TURN: Mutex<()> = Mutex::const_new(());
+use tokio::sync::watch;
 
 /// Clients of the workload and their pace.
 #[derive(Clone, Copy)]
@@ -28,6 +27,12 @@ struct Load {
     transactions: usize,
     readers: usize,
     think: Duration,
+}
+
+impl Load {
+    fn clients(self) -> usize {
+        self.writers + self.transactions + self.readers
+    }
 }
 
 /// Nine application-like clients.
@@ -46,6 +51,12 @@ const HEAVY: Load = Load {
     readers: 2,
     think: Duration::from_millis(2),
 };
+
+/// Successes every client has before the event, so it hits running clients.
+const WARM_UP: u64 = 20;
+/// Successes every client has after the event (and after the cluster
+/// settled) before the workload stops.
+const RESUMED: u64 = 50;
 
 async fn proxy(c: &Cluster) -> pgkeel::ProxyHandle {
     proxy_with(c, "pool_size = 10").await
@@ -68,8 +79,10 @@ fn url(p: &pgkeel::ProxyHandle) -> String {
     support::url(p.local_addr(), "app", "app_password", "app")
 }
 
-/// Runs the workload around `event`, until every writing client has written
-/// again for a while after it; returns the report.
+/// Runs the workload around `event`, until every client has succeeded again
+/// and again after it; returns the report. `event` ends once the cluster has
+/// settled after it (each test says what that means), so the clients run
+/// through the whole change, not a fixed time.
 async fn around<F: std::future::Future<Output = ()>>(p: &pgkeel::ProxyHandle, event: F) -> Report {
     around_with(p, LOAD, event).await
 }
@@ -80,7 +93,7 @@ async fn around_with<F: std::future::Future<Output = ()>>(
     event: F,
 ) -> Report {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let clients = workload::start_with(
+    let (clients, progress) = workload::start_with(
         &url(p),
         load.writers,
         load.transactions,
@@ -88,18 +101,36 @@ async fn around_with<F: std::future::Future<Output = ()>>(
         load.think,
         stop_rx,
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let none = vec![0; load.clients()];
+    let running = wait_until(Duration::from_secs(30), || async {
+        progress.every_client_beyond(&none, WARM_UP)
+    })
+    .await;
+    assert!(
+        running,
+        "the workload did not start: {:?}",
+        progress.counts()
+    );
     event.await;
     let after = Instant::now();
-    // Enough to see every client resume, bounded by the hold timeout.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let at_event = progress.counts();
+    // Bounded by the hold timeout: held clients resume within it.
     let writes_before = p.shared().metrics.transactions_completed();
     let resumed = wait_until(Duration::from_secs(45), || async {
         p.shared().metrics.transactions_completed() > writes_before + 50
+            && progress.every_client_beyond(&at_event, RESUMED)
     })
     .await;
-    assert!(resumed, "traffic did not resume after the event");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        resumed,
+        "traffic did not resume after the event: {:?} successes per client since it",
+        progress
+            .counts()
+            .iter()
+            .zip(&at_event)
+            .map(|(now, then)| now - then)
+            .collect::<Vec<_>>()
+    );
     stop_tx.send_replace(true);
     let report = clients.await.unwrap();
     eprintln!(
@@ -113,6 +144,24 @@ async fn around_with<F: std::future::Future<Output = ()>>(
         }
     }
     report
+}
+
+/// Waits until pgkeel's topology satisfies `cond` (40 s at most: a killed
+/// leader is replaced once its key expires, after the cluster's TTL).
+async fn pgkeel_sees(
+    p: &pgkeel::ProxyHandle,
+    what: &str,
+    cond: impl Fn(&pgkeel::topology::Topology) -> bool,
+) {
+    let seen = wait_until(Duration::from_secs(40), || async {
+        cond(&p.shared().topology.load())
+    })
+    .await;
+    assert!(
+        seen,
+        "pgkeel never saw {what}: {:?}",
+        p.shared().topology.load()
+    );
 }
 
 /// Every acknowledged write is on the (new) leader.
@@ -147,8 +196,8 @@ fn every_writer_resumed(report: &Report, after: Instant) {
 
 #[tokio::test]
 async fn planned_switchover_no_errors_no_disconnects_no_lost_writes() {
-    let _turn = TURN.lock().await;
-    let c = shared_sync_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.sync_cluster().await;
     c.run_async(&["wait-healthy"]).await;
     let p = proxy(c).await;
     let old = c.leader();
@@ -168,6 +217,14 @@ async fn planned_switchover_no_errors_no_disconnects_no_lost_writes() {
     let report = around(&p, async {
         event_at = Instant::now();
         c.run_async(&["switchover"]).await;
+        // Until the old primary streams from the new one again: writes must
+        // not go back to it when it returns.
+        c.run_async(&["wait-healthy"]).await;
+        let new = c.leader();
+        pgkeel_sees(&p, "the new leader as primary", |t| {
+            t.primary.as_ref().is_some_and(|m| m.name == new)
+        })
+        .await;
     })
     .await;
     let show = |sql: &'static str| {
@@ -226,8 +283,8 @@ async fn planned_switchover_no_errors_no_disconnects_no_lost_writes() {
 
 #[tokio::test]
 async fn killed_leader_no_disconnects_at_most_one_error_per_client_no_lost_writes() {
-    let _turn = TURN.lock().await;
-    let c = shared_sync_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.sync_cluster().await;
     c.run_async(&["wait-healthy"]).await;
     let p = proxy(c).await;
     let old = c.leader();
@@ -235,6 +292,10 @@ async fn killed_leader_no_disconnects_at_most_one_error_per_client_no_lost_write
     let report = around(&p, async {
         event_at = Instant::now();
         c.run_async(&["kill-leader"]).await;
+        pgkeel_sees(&p, "a new primary", |t| {
+            t.primary.as_ref().is_some_and(|m| m.name != old)
+        })
+        .await;
     })
     .await;
     let failovers = p.shared().topology.failovers();
@@ -267,8 +328,8 @@ async fn killed_leader_no_disconnects_at_most_one_error_per_client_no_lost_write
 
 #[tokio::test]
 async fn killed_replica_no_errors() {
-    let _turn = TURN.lock().await;
-    let c = shared_sync_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.sync_cluster().await;
     c.run_async(&["wait-healthy"]).await;
     let p = proxy(c).await;
     let leader = c.leader();
@@ -280,6 +341,12 @@ async fn killed_replica_no_errors() {
         tokio::task::spawn_blocking(move || c.run(&["kill-member", replica]))
             .await
             .unwrap();
+        pgkeel_sees(&p, "the killed replica gone", |t| {
+            !t.members
+                .iter()
+                .any(|m| m.member.name == replica && m.healthy)
+        })
+        .await;
     })
     .await;
     p.shutdown().await;
@@ -326,8 +393,8 @@ fn idle_on(p: &pgkeel::ProxyHandle, port: u16, user: &str) -> usize {
 
 #[tokio::test]
 async fn terminated_backend_is_suspected_then_cleared_and_breaks_no_connection() {
-    let _turn = TURN.lock().await;
-    let c = shared_sync_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.sync_cluster().await;
     c.run_async(&["wait-healthy"]).await;
     let p = proxy_with(c, "pool_size = 20").await;
     let leader = c.leader();
@@ -401,12 +468,12 @@ async fn terminated_backend_is_suspected_then_cleared_and_breaks_no_connection()
 
 #[tokio::test]
 async fn killed_leader_under_heavy_load_with_idle_connections_breaks_no_connection() {
-    let _turn = TURN.lock().await;
+    let turn = cluster::turn().await;
     let repeat: usize = std::env::var("PGKEEL_KILL_REPEAT")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    let c = shared_sync_cluster();
+    let c = turn.sync_cluster().await;
     let mut broken = Vec::new();
     for run in 1..=repeat {
         c.run_async(&["wait-healthy"]).await;

@@ -1,21 +1,17 @@
 //! pgkeel following a real Patroni cluster through etcd: planned switchover,
 //! a killed leader, an etcd restart, and the watch's edge cases (events
 //! between read and watch, noloadbalance tags, vanishing members, a leader
-//! key naming a dead server). One cluster for the whole binary; the tests
-//! that change it run one at a time.
+//! key naming a dead server). The binary's one cluster, shared with
+//! routing.rs and failover.rs: each test holds its turn, since they change it.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{shared_cluster, Cluster};
+use common::cluster::{self, Cluster};
 use pgkeel::topology::Role;
 use support::*;
-use tokio::sync::Mutex;
-
-/// The tests take turns: some change the cluster or stop etcd.
-static TURN: Mutex<()> = Mutex::const_new(());
 
 async fn proxy(c: &Cluster) -> pgkeel::ProxyHandle {
     start(&c.pgkeel_config(&c.scope, "query_wait_timeout = \"2s\"")).await
@@ -38,15 +34,22 @@ async fn where_writes_go(p: &pgkeel::ProxyHandle) -> Result<(u16, bool), String>
     Err("no row".into())
 }
 
+/// The table, once for the binary: tests sharing the cluster run at the
+/// same time, and a concurrent `CREATE ... IF NOT EXISTS` of one name can fail.
 async fn setup_table(p: &pgkeel::ProxyHandle) {
-    let c = connect(p.local_addr(), "app", "app_password", "app")
-        .await
-        .unwrap();
-    c.simple_query(
-        "CREATE TABLE IF NOT EXISTS patroni_writes (id serial primary key, at timestamptz)",
-    )
-    .await
-    .unwrap();
+    static TABLE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    TABLE
+        .get_or_init(|| async {
+            let c = connect(p.local_addr(), "app", "app_password", "app")
+                .await
+                .unwrap();
+            c.simple_query(
+                "CREATE TABLE IF NOT EXISTS patroni_writes (id serial primary key, at timestamptz)",
+            )
+            .await
+            .unwrap();
+        })
+        .await;
 }
 
 /// Waits until writes through pgkeel land on `port`; returns how long that took.
@@ -104,8 +107,8 @@ async fn topology_settles(p: &pgkeel::ProxyHandle, leader: &str) {
 
 #[tokio::test]
 async fn follows_a_planned_switchover() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let (p, old) = settled_proxy(c).await;
     assert_eq!(where_writes_go(&p).await.unwrap(), (c.port_of(&old), false));
 
@@ -134,8 +137,8 @@ async fn follows_a_planned_switchover() {
 
 #[tokio::test]
 async fn follows_a_killed_leader_and_sees_it_rejoin() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let (p, old) = settled_proxy(c).await;
 
     let started = Instant::now();
@@ -184,8 +187,8 @@ async fn follows_a_killed_leader_and_sees_it_rejoin() {
 
 #[tokio::test]
 async fn keeps_serving_through_an_etcd_restart() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
     let (p, leader) = settled_proxy(c).await;
     let client = connect(p.local_addr(), "app", "app_password", "app")
         .await
@@ -262,8 +265,8 @@ fn member_json(port: u16, role: &str, tags: &str) -> String {
 
 #[tokio::test]
 async fn no_event_between_read_and_watch_is_lost() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    // Changes nothing in the cluster: shares it with the others that do not.
+    let (_turn, c) = cluster::shared_turn().await;
     let prefix = format!("/service/{}/", scratch("gap"));
     let settings = pgkeel::topology::etcd::EtcdSettings {
         endpoints: vec![c.etcd_url()],
@@ -332,8 +335,8 @@ async fn no_event_between_read_and_watch_is_lost() {
 
 #[tokio::test]
 async fn noloadbalance_tags_vanishing_members_and_dead_leaders() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    // Changes nothing in the cluster: shares it with the others that do not.
+    let (_turn, c) = cluster::shared_turn().await;
     wait_healthy(c).await;
     let scope = scratch("tags");
     let prefix = format!("/service/{scope}/");
@@ -420,6 +423,15 @@ async fn noloadbalance_tags_vanishing_members_and_dead_leaders() {
 }
 
 /// Collects the JSON bodies POSTed to it.
+/// Waits until pgkeel holds a client's statement, waiting for a primary.
+async fn held_now(p: &pgkeel::ProxyHandle) {
+    let held = wait_until(Duration::from_secs(10), || async {
+        p.shared().metrics.held_clients.get() > 0
+    })
+    .await;
+    assert!(held, "the statement was never held");
+}
+
 async fn webhook_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -464,8 +476,8 @@ async fn webhook_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<serde_json
 
 #[tokio::test]
 async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    // Changes nothing in the cluster: shares it with the others that do not.
+    let (_turn, c) = cluster::shared_turn().await;
     wait_healthy(c).await;
     let scope = scratch("hold");
     let prefix = format!("/service/{scope}/");
@@ -538,7 +550,7 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
             client,
         )
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    held_now(&p).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let (r, client) = held.await.unwrap();
     assert_eq!(sqlstate(&r.unwrap_err()), "57014");
@@ -551,7 +563,7 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
             client,
         )
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    held_now(&p).await;
     etcd.put(format!("{prefix}leader"), "L", None)
         .await
         .unwrap();
@@ -599,8 +611,8 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
 
 #[tokio::test]
 async fn static_mode_finds_the_primary_among_its_servers() {
-    let _turn = TURN.lock().await;
-    let c = shared_cluster();
+    // Changes nothing in the cluster: shares it with the others that do not.
+    let (_turn, c) = cluster::shared_turn().await;
     wait_healthy(c).await;
     let servers: String = c
         .pg_ports

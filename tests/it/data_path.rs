@@ -2,8 +2,8 @@
 //! notices, pooling, cleanup when clients leave, cancel, server failures,
 //! graceful shutdown.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::time::Duration;
 

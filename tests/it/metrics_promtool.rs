@@ -5,8 +5,8 @@
 //! every metric name the examples and README use is one pgkeel exports, and
 //! every family it exports is in README, so neither drifts from the code.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

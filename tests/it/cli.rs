@@ -1,8 +1,8 @@
 //! The `pgkeel` binary: --check-config, --help/--version, bad config at
 //! start, and a graceful stop on SIGTERM.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

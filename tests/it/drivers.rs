@@ -10,8 +10,8 @@
 //! `PGKEEL_DRIVERS_MODE=session` runs the scenarios through pgkeel in session
 //! mode and `PGKEEL_DRIVERS_MODE=direct` straight against PostgreSQL.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::collections::HashSet;
 use std::ffi::OsString;

@@ -5,8 +5,8 @@
 //! in /status, each invalid one changes nothing (and /status says why), and
 //! SIGHUP reloads too.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -122,6 +122,9 @@ fn pgbench_init(port: u16) {
     );
 }
 
+/// Transactions pgkeel completes between two rewrites under pgbench.
+const TRAFFIC_PER_VERSION: u64 = 50;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_rewrites_under_pgbench_no_client_error() {
     let pg = shared_pg();
@@ -178,8 +181,15 @@ async fn twenty_rewrites_under_pgbench_no_client_error() {
     let rule = "[[query_rules]]\npattern = \"pgbench_branches\"\nroute = \"primary\"\n";
     let mut expected = version(&p);
     let mut temp_client = None;
+    let mut completed = p.shared().metrics.transactions_completed();
     for i in 0..20u32 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Each version carries pgbench's traffic before the next rewrite.
+        let flowed = wait_until(Duration::from_secs(20), || async {
+            p.shared().metrics.transactions_completed() >= completed + TRAFFIC_PER_VERSION
+        })
+        .await;
+        assert!(flowed, "change {i}: no pgbench traffic through pgkeel");
+        completed = p.shared().metrics.transactions_completed();
         if i % 5 == 3 {
             // Invalid: nothing changes, the error is counted and shown.
             let errors = reload_errors(&p);

@@ -2,7 +2,7 @@
 //! pg_hba methods every other test relies on, and that the PostgreSQL a test
 //! binary starts goes away with the test process, however it ends.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -77,8 +77,8 @@ async fn passwords_are_stored_as_md5_or_scram_as_named() {
 
 // --- The server goes away with its test process ---------------------------
 //
-// The parent test runs this same binary again, filtered to `child_server`,
-// with PGKEEL_HARNESS_CHILD naming a file: the child starts its shared
+// The parent test runs this same binary again, filtered to this module's
+// `child_server` alone, with PGKEEL_HARNESS_CHILD naming a file: the child starts its shared
 // PostgreSQL, writes the server's directory there, and then either returns
 // (a normal exit) or sleeps until the parent SIGKILLs it (a crash, a timeout).
 
@@ -93,7 +93,10 @@ fn child_server() {
     std::fs::write(format!("{out}.tmp"), pg.dir.to_string_lossy().as_bytes()).unwrap();
     std::fs::rename(format!("{out}.tmp"), &out).unwrap();
     if std::env::var("PGKEEL_HARNESS_CHILD_HANG").is_ok() {
-        std::thread::sleep(Duration::from_secs(600));
+        // Until the parent kills it.
+        loop {
+            std::thread::park();
+        }
     }
 }
 
@@ -121,10 +124,16 @@ fn server_dies_with_its_process(hang: bool) {
     ));
     let _ = std::fs::remove_file(&out);
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["child_server", "--exact", "--test-threads=1"])
-        .env(CHILD_ENV, &out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+    // The test's name in the binary: its module path without the crate's.
+    let (_crate, module) = module_path!().split_once("::").unwrap();
+    cmd.args([
+        &format!("{module}::child_server"),
+        "--exact",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, &out)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
     if hang {
         cmd.env("PGKEEL_HARNESS_CHILD_HANG", "1");
     }

@@ -4,8 +4,8 @@
 //! releasing clients, KILL ending clients without returning a dirty server
 //! connection, and RELOAD.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -4,6 +4,8 @@
 //! every error and every broken connection.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -89,6 +91,26 @@ fn code(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| "closed".into())
 }
 
+/// Each client's successes so far (in start order), while the workload
+/// runs: tests wait on these instead of for fixed times.
+#[derive(Clone)]
+pub struct Progress(Arc<Vec<AtomicU64>>);
+
+impl Progress {
+    pub fn counts(&self) -> Vec<u64> {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
+
+    /// True when every client has succeeded more than `n` times since
+    /// `since` (an earlier `counts()`).
+    pub fn every_client_beyond(&self, since: &[u64], n: u64) -> bool {
+        self.counts()
+            .iter()
+            .zip(since)
+            .all(|(now, then)| now - then > n)
+    }
+}
+
 /// Runs one client until `stop` turns true.
 async fn client(
     url: String,
@@ -97,6 +119,7 @@ async fn client(
     started: Instant,
     think: Duration,
     mut stop: watch::Receiver<bool>,
+    progress: Progress,
 ) -> ClientReport {
     let mut r = ClientReport {
         kind,
@@ -182,6 +205,7 @@ async fn client(
                 r.last_ok = Some(now);
                 r.ok += 1;
                 r.acked.extend(ids);
+                progress.0[id as usize].fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 r.errors
@@ -217,9 +241,28 @@ pub fn start(
         Duration::from_millis(20),
         stop,
     )
+    .0
 }
 
-/// `start`, with `think` between a client's requests.
+/// `start`, and each client's successes as they happen.
+pub fn start_with_progress(
+    url: &str,
+    writers: usize,
+    transactions: usize,
+    readers: usize,
+    stop: watch::Receiver<bool>,
+) -> (tokio::task::JoinHandle<Report>, Progress) {
+    start_with(
+        url,
+        writers,
+        transactions,
+        readers,
+        Duration::from_millis(20),
+        stop,
+    )
+}
+
+/// `start_with_progress`, with `think` between a client's requests.
 pub fn start_with(
     url: &str,
     writers: usize,
@@ -227,8 +270,10 @@ pub fn start_with(
     readers: usize,
     think: Duration,
     stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Report> {
+) -> (tokio::task::JoinHandle<Report>, Progress) {
     let started = Instant::now();
+    let n = writers + transactions + readers;
+    let progress = Progress(Arc::new((0..n).map(|_| AtomicU64::new(0)).collect()));
     let mut tasks = Vec::new();
     let kinds = std::iter::repeat_n(Kind::Writer, writers)
         .chain(std::iter::repeat_n(Kind::Transaction, transactions))
@@ -241,13 +286,15 @@ pub fn start_with(
             started,
             think,
             stop.clone(),
+            progress.clone(),
         )));
     }
-    tokio::spawn(async move {
+    let report = tokio::spawn(async move {
         let mut clients = Vec::new();
         for t in tasks {
             clients.push(t.await.expect("client task"));
         }
         Report { clients }
-    })
+    });
+    (report, progress)
 }

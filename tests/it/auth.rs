@@ -2,8 +2,8 @@
 //! verifiers, md5 hashes) and pgkeel's logins to the server (SCRAM, md5,
 //! cleartext, trust), against a real PostgreSQL.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use support::*;
 

@@ -4,8 +4,8 @@
 //! size stream through in bounded memory. Against the shared PostgreSQL,
 //! with `pool_size = 2` so transactions keep changing server connections.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::time::Duration;
 
