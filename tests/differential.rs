@@ -144,10 +144,31 @@ impl fmt::Debug for Msg {
     }
 }
 
-/// Every sequence ends so that any COPY it left open fails, any error it
-/// left is cleared, and a last statement shows the stream is in step.
-fn suffix() -> [Msg; 3] {
-    [Msg::CopyFail, Msg::Sync, Msg::Query("SELECT 'end'")]
+/// Every sequence ends with a Sync that clears any error it left and a
+/// last Query whose 'end' row shows the stream is in step. A CopyFail comes
+/// first when the sequence may have left a COPY FROM STDIN open (it is
+/// not sent otherwise: a stray one is the generator's to choose).
+fn suffix(seq: &[Msg]) -> Vec<Msg> {
+    let mut copy_open = false;
+    for m in seq {
+        match m {
+            Msg::Query(sql) | Msg::Parse(_, sql) if sql.ends_with("FROM STDIN") => copy_open = true,
+            Msg::CopyDone | Msg::CopyFail => copy_open = false,
+            _ => {}
+        }
+    }
+    // ROLLBACK first, so that 'end' comes even after a failed transaction.
+    let end = [Msg::Sync, Msg::Query("ROLLBACK; SELECT 'end'")];
+    if copy_open {
+        [Msg::CopyFail].into_iter().chain(end).collect()
+    } else {
+        end.to_vec()
+    }
+}
+
+/// The messages sent for a generated sequence.
+fn with_suffix(seq: &[Msg]) -> Vec<Msg> {
+    seq.iter().cloned().chain(suffix(seq)).collect()
 }
 
 fn put_cstr(out: &mut BytesMut, s: &str) {
@@ -254,6 +275,10 @@ fn msg_strategy() -> impl Strategy<Value = Msg> {
 /// generated sequence at once; silence is pgkeel's.
 const SILENCE: Duration = Duration::from_secs(2);
 
+/// How long the other client may wait for the pool's one connection: as
+/// long as a sequence holds it.
+const OTHER_WAIT: Duration = Duration::from_secs(10);
+
 /// One received message as compared, or `None` for what legitimately
 /// differs between connections (BackendKeyData).
 fn describe(t: u8, mut b: &[u8]) -> Option<String> {
@@ -345,13 +370,18 @@ fn normalise(mut trace: Vec<String>) -> Vec<String> {
 /// Reads until a message for which `last` holds, then up to the next
 /// ReadyForQuery (the message itself when it is one); stops early at EOF
 /// or silence, which it records. False when it stopped early.
-async fn read_until(raw: &mut Raw, last: impl Fn(&str) -> bool, trace: &mut Vec<String>) -> bool {
+async fn read_until(
+    raw: &mut Raw,
+    last: impl Fn(&str) -> bool,
+    limit: Duration,
+    trace: &mut Vec<String>,
+) -> bool {
     let mut seen_last = false;
     loop {
         let fut = pgkeel::protocol::read_message(&mut raw.stream, &mut raw.buf, 1 << 30);
-        match tokio::time::timeout(SILENCE, fut).await {
+        match tokio::time::timeout(limit, fut).await {
             Err(_) => {
-                trace.push(format!("<no answer within {SILENCE:?}>"));
+                trace.push(format!("<no answer within {limit:?}>"));
                 return false;
             }
             Ok(Err(_)) => {
@@ -394,21 +424,23 @@ impl Side {
     async fn run(&mut self, seq: &[Msg], int4pl: u32) -> (Vec<String>, Vec<String>) {
         let mut raw = login(self.addr).await;
         let mut out = BytesMut::new();
-        for m in seq.iter().chain(suffix().iter()) {
+        for m in &with_suffix(seq) {
             encode(m, int4pl, &mut out);
         }
         raw.send(&out).await;
         let mut trace = Vec::new();
-        let in_step = read_until(&mut raw, |_| true, &mut trace).await;
+        let in_step = read_until(&mut raw, |_| true, SILENCE, &mut trace).await;
         let mut other = self.other.take().expect("the other client");
         let asked = tokio::spawn(async move {
             other.query(OTHER_SQL).await;
             let mut t = Vec::new();
-            let in_step = read_until(&mut other, |m| m == OTHER_ROW, &mut t).await;
+            // Its one answer; it waits while the sequence holds the connection.
+            let answered = read_until(&mut other, |_| true, OTHER_WAIT, &mut t).await;
+            let in_step = answered && t.iter().any(|m| m == OTHER_ROW);
             (other, t, in_step)
         });
         if in_step {
-            read_until(&mut raw, |m| m == END_ROW, &mut trace).await;
+            read_until(&mut raw, |m| m == END_ROW, SILENCE, &mut trace).await;
         }
         // Gone: an open transaction is rolled back, the connection freed.
         drop(raw);
@@ -536,7 +568,7 @@ impl Harness {
 
 /// The traces of one case, side by side, for the failure report.
 fn report(seq: &[Msg], direct: &[String], through: &[String]) -> String {
-    let mut s = format!("sequence (then {:?}):\n", suffix());
+    let mut s = format!("sequence (then {:?}):\n", suffix(seq));
     for m in seq {
         s.push_str(&format!("  {m:?}\n"));
     }
@@ -557,7 +589,7 @@ fn report(seq: &[Msg], direct: &[String], through: &[String]) -> String {
 /// sequences whose COPY would not have started.)
 fn postgres_keeps_the_connection(seq: &[Msg]) -> bool {
     let mut in_copy = false;
-    for m in seq {
+    for m in &with_suffix(seq) {
         match m {
             Msg::Query(sql) if !in_copy => in_copy = sql.ends_with("FROM STDIN"),
             Msg::CopyDone | Msg::CopyFail => in_copy = false,
@@ -582,13 +614,15 @@ fn differential(cases: u32, keep: fn(&[Msg]) -> bool) {
     let config = Config {
         cases,
         max_shrink_iters: 256,
-        max_shrink_time: 30_000,
+        // Each failing try waits out a silence: bounded, so the test stays quick.
+        max_shrink_time: 20_000,
         failure_persistence: None,
         ..Config::default()
     };
     let sequences = prop::collection::vec(msg_strategy(), 1..7)
         .prop_filter("PostgreSQL closes the connection", move |s| keep(s));
     let mut runner = TestRunner::new(config);
+    let started = std::time::Instant::now();
     let outcome = runner.run(&sequences, |seq| {
         let mut h = harness.borrow_mut();
         let int4pl = h.int4pl;
@@ -606,10 +640,11 @@ fn differential(cases: u32, keep: fn(&[Msg]) -> bool) {
         rt.block_on(h.restart_keel());
         Err(TestCaseError::fail(report(&seq, &d, &t)))
     });
+    let took = started.elapsed();
     match outcome {
-        Ok(()) => {}
+        Ok(()) => eprintln!("{cases} sequences answered the same both ways ({took:.1?})"),
         Err(TestError::Fail(why, minimal)) => panic!(
-            "a client sees something else through pgkeel; minimal failing sequence: {minimal:?}\n{why}"
+            "a client sees something else through pgkeel ({took:.1?}); minimal failing sequence: {minimal:?}\n{why}"
         ),
         Err(e) => panic!("{e}"),
     }
