@@ -644,7 +644,10 @@ async fn declared_lengths_reserve_nothing() {
         after.2 / MB,
         growth(after.2, before.2),
     );
-    assert!(read, "pgkeel did not read the headers");
+    assert!(
+        read,
+        "pgkeel_client_bytes_received_total did not grow by the {headers} header bytes: were they read?"
+    );
     assert!(
         growth(after.0, before.0) < 64,
         "resident memory grew with declared lengths"
