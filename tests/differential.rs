@@ -653,12 +653,12 @@ fn differential(cases: u32, keep: fn(&[Msg]) -> bool) {
 /// Any sequence, the ones that make PostgreSQL close the connection too.
 #[test]
 fn generated_sequences_answer_the_same_directly_and_through_pgkeel() {
-    differential(48, |_| true);
+    differential(32, |_| true);
 }
 
 /// Only sequences after which PostgreSQL keeps the connection, so that a
 /// difference there is not masked by the one above.
 #[test]
 fn sequences_postgres_survives_answer_the_same_through_pgkeel() {
-    differential(48, postgres_keeps_the_connection);
+    differential(32, postgres_keeps_the_connection);
 }
