@@ -8,8 +8,8 @@
 //! error texts (errors compare by SQLSTATE), and the order of
 //! ParameterStatus messages within a run of them.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::cell::RefCell;
 use std::fmt;

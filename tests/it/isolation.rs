@@ -5,8 +5,8 @@
 //! statements or settings; an in-doubt commit is 08006, never 40001; a
 //! declared length reserves nothing.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::io::Write;
 use std::net::SocketAddr;
