@@ -336,7 +336,9 @@ impl<'a> Iterator for Statements<'a> {
 
 /// Skips `WORK` or `TRANSACTION` after COMMIT/END/ROLLBACK/ABORT.
 fn skip_noise<'a>(w: &mut std::iter::Peekable<Tokens<'a>>) {
-    if w.peek().is_some_and(|t| t.is_any(&[b"work", b"transaction"])) {
+    if w.peek()
+        .is_some_and(|t| t.is_any(&[b"work", b"transaction"]))
+    {
         w.next();
     }
 }
@@ -506,7 +508,12 @@ mod tests {
 
     #[test]
     fn lone_commit_and_rollback() {
-        for sql in ["COMMIT", " commit work ; ", "/* x */ END", "END TRANSACTION"] {
+        for sql in [
+            "COMMIT",
+            " commit work ; ",
+            "/* x */ END",
+            "END TRANSACTION",
+        ] {
             assert!(lone_commit(sql.as_bytes()), "{sql}");
         }
         for sql in [
@@ -519,7 +526,12 @@ mod tests {
         ] {
             assert!(!lone_commit(sql.as_bytes()), "{sql}");
         }
-        for sql in ["ROLLBACK", "abort", "ROLLBACK WORK;", "-- x\nrollback transaction"] {
+        for sql in [
+            "ROLLBACK",
+            "abort",
+            "ROLLBACK WORK;",
+            "-- x\nrollback transaction",
+        ] {
             assert!(lone_rollback(sql.as_bytes()), "{sql}");
         }
         for sql in [
