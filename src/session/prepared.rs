@@ -480,7 +480,7 @@ impl Prepared {
         let Some(old) = conn.add(stmt.id, self.cap) else {
             return false;
         };
-        let name = format!("pgkeel_{old}\0");
+        let name = format!("{}{old}\0", self.cache.prefix());
         frame_start(out, b'C', 1 + name.len());
         out.put_u8(b'S');
         out.put_slice(name.as_bytes());
@@ -813,7 +813,7 @@ mod tests {
             ],
         );
         assert_eq!(types(&out), "PBES");
-        assert!(String::from_utf8_lossy(&out).contains("pgkeel_1"));
+        assert!(String::from_utf8_lossy(&out).contains(&format!("{}1\0", cache.prefix())));
         assert!(!String::from_utf8_lossy(&out).contains("S_1"));
         let got = answer(
             &mut p,
