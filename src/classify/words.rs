@@ -246,13 +246,12 @@ fn number_end(s: &[u8], start: usize) -> usize {
     let mut i = start;
     while i < s.len() {
         let c = s[i];
-        if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' {
-            i += 1;
-        } else if (c == b'+' || c == b'-') && i > start && matches!(s[i - 1], b'e' | b'E') {
-            i += 1;
-        } else {
+        let exponent_sign =
+            (c == b'+' || c == b'-') && i > start && matches!(s[i - 1], b'e' | b'E');
+        if !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || exponent_sign) {
             break;
         }
+        i += 1;
     }
     i
 }

@@ -310,6 +310,18 @@ impl Prepared {
             .map_or_else(Default::default, |s| s.effects)
     }
 
+    /// The statement text a lone SQL-level `EXECUTE name` in `sql` runs
+    /// (what its PREPARE gave), if the client prepared `name`: what it does
+    /// to the session counts like its own text.
+    pub fn executed_text(&self, sql: &[u8]) -> Option<&[u8]> {
+        let (first, rest) = word(trim_end(sql))?;
+        if !first.eq_ignore_ascii_case(b"execute") {
+            return None;
+        }
+        let (name, _) = ident(rest)?;
+        self.sql_names.get(&name).map(|s| &s.body[..])
+    }
+
     /// The text of the client's statement `name`, for routing.
     pub fn query_of(&self, name: &[u8]) -> Option<&[u8]> {
         let s = self.names.get(name)?;
