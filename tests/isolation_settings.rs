@@ -24,7 +24,10 @@ async fn proxy(proxy_lines: &str) -> pgkeel::ProxyHandle {
 
 /// The value of a one-column, one-row simple query ("" for NULL).
 async fn value(c: &Client, sql: &str) -> String {
-    let rows = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     rows.iter()
         .find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
@@ -34,7 +37,11 @@ async fn value(c: &Client, sql: &str) -> String {
 }
 
 async fn tenant(c: &Client) -> String {
-    value(c, "SELECT coalesce(current_setting('app.tenant', true), '')").await
+    value(
+        c,
+        "SELECT coalesce(current_setting('app.tenant', true), '')",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,9 +78,12 @@ async fn custom_settings_and_role_follow_their_client_and_nobody_else() {
     a.batch_execute("SELECT set_config('app.other', 'X', false)")
         .await
         .unwrap();
-    a.query_one("SELECT pg_catalog.set_config('app.ext', $1, false)", &[&"E"])
-        .await
-        .unwrap();
+    a.query_one(
+        "SELECT pg_catalog.set_config('app.ext', $1, false)",
+        &[&"E"],
+    )
+    .await
+    .unwrap();
     let both = "SELECT coalesce(current_setting('app.other', true), '') || '/' || coalesce(current_setting('app.ext', true), '')";
     assert_eq!(value(&b, both).await, "/");
     assert_eq!(value(&a, both).await, "X/E");
@@ -143,14 +153,20 @@ async fn untracked_settings_close_the_connection() {
 async fn session_authorization_pins_and_never_leaks() {
     let p = proxy("").await;
     let addr = p.local_addr();
-    let s = connect(addr, "postgres", "postgres", "appdb").await.unwrap();
-    s.batch_execute("SET SESSION AUTHORIZATION app").await.unwrap();
+    let s = connect(addr, "postgres", "postgres", "appdb")
+        .await
+        .unwrap();
+    s.batch_execute("SET SESSION AUTHORIZATION app")
+        .await
+        .unwrap();
     for _ in 0..3 {
         assert_eq!(value(&s, "SELECT session_user").await, "app");
     }
     drop(s);
     // Same pool (user postgres), same single server connection.
-    let next = connect(addr, "postgres", "postgres", "appdb").await.unwrap();
+    let next = connect(addr, "postgres", "postgres", "appdb")
+        .await
+        .unwrap();
     assert_eq!(value(&next, "SELECT session_user").await, "postgres");
     p.shutdown().await;
 
@@ -195,7 +211,10 @@ async fn pgkeel_statement_names_are_off_limits() {
             "42P05",
         ),
         (format!("DEALLOCATE \"{name}\""), "26000"),
-        (format!("deallocate prepare {}", name.to_uppercase()), "26000"),
+        (
+            format!("deallocate prepare {}", name.to_uppercase()),
+            "26000",
+        ),
         (format!("EXECUTE {name}('x')"), "26000"),
         (format!("EXPLAIN ANALYZE EXECUTE {name}('x')"), "26000"),
         (format!("PREPARE {name}(text) AS SELECT 1"), "42P05"),
