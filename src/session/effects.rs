@@ -767,7 +767,29 @@ mod tests {
         assert!(!e("SELECT pg_advisory_lock_x(1)").contains(Effects::ADVISORY_LOCK));
     }
 
+    /// Effects statement by statement, without the one-statement shortcut.
+    fn split_scan(sql: &[u8]) -> Effects {
+        let mut e = Effects::NONE;
+        for st in words::statements(sql) {
+            e |= statement(&st, &mut None);
+        }
+        e
+    }
+
     proptest::proptest! {
+        #[test]
+        fn one_statement_shortcut_agrees(
+            body in proptest::sample::select(vec![
+                "SET app.x = 1", "select set_config('a.b', 'c', false)", "LISTEN x",
+                "SELECT * INTO TEMP t FROM x", "EXECUTE pgkeel_1", "DEALLOCATE ALL",
+                "SELECT 'a;b'", "create temp table t (x int)", "SELECT pg_advisory_lock(1)",
+            ]),
+            tail in proptest::sample::select(vec!["", ";", " ; ", ";\n", " -- c"]),
+        ) {
+            let sql = format!("{body}{tail}");
+            proptest::prop_assert_eq!(scan(sql.as_bytes()), split_scan(sql.as_bytes()));
+        }
+
         #[test]
         fn scan_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let fx = scan(&bytes);
