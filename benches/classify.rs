@@ -1,7 +1,8 @@
 //! What the read/write split costs per statement: the PostgreSQL parser
 //! (a cache miss), normalizing the text (every statement), and the whole
 //! routing decision for a pgbench -S query with the cache warm (the steady
-//! state). `cargo bench --bench classify`.
+//! state), and the session-effects scan every transaction-mode Query and
+//! Parse goes through. `cargo bench --bench classify`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgkeel::classify::{classify, normalize, FunctionPolicy};
@@ -49,6 +50,13 @@ fn bench(c: &mut Criterion) {
         deferred_begin: false,
         statements: None,
     };
+    // What every Query and Parse pays in transaction mode.
+    c.bench_function("effects scan pgbench select", |b| {
+        b.iter(|| pgkeel::classify::effects::scan(std::hint::black_box(SELECT.as_bytes())))
+    });
+    c.bench_function("effects scan 3-way join", |b| {
+        b.iter(|| pgkeel::classify::effects::scan(std::hint::black_box(JOIN.as_bytes())))
+    });
     let frames = query(SELECT);
     let mut scratch = Vec::new();
     router.decide(&view, &frames, &mut scratch, &metrics);

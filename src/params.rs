@@ -25,9 +25,11 @@ pub fn tracked(name: &str) -> Option<&'static str> {
 
 /// (name, value) pairs, at most one per tracked parameter; and the other
 /// settings made for the session (`extra`: SET search_path, statement_timeout,
-/// startup options...), as `pg_settings` names and shows them.
+/// startup options...), as `pg_settings` names and shows them; and (for a
+/// client) the names it ever set that `pg_settings` hides (`x.y` custom
+/// settings, `role`), read back by name from then on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(Vec<(&'static str, String)>, Extra);
+pub struct Params(Vec<(&'static str, String)>, Extra, Vec<String>);
 
 /// Session-level settings besides the reported ones, sorted by name.
 pub type Extra = Vec<(String, String)>;
@@ -37,13 +39,20 @@ pub type Extra = Vec<(String, String)>;
 /// value in the form `set_config` takes back.
 pub const SESSION_SETTINGS: &str = "SELECT coalesce(string_agg(name || chr(31) || setting, chr(30) ORDER BY name), '') FROM pg_catalog.pg_settings WHERE source = 'session'";
 
-/// The non-reported settings in a `SESSION_SETTINGS` answer.
+/// The non-reported settings in a `SESSION_SETTINGS` answer (or a
+/// `Params::settings_query` one), sorted, one per name. `role` is left out
+/// at its default (`none`): there is nothing to restore then.
 pub fn parse_session_settings(v: &str) -> Extra {
-    v.split('\u{1e}')
+    let mut extra: Extra = v
+        .split('\u{1e}')
         .filter_map(|kv| kv.split_once('\u{1f}'))
         .filter(|(k, _)| tracked(k).is_none())
+        .filter(|(k, v)| !(*k == "role" && *v == "none"))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        .collect();
+    extra.sort();
+    extra.dedup_by(|a, b| a.0.eq_ignore_ascii_case(&b.0));
+    extra
 }
 
 fn quote(v: &str) -> String {
@@ -100,6 +109,35 @@ impl Params {
         self.1 = extra;
     }
 
+    /// Names of settings `pg_settings` hides that the client has set: from
+    /// now on they are read back with the others.
+    pub fn remember_hidden(&mut self, names: impl IntoIterator<Item = String>) {
+        for n in names {
+            if !self.2.contains(&n) {
+                self.2.push(n);
+            }
+        }
+    }
+
+    /// The query reading back this client's session settings: the ones
+    /// `pg_settings` shows as set by the session, and the hidden ones it set
+    /// (`current_setting(name, true)`), in `SESSION_SETTINGS`' form; one
+    /// round trip either way.
+    pub fn settings_query(&self) -> std::borrow::Cow<'static, str> {
+        if self.2.is_empty() {
+            return SESSION_SETTINGS.into();
+        }
+        let names: Vec<String> = self.2.iter().map(|n| quote(n)).collect();
+        format!(
+            "SELECT coalesce(string_agg(name || chr(31) || setting, chr(30) ORDER BY name), '') FROM \
+             (SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' \
+             UNION SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[{}]::text[]) AS n) s \
+             WHERE setting IS NOT NULL",
+            names.join(", ")
+        )
+        .into()
+    }
+
     /// A startup parameter that is a setting (not a reported one).
     pub fn set_startup_extra(&mut self, name: &str, value: &str) {
         if tracked(name).is_some() {
@@ -125,7 +163,14 @@ impl Params {
             }
         }
         let mut sets = Vec::new();
-        for (n, v) in &self.1 {
+        // `role` last: the other settings are made as the session's user,
+        // who may set more than the role can.
+        let role_last = self
+            .1
+            .iter()
+            .filter(|(n, _)| n != "role")
+            .chain(self.1.iter().filter(|(n, _)| n == "role"));
+        for (n, v) in role_last {
             if !have.1.iter().any(|(m, w)| m == n && w == v) {
                 sets.push(format!(
                     "pg_catalog.set_config({}, {}, false)",
@@ -181,6 +226,44 @@ mod tests {
         have.set_extra(want.extra().clone());
         assert_eq!(want.extra_statement(&have), "");
         assert_eq!(parse_session_settings(""), vec![]);
+    }
+
+    #[test]
+    fn hidden_settings_are_read_back_by_name_and_reset_for_the_next_client() {
+        let mut a = Params::default();
+        assert_eq!(a.settings_query(), SESSION_SETTINGS);
+        a.remember_hidden(["app.tenant".to_owned(), "role".to_owned()]);
+        a.remember_hidden(["app.tenant".to_owned()]);
+        let q = a.settings_query();
+        assert!(q.contains("ARRAY['app.tenant', 'role']"), "{q}");
+        assert!(q.contains("current_setting(n, true)"), "{q}");
+        // What the server answers for client A.
+        let back = parse_session_settings(
+            "app.tenant\u{1f}A\u{1e}role\u{1f}alice\u{1e}search_path\u{1f}a\u{1e}app.tenant\u{1f}A",
+        );
+        assert_eq!(
+            back,
+            vec![
+                ("app.tenant".into(), "A".into()),
+                ("role".into(), "alice".into()),
+                ("search_path".into(), "a".into()),
+            ]
+        );
+        a.set_extra(back.clone());
+        let mut server = Params::default();
+        server.set_extra(back);
+        // Client B wants none of it: all reset before B runs.
+        let b = Params::default();
+        assert_eq!(
+            b.extra_statement(&server),
+            "RESET \"app.tenant\";RESET \"role\";RESET \"search_path\";"
+        );
+        // A on a fresh server: restored, role last.
+        assert_eq!(
+            a.extra_statement(&Params::default()),
+            "SELECT pg_catalog.set_config('app.tenant', 'A', false), pg_catalog.set_config('search_path', 'a', false), pg_catalog.set_config('role', 'alice', false);"
+        );
+        assert_eq!(parse_session_settings("role\u{1f}none"), vec![]);
     }
 
     #[test]

@@ -3,9 +3,16 @@
 //! In transaction mode a client's next transaction may land on any server
 //! connection, so a statement the client prepared as `S_1` must be findable
 //! everywhere. pgkeel names each distinct statement (query text + parameter
-//! types) once, `pgkeel_<id>`, prepares it on a server connection the first
-//! time a client needs it there, and rewrites the client's names into that
-//! one. Clients sending the same statement share the server's copy.
+//! types) once, `pgkeel_<random>_<id>`, prepares it on a server connection
+//! the first time a client needs it there, and rewrites the client's names
+//! into that one. Clients sending the same statement share the server's copy.
+//!
+//! Clients cannot address these names: SQL that PREPAREs, EXECUTEs or
+//! DEALLOCATEs a `pgkeel_` name is refused (`effects::Effects::refusal`),
+//! and the random part, drawn from the OS per process, keeps the names
+//! unguessable besides. What stays open: on its own connection a client can
+//! read the names from `pg_prepared_statements` and reach them through
+//! dynamic SQL inside a DO block or a function, which pgkeel does not see.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +24,8 @@ use bytes::Bytes;
 #[derive(Debug)]
 pub struct Statement {
     pub id: u64,
-    /// `pgkeel_<id>` followed by its NUL, ready to splice into a message.
+    /// `pgkeel_<random>_<id>` followed by its NUL, ready to splice into a
+    /// message.
     pub server_name: Box<[u8]>,
     /// The Parse body after the statement name: query text, NUL, parameter
     /// count and types.
@@ -29,10 +37,27 @@ pub struct Statement {
 
 /// All statements known, by content. Touched only when a client sends a
 /// named Parse (once per statement per client), never per execution.
-#[derive(Default)]
 pub struct StatementCache {
     by_body: Mutex<HashMap<Bytes, Arc<Statement>>>,
     next_id: AtomicU64,
+    /// `pgkeel_<16 random hex digits>_`.
+    prefix: String,
+}
+
+impl Default for StatementCache {
+    fn default() -> Self {
+        use rand::TryRngCore;
+        // From the OS; the thread-local generator (seeded from the OS too)
+        // if that fails.
+        let random = rand::rngs::OsRng
+            .try_next_u64()
+            .unwrap_or_else(|_| rand::random());
+        StatementCache {
+            by_body: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            prefix: format!("pgkeel_{random:016x}_"),
+        }
+    }
 }
 
 /// Beyond this many statements, the ones no client holds are forgotten.
@@ -57,11 +82,18 @@ impl StatementCache {
         let s = Arc::new(Statement {
             effects,
             id,
-            server_name: format!("pgkeel_{id}\0").into_bytes().into_boxed_slice(),
+            server_name: format!("{}{id}\0", self.prefix)
+                .into_bytes()
+                .into_boxed_slice(),
             body: body.clone(),
         });
         map.insert(body, s.clone());
         s
+    }
+
+    /// What every server-side name starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     pub fn len(&self) -> usize {
@@ -143,8 +175,25 @@ mod tests {
         let other = c.intern(b"select $1\0\0\0");
         assert!(Arc::ptr_eq(&a, &b));
         assert_ne!(a.id, other.id, "parameter types are part of a statement");
-        assert_eq!(&a.server_name[..], format!("pgkeel_{}\0", a.id).as_bytes());
+        assert_eq!(
+            &a.server_name[..],
+            format!("{}{}\0", c.prefix(), a.id).as_bytes()
+        );
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn server_names_are_unguessable_and_in_pgkeels_namespace() {
+        let (a, b) = (StatementCache::default(), StatementCache::default());
+        assert_ne!(a.prefix(), b.prefix(), "random per cache");
+        let hex = a.prefix().strip_prefix("pgkeel_").unwrap();
+        let hex = hex.strip_suffix('_').unwrap();
+        assert_eq!(hex.len(), 16);
+        assert!(hex.bytes().all(|c| c.is_ascii_hexdigit()));
+        let s = a.intern(b"select 1\0\0\0");
+        let name = &s.server_name[..s.server_name.len() - 1];
+        let sql = [b"DEALLOCATE ", name].concat();
+        assert!(crate::classify::effects::scan(&sql).refusal(true).is_some());
     }
 
     #[test]

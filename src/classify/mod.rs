@@ -15,6 +15,7 @@
 
 pub mod effects;
 mod normalize;
+pub mod words;
 
 use std::collections::HashSet;
 use std::sync::LazyLock;

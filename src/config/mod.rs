@@ -52,14 +52,18 @@ pub enum PinFeature {
     HoldCursors,
     /// CREATE TEMP TABLE (without ON COMMIT DROP).
     TempTables,
+    /// SET SESSION AUTHORIZATION: who the session is cannot be read back
+    /// and restored like a setting.
+    SessionAuthorization,
 }
 
 impl PinFeature {
-    pub const ALL: [PinFeature; 4] = [
+    pub const ALL: [PinFeature; 5] = [
         PinFeature::Listen,
         PinFeature::AdvisoryLocks,
         PinFeature::HoldCursors,
         PinFeature::TempTables,
+        PinFeature::SessionAuthorization,
     ];
 
     /// The name used in `pin_on` and in metrics.
@@ -69,6 +73,7 @@ impl PinFeature {
             PinFeature::AdvisoryLocks => "advisory_locks",
             PinFeature::HoldCursors => "hold_cursors",
             PinFeature::TempTables => "temp_tables",
+            PinFeature::SessionAuthorization => "session_authorization",
         }
     }
 
@@ -79,6 +84,7 @@ impl PinFeature {
             PinFeature::AdvisoryLocks => "session-level advisory locks",
             PinFeature::HoldCursors => "WITH HOLD cursors",
             PinFeature::TempTables => "temporary tables",
+            PinFeature::SessionAuthorization => "SET SESSION AUTHORIZATION",
         }
     }
 }

@@ -512,7 +512,13 @@ impl Session {
                     // Not released when a follow-up query fails: the
                     // connection's state is unknown.
                     let mut clean = true;
-                    if self.st.effects.contains(Effects::SETTINGS) {
+                    self.want
+                        .remember_hidden(std::mem::take(&mut self.st.hidden_settings));
+                    if self.st.effects.contains(Effects::UNTRACKED_STATE) {
+                        // State nobody can restore or undo by name: closed,
+                        // never lent to anyone else (effects.rs says why).
+                        clean = false;
+                    } else if self.st.effects.contains(Effects::SETTINGS) {
                         clean = self.read_settings(server.conn()).await;
                     }
                     if clean
@@ -599,10 +605,8 @@ impl Session {
     /// DISCARD ALL): reads what the session has set now, which the client
     /// wants from every server from now on. False if that failed.
     async fn read_settings(&mut self, conn: &mut backend::ServerConn) -> bool {
-        match conn
-            .query_value(params::SESSION_SETTINGS, CLEANUP_TIMEOUT)
-            .await
-        {
+        let sql = self.want.settings_query();
+        match conn.query_value(&sql, CLEANUP_TIMEOUT).await {
             Ok(Some(v)) => {
                 let extra = params::parse_session_settings(&v);
                 self.want.set_extra(extra.clone());
@@ -1137,6 +1141,11 @@ impl Session {
         self.login.cancel.slot.detach();
         let clean =
             self.st.at_rest() && self.bufs.to_server.is_empty() && self.bufs.from_server.is_empty();
+        if clean && self.st.effects.dirties_session() && !self.keeps_server() {
+            // Settings nobody read back, or a pinned feature's state: the
+            // next client must not inherit them.
+            return;
+        }
         if !clean {
             // Mid-query: stop the work on the server, then drop the connection.
             let key = server.conn().key.clone();

@@ -310,6 +310,18 @@ impl Prepared {
             .map_or_else(Default::default, |s| s.effects)
     }
 
+    /// The statement text a lone SQL-level `EXECUTE name` in `sql` runs
+    /// (what its PREPARE gave), if the client prepared `name`: what it does
+    /// to the session counts like its own text.
+    pub fn executed_text(&self, sql: &[u8]) -> Option<&[u8]> {
+        let (first, rest) = word(trim_end(sql))?;
+        if !first.eq_ignore_ascii_case(b"execute") {
+            return None;
+        }
+        let (name, _) = ident(rest)?;
+        self.sql_names.get(&name).map(|s| &s.body[..])
+    }
+
     /// The text of the client's statement `name`, for routing.
     pub fn query_of(&self, name: &[u8]) -> Option<&[u8]> {
         let s = self.names.get(name)?;
@@ -480,7 +492,7 @@ impl Prepared {
         let Some(old) = conn.add(stmt.id, self.cap) else {
             return false;
         };
-        let name = format!("pgkeel_{old}\0");
+        let name = format!("{}{old}\0", self.cache.prefix());
         frame_start(out, b'C', 1 + name.len());
         out.put_u8(b'S');
         out.put_slice(name.as_bytes());
@@ -818,7 +830,7 @@ mod tests {
             ],
         );
         assert_eq!(types(&out), "PBES");
-        assert!(String::from_utf8_lossy(&out).contains("pgkeel_1"));
+        assert!(String::from_utf8_lossy(&out).contains(&format!("{}1\0", cache.prefix())));
         assert!(!String::from_utf8_lossy(&out).contains("S_1"));
         let got = answer(
             &mut p,

@@ -101,6 +101,9 @@ pub struct TxState {
     pub effects: Effects,
     /// A statement needed the client pinned to this connection.
     pub pinned: Option<PinFeature>,
+    /// Settings `pg_settings` hides (`x.y`, `role`) that statements sent
+    /// during this attach set: the session reads them back by name.
+    pub hidden_settings: Vec<String>,
     /// SQLSTATE classes of the ErrorResponses forwarded to the client and
     /// not yet counted (the pump counts them after each server read).
     pub server_errors: Vec<[u8; 2]>,
@@ -130,6 +133,7 @@ impl Default for TxState {
             syncs_since_execute: 0,
             effects: Effects::NONE,
             pinned: None,
+            hidden_settings: Vec::new(),
             server_errors: Vec::new(),
             log: None,
         }
@@ -311,12 +315,40 @@ impl Track<'_> {
     /// and features that pin the client or are refused. `Some(sql)`: send
     /// this instead of the client's Query.
     fn effects(&mut self, typ: u8, frame: &[u8], st: &mut TxState) -> Option<String> {
-        let fx = match typ {
+        let mut fx = match typ {
             b'B' => self.prepared.bind_effects(frame),
             _ => effects::scan(protocol::query_text(typ, frame)),
         };
         if fx.is_empty() {
             return None;
+        }
+        if let Some(r) = fx.refusal(typ == b'Q') {
+            // Nothing of it runs: its effects are not the session's.
+            if typ == b'Q' {
+                return Some(super::prepared::raising_query(r.code, r.message, r.hint));
+            }
+            self.prepared.refuse(r.code, r.message, r.hint);
+            return Some(String::new());
+        }
+        // What runs: the text itself, the statement a Bind names, the one
+        // a SQL-level EXECUTE names.
+        let text = match typ {
+            b'B' => super::prepared::bound_name(frame).and_then(|n| self.prepared.query_of(n)),
+            _ => Some(protocol::query_text(typ, frame)),
+        };
+        let executed = match typ {
+            b'Q' if fx.contains(Effects::SQL_PREPARED) => {
+                text.and_then(|t| self.prepared.executed_text(t))
+            }
+            _ => None,
+        };
+        if let Some(x) = executed {
+            fx |= effects::scan(x);
+        }
+        if fx.contains(Effects::HIDDEN_SETTING) {
+            for t in [text, executed].into_iter().flatten() {
+                effects::hidden_settings(t, &mut st.hidden_settings);
+            }
         }
         st.effects |= fx;
         if fx.contains(Effects::DROPS_STATEMENTS) {
@@ -376,12 +408,7 @@ fn query_text(typ: u8, frame: &[u8]) -> &str {
 
 /// COMMIT or END: the statement that makes a transaction's outcome matter.
 fn ends_transaction(sql: &str) -> bool {
-    let first = sql
-        .trim_start()
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or("");
-    first.eq_ignore_ascii_case("commit") || first.eq_ignore_ascii_case("end")
+    crate::classify::words::commits(sql.as_bytes())
 }
 
 /// May this frame be part of a request re-run on another server?

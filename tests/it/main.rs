@@ -36,6 +36,7 @@ mod drivers;
 mod failover;
 mod harness_smoke;
 mod isolation;
+mod isolation_settings;
 mod metrics_promtool;
 mod patroni;
 mod prepared;
