@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod patroni;
 pub mod probe;
 pub mod publisher;
+mod suspicion;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
