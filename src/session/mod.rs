@@ -25,7 +25,7 @@ use crate::classify::Kind;
 use crate::clients::{ClientState, Registered};
 use crate::config::{ListenerRoute, PinFeature, PoolMode, Route, User};
 use crate::pool::{Pool, PoolError, PooledConn};
-use crate::protocol::{self, sqlstate, Severity};
+use crate::protocol::{self, sqlstate, Severity, TxStatus};
 use crate::proxy::Shared;
 use crate::querylog::QueryLog;
 use crate::router::{Decision, Picked, SessionView};
@@ -445,7 +445,7 @@ impl Session {
                             }
                             self.bufs.to_server.extend_from_slice(&begin);
                             self.st.swallow += 1;
-                            self.st.status = b'T';
+                            self.st.status = TxStatus::InTransaction;
                             self.st.replayable = false;
                         }
                     }
@@ -694,7 +694,7 @@ impl Session {
             return self
                 .reply(|out| {
                     protocol::put_command_complete(out, "ROLLBACK");
-                    protocol::put_ready(out, b'I');
+                    protocol::put_ready(out, TxStatus::Idle);
                 })
                 .await;
         }
@@ -915,11 +915,11 @@ impl Session {
     }
 
     /// ReadyForQuery status while no server is attached.
-    fn idle_status(&self) -> u8 {
+    fn idle_status(&self) -> TxStatus {
         match (&self.deferred_begin, self.deferred_aborted) {
-            (Some(_), true) => b'E',
-            (Some(_), false) => b'T',
-            (None, _) => b'I',
+            (Some(_), true) => TxStatus::Failed,
+            (Some(_), false) => TxStatus::InTransaction,
+            (None, _) => TxStatus::Idle,
         }
     }
 
@@ -938,7 +938,7 @@ impl Session {
                 let ok = self
                     .reply(|out| {
                         protocol::put_command_complete(out, "ROLLBACK");
-                        protocol::put_ready(out, b'I');
+                        protocol::put_ready(out, TxStatus::Idle);
                     })
                     .await;
                 return if ok { None } else { Some(Err(())) };
@@ -999,7 +999,7 @@ impl Session {
                 let ok = self
                     .reply(|out| {
                         protocol::put_command_complete(out, "BEGIN");
-                        protocol::put_ready(out, b'T');
+                        protocol::put_ready(out, TxStatus::InTransaction);
                     })
                     .await;
                 if ok {
@@ -1020,7 +1020,7 @@ impl Session {
                 let ok = self
                     .reply(|out| {
                         protocol::put_command_complete(out, tag);
-                        protocol::put_ready(out, b'I');
+                        protocol::put_ready(out, TxStatus::Idle);
                     })
                     .await;
                 if ok {
@@ -1080,7 +1080,7 @@ impl Session {
         }
         if st.pending == 0 && !st.unsynced && !st.in_copy {
             // Nobody waits for an answer: tell the client at its next statement.
-            if st.status != b'I' {
+            if st.status != TxStatus::Idle {
                 self.lost = Some(Lost::Transaction);
             } else if session_mode {
                 self.lost = Some(Lost::SessionState);
@@ -1093,7 +1093,7 @@ impl Session {
             .errors_total
             .with_label_values(&[sqlstate::CONNECTION_FAILURE])
             .inc();
-        let (code, mut msg) = if st.status != b'I' && !st.commit_in_flight {
+        let (code, mut msg) = if st.status != TxStatus::Idle && !st.commit_in_flight {
             (
                 "40001",
                 "the transaction was rolled back: its server failed over; retry the transaction"
@@ -1118,7 +1118,7 @@ impl Session {
         self.reply(|out| {
             protocol::put_error(out, Severity::Error, code, &msg);
             for _ in 0..owed {
-                protocol::put_ready(out, b'I');
+                protocol::put_ready(out, TxStatus::Idle);
             }
         })
         .await
@@ -1143,7 +1143,8 @@ impl Session {
         }
         let cfg = self.shared.config.load_full();
         let conn = server.conn();
-        if self.st.status != b'I' && conn.run_simple("ROLLBACK", CLEANUP_TIMEOUT).await != Ok(b'I')
+        if self.st.status != TxStatus::Idle
+            && conn.run_simple("ROLLBACK", CLEANUP_TIMEOUT).await != Ok(TxStatus::Idle.to_byte())
         {
             return;
         }
@@ -1151,7 +1152,7 @@ impl Session {
             if conn
                 .run_simple(&cfg.proxy.server_reset_query, CLEANUP_TIMEOUT)
                 .await
-                != Ok(b'I')
+                != Ok(TxStatus::Idle.to_byte())
             {
                 return;
             }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::classify;
 use crate::config::PinFeature;
-use crate::protocol::{self, HEADER_LEN};
+use crate::protocol::{self, TxStatus, HEADER_LEN};
 use crate::querylog::QueryLog;
 use crate::statements::ConnStatements;
 
@@ -58,7 +58,7 @@ pub struct TxState {
     /// ReadyForQuery messages the server still owes.
     pub pending: u32,
     /// Status byte of the last ReadyForQuery: `I`, `T` or `E`.
-    pub status: u8,
+    pub status: TxStatus,
     /// Extended-protocol messages were sent after the last Sync.
     pub unsynced: bool,
     /// Body bytes of the current server message still to pass through; non-zero
@@ -113,7 +113,7 @@ impl Default for TxState {
     fn default() -> Self {
         TxState {
             pending: 0,
-            status: b'I',
+            status: TxStatus::Idle,
             unsynced: false,
             server_skip: 0,
             queries: 0,
@@ -139,7 +139,7 @@ impl Default for TxState {
 impl TxState {
     /// The server is between transactions with nothing in flight.
     pub fn is_idle(&self) -> bool {
-        self.at_rest() && self.status == b'I'
+        self.at_rest() && self.status == TxStatus::Idle
     }
 
     /// Nothing is in flight, though a transaction may be open.
@@ -679,7 +679,7 @@ pub fn scan_server(
         let mut error_class = None;
         match typ {
             b'Z' => {
-                st.status = body[0];
+                st.status = TxStatus::from_byte(body[0]).ok_or("malformed ReadyForQuery status")?;
                 st.responded = true;
                 st.pending = st.pending.saturating_sub(1);
                 if st.pending == 0 {
@@ -1304,7 +1304,7 @@ mod tests {
         assert_eq!(b.from_server.len(), 5);
         b.from_server.extend_from_slice(b"T");
         scan_server(&mut b, &mut st, None).unwrap();
-        assert_eq!((st.pending, st.status), (0, b'T'));
+        assert_eq!((st.pending, st.status), (0, TxStatus::InTransaction));
         assert!(!st.is_idle());
         assert!(st.at_rest());
     }
