@@ -14,6 +14,7 @@
 //! and this module stays free of caching.
 
 mod normalize;
+pub mod words;
 
 use std::collections::HashSet;
 use std::sync::LazyLock;

@@ -5,6 +5,8 @@
 //! for a connection, then the relay pumps until the server is idle again.
 //! Session mode keeps the connection until the client leaves.
 
+pub mod attachment;
+mod clock;
 pub mod effects;
 pub mod params;
 pub mod prepared;
@@ -25,14 +27,15 @@ use crate::classify::Kind;
 use crate::clients::{ClientState, Registered};
 use crate::config::{ListenerRoute, PinFeature, PoolMode, Route, User};
 use crate::pool::{Pool, PoolError, PooledConn};
-use crate::protocol::{self, sqlstate, Severity, TxStatus};
+use crate::protocol::{self, frontend, sqlstate, Severity, TxStatus};
 use crate::proxy::Shared;
 use crate::querylog::QueryLog;
 use crate::router::{Decision, Picked, SessionView};
 use crate::topology::Member;
+use attachment::{Attachment, Buffers, Copy, State, Track};
 use effects::Effects;
 use prepared::Prepared;
-use relay::{Buffers, Outcome, Track, TxState};
+use relay::Outcome;
 use startup::{Handshake, Login};
 
 /// Time allowed for ROLLBACK / reset queries when a client leaves.
@@ -105,8 +108,9 @@ struct Session {
     user: User,
     database: String,
     login: Login,
-    bufs: Buffers,
-    st: TxState,
+    /// The server attachment's streams (kept between attachments, so
+    /// their buffers are reused).
+    att: Attachment,
     server: Option<PooledConn>,
     /// Pools this session used lately, by member (the `Arc` stays the same
     /// while a member keeps its address).
@@ -266,8 +270,10 @@ impl Session {
             client,
             peer,
             login,
-            bufs,
-            st: TxState::default(),
+            att: Attachment {
+                bufs,
+                st: State::default(),
+            },
             server: None,
             pools: Vec::new(),
             listener,
@@ -338,7 +344,7 @@ impl Session {
     }
 
     fn first_frame_len(&self) -> usize {
-        protocol::header(&self.bufs.from_client)
+        protocol::header(&self.att.bufs.from_client)
             .and_then(Result::ok)
             .map_or(0, |h| h.1)
     }
@@ -385,12 +391,23 @@ impl Session {
                         return "protocol violation";
                     }
                 };
-                if self.skip_until_sync || matches!(typ, b'X' | b'S' | b'H') {
-                    // Answered without a server: nothing to run.
-                    let _ = self.bufs.from_client.split_to(self.first_frame_len());
+                if self.skip_until_sync
+                    || matches!(
+                        typ,
+                        frontend::TERMINATE
+                            | frontend::SYNC
+                            | frontend::FLUSH
+                            | frontend::COPY_DATA
+                            | frontend::COPY_DONE
+                            | frontend::COPY_FAIL
+                    )
+                {
+                    // Answered without a server: nothing to run. (Copy
+                    // messages outside COPY are ignored, as PostgreSQL does.)
+                    let _ = self.att.bufs.from_client.split_to(self.first_frame_len());
                     match typ {
-                        b'X' => return "client terminated",
-                        b'S' => {
+                        frontend::TERMINATE => return "client terminated",
+                        frontend::SYNC => {
                             self.skip_until_sync = false;
                             let status = self.idle_status();
                             if !self.reply(|out| protocol::put_ready(out, status)).await {
@@ -426,27 +443,23 @@ impl Session {
                         self.registered.info.attached(&mut conn);
                         self.server = Some(conn);
                         self.on_primary = on_primary;
-                        self.st = TxState {
-                            replayable: retry_reads,
-                            drop_preamble: std::mem::take(&mut self.drop_preamble),
-                            // Elsewhere than the primary, the next request
-                            // may be a write: forward one at a time.
-                            one_request: !on_primary,
-                            ..TxState::default()
-                        };
-                        self.st.log = self.query_log();
-                        self.bufs.replay.clear();
+                        let drop_preamble = std::mem::take(&mut self.drop_preamble);
+                        // Elsewhere than the primary, the next request may be
+                        // a write: forward one at a time.
+                        self.att.st = State::attached(retry_reads, drop_preamble, !on_primary);
+                        self.att.st.log = self.query_log();
+                        self.att.bufs.replay.clear();
                         self.prepared.reset_queue();
                         self.restore_params();
                         if let Some(begin) = self.deferred_begin.take() {
                             // The BEGIN the client was already answered for.
-                            if let Some(log) = &self.st.log {
+                            if let Some(log) = &self.att.st.log {
                                 log.client_message(b'Q', &begin);
                             }
-                            self.bufs.to_server.extend_from_slice(&begin);
-                            self.st.swallow += 1;
-                            self.st.status = TxStatus::InTransaction;
-                            self.st.replayable = false;
+                            self.att.bufs.to_server.extend_from_slice(&begin);
+                            self.att.st.swallow += 1;
+                            self.att.st.status = TxStatus::InTransaction;
+                            self.att.st.replayable = false;
                         }
                     }
                     Err(_) if self.registered.is_killed() => {
@@ -474,8 +487,7 @@ impl Session {
                 o = relay::pump(
                     &mut self.client,
                     &mut server.stream,
-                    &mut self.bufs,
-                    &mut self.st,
+                    &mut self.att,
                     &opts,
                     track,
                     &mut self.shutdown,
@@ -489,12 +501,12 @@ impl Session {
                 }
             };
             let role = usize::from(!self.on_primary);
-            self.shared.metrics.queries[role].inc_by(std::mem::take(&mut self.st.queries));
+            self.shared.metrics.queries[role].inc_by(std::mem::take(&mut self.att.st.queries));
             self.note_params();
             self.count_statements();
             match outcome {
                 Outcome::Pinned => {
-                    let feature = self.st.pinned.expect("pinned");
+                    let feature = self.att.st.pinned.expect("pinned");
                     self.pinned = Some(feature);
                     let m = &self.shared.metrics;
                     m.pinned_clients.inc();
@@ -513,7 +525,7 @@ impl Session {
                     // Not released when a follow-up query fails: the
                     // connection's state is unknown.
                     let mut clean = true;
-                    if self.st.effects.contains(Effects::SETTINGS) {
+                    if self.att.st.effects.contains(Effects::SETTINGS) {
                         clean = self.read_settings(server.conn()).await;
                     }
                     if clean
@@ -586,10 +598,10 @@ impl Session {
         }
         let mut sql = self.want.set_statement(&diff);
         sql.push_str(&extra);
-        protocol::put_query(&mut self.bufs.to_server, &sql);
+        protocol::put_query(&mut self.att.bufs.to_server, &sql);
         state.set_extra(self.want.extra().clone());
         self.shared.metrics.session_restores_total.inc();
-        self.st.swallow = 1;
+        self.att.st.swallow = 1;
         self.restoring = diff;
     }
 
@@ -630,7 +642,7 @@ impl Session {
     /// now has those values, and (set by the client, or restored for it) the
     /// client wants them.
     fn note_params(&mut self) {
-        let reported = std::mem::take(&mut self.st.reported);
+        let reported = std::mem::take(&mut self.att.st.reported);
         let restoring = std::mem::take(&mut self.restoring);
         let server = self.server.as_mut().map(|s| &mut s.conn().state);
         let Some(state) = server else {
@@ -668,7 +680,7 @@ impl Session {
         tracing::warn!(peer = %self.peer, sqlstate = %code, reason = protocol::error_field(&u.fields, b'M').unwrap_or(""), "no server connection for client");
         let simple = matches!(typ, b'Q' | b'F');
         if simple {
-            let _ = self.bufs.from_client.split_to(self.first_frame_len());
+            let _ = self.att.bufs.from_client.split_to(self.first_frame_len());
         } else {
             self.skip_until_sync = true;
         }
@@ -689,8 +701,8 @@ impl Session {
     /// Tells the client, at its next statement, that its transaction (or
     /// session state) died with its server. A ROLLBACK is simply granted.
     async fn report_lost(&mut self, lost: Lost, typ: u8) -> bool {
-        if typ == b'Q' && is_rollback(&self.bufs.from_client[..self.first_frame_len()]) {
-            let _ = self.bufs.from_client.split_to(self.first_frame_len());
+        if typ == b'Q' && is_rollback(&self.att.bufs.from_client[..self.first_frame_len()]) {
+            let _ = self.att.bufs.from_client.split_to(self.first_frame_len());
             return self
                 .reply(|out| {
                     protocol::put_command_complete(out, "ROLLBACK");
@@ -718,7 +730,7 @@ impl Session {
     /// `None` when the client closed the connection.
     async fn next_message(&mut self, max: usize) -> Result<Option<u8>, Ended> {
         loop {
-            if let Some(h) = protocol::header(&self.bufs.from_client) {
+            if let Some(h) = protocol::header(&self.att.bufs.from_client) {
                 let (typ, len) =
                     h.map_err(|l| Ended::Protocol(format!("invalid message length {l}")))?;
                 if !protocol::is_frontend_type(typ) {
@@ -731,14 +743,16 @@ impl Session {
                         "message of {len} bytes exceeds max_message_size ({max} bytes)"
                     )));
                 }
-                if self.bufs.from_client.len() >= len {
+                if self.att.bufs.from_client.len() >= len {
                     return Ok(Some(typ));
                 }
-                self.bufs
+                self.att
+                    .bufs
                     .from_client
-                    .reserve(len - self.bufs.from_client.len());
-            } else if self.bufs.from_client.capacity() - self.bufs.from_client.len() < 1024 {
-                self.bufs.from_client.reserve(8192);
+                    .reserve(len - self.att.bufs.from_client.len());
+            } else if self.att.bufs.from_client.capacity() - self.att.bufs.from_client.len() < 1024
+            {
+                self.att.bufs.from_client.reserve(8192);
             }
             if *self.shutdown.borrow() {
                 return Err(Ended::Shutdown);
@@ -747,7 +761,7 @@ impl Session {
                 return Err(Ended::Killed);
             }
             tokio::select! {
-                r = self.client.read_buf(&mut self.bufs.from_client) => match r {
+                r = self.client.read_buf(&mut self.att.bufs.from_client) => match r {
                     Ok(0) | Err(_) => return Ok(None),
                     // Between transactions the first message of the next one is read here, not in the relay.
                     Ok(n) => self.shared.metrics.client_bytes_received_total.inc_by(n as u64),
@@ -927,12 +941,12 @@ impl Session {
     /// answered here (a deferred BEGIN, its COMMIT, or an aborted deferred
     /// transaction); `Some(Err)`: the client is gone.
     async fn route(&mut self) -> Option<Result<Route, ()>> {
-        let simple = self.bufs.from_client.first() == Some(&b'Q');
+        let simple = self.att.bufs.from_client.first() == Some(&b'Q');
         if self.deferred_aborted {
             let len = self.first_frame_len();
-            let frame = &self.bufs.from_client[..len];
+            let frame = &self.att.bufs.from_client[..len];
             if simple && (is_rollback(frame) || is_commit(frame)) {
-                let _ = self.bufs.from_client.split_to(len);
+                let _ = self.att.bufs.from_client.split_to(len);
                 self.deferred_begin = None;
                 self.deferred_aborted = false;
                 let ok = self
@@ -943,7 +957,7 @@ impl Session {
                     .await;
                 return if ok { None } else { Some(Err(())) };
             }
-            let typ = self.bufs.from_client[0];
+            let typ = self.att.bufs.from_client[0];
             let u = Unavailable::new(
                 "25P02",
                 "current transaction is aborted, commands ignored until end of transaction block"
@@ -970,7 +984,7 @@ impl Session {
             };
             router.decide(
                 &view,
-                &self.bufs.from_client,
+                &self.att.bufs.from_client,
                 &mut self.scratch,
                 &self.shared.metrics,
             )
@@ -995,7 +1009,7 @@ impl Session {
             }
             Decision::DeferBegin => {
                 let len = self.first_frame_len();
-                self.deferred_begin = Some(self.bufs.from_client.split_to(len));
+                self.deferred_begin = Some(self.att.bufs.from_client.split_to(len));
                 let ok = self
                     .reply(|out| {
                         protocol::put_command_complete(out, "BEGIN");
@@ -1010,7 +1024,7 @@ impl Session {
             }
             Decision::LocalEnd => {
                 let len = self.first_frame_len();
-                let frame = self.bufs.from_client.split_to(len);
+                let frame = self.att.bufs.from_client.split_to(len);
                 let tag = if is_rollback(&frame) {
                     "ROLLBACK"
                 } else {
@@ -1042,21 +1056,21 @@ impl Session {
         self.login.cancel.slot.detach();
         tracing::warn!(peer = %self.peer, server = %server.pool().key.host, port = server.pool().key.port, error = why, "server connection lost");
         drop(server);
-        if self.st.server_skip > 0 {
+        if self.att.st.server_skip > 0 {
             // Mid-message (a row over WHOLE_MESSAGE_LIMIT): the client's
             // stream cannot be put back in step.
             self.failover_error("mid_message");
             return false;
         }
-        let st = std::mem::take(&mut self.st);
-        self.bufs.to_server.clear();
-        self.bufs.from_server.clear();
+        let st = std::mem::take(&mut self.att.st);
+        self.att.bufs.to_server.clear();
+        self.att.bufs.from_server.clear();
         if st.replayable
             && !st.responded
-            && !self.bufs.replay.is_empty()
+            && !self.att.bufs.replay.is_empty()
             && self.retries < MAX_RETRIES
-            && relay::replay_reads_only(
-                &self.bufs.replay,
+            && attachment::replay_reads_only(
+                &self.att.bufs.replay,
                 Some(&self.prepared).filter(|p| p.enabled),
             )
         {
@@ -1067,18 +1081,18 @@ impl Session {
             self.drop_preamble = st.preamble + st.drop_preamble;
             self.shared.metrics.retried_statements_total.inc();
             tracing::info!(peer = %self.peer, "re-running a read-only statement on another server");
-            let mut again = std::mem::take(&mut self.bufs.replay);
-            again.extend_from_slice(&self.bufs.from_client);
-            self.bufs.from_client = again;
+            let mut again = std::mem::take(&mut self.att.bufs.replay);
+            again.extend_from_slice(&self.att.bufs.from_client);
+            self.att.bufs.from_client = again;
             return true;
         }
-        self.bufs.replay.clear();
+        self.att.bufs.replay.clear();
         let session_mode = self.keeps_server();
         if self.pinned.take().is_some() {
             // What pinned it died with the connection.
             self.shared.metrics.pinned_clients.dec();
         }
-        if st.pending == 0 && !st.unsynced && !st.in_copy {
+        if st.pending == 0 && !st.unsynced && st.copy == Copy::None {
             // Nobody waits for an answer: tell the client at its next statement.
             if st.status != TxStatus::Idle {
                 self.lost = Some(Lost::Transaction);
@@ -1112,7 +1126,7 @@ impl Session {
             msg = format!("{msg}; {SESSION_STATE_LOST}");
         }
         let owed = st.pending;
-        if st.unsynced || st.in_copy {
+        if st.unsynced {
             self.skip_until_sync = true;
         }
         self.reply(|out| {
@@ -1131,8 +1145,9 @@ impl Session {
             return;
         };
         self.login.cancel.slot.detach();
-        let clean =
-            self.st.at_rest() && self.bufs.to_server.is_empty() && self.bufs.from_server.is_empty();
+        let clean = self.att.st.at_rest()
+            && self.att.bufs.to_server.is_empty()
+            && self.att.bufs.from_server.is_empty();
         if !clean {
             // Mid-query: stop the work on the server, then drop the connection.
             let key = server.conn().key.clone();
@@ -1143,7 +1158,7 @@ impl Session {
         }
         let cfg = self.shared.config.load_full();
         let conn = server.conn();
-        if self.st.status != TxStatus::Idle
+        if self.att.st.status != TxStatus::Idle
             && conn.run_simple("ROLLBACK", CLEANUP_TIMEOUT).await != Ok(TxStatus::Idle.to_byte())
         {
             return;

@@ -24,7 +24,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::protocol::{self, HEADER_LEN};
 use crate::statements::{ConnStatements, Statement, StatementCache};
 
-use super::relay::TxState;
+use super::attachment::State;
 
 /// What pgkeel sent or will answer, in the order of the client's messages.
 #[derive(Debug)]
@@ -622,7 +622,7 @@ impl Prepared {
 
     /// Writes pgkeel's replies that reached the head of the queue to `out`,
     /// and drops what the server skips after an error.
-    pub fn due(&mut self, conn: &mut ConnStatements, out: &mut BytesMut, st: &mut TxState) {
+    pub fn due(&mut self, conn: &mut ConnStatements, out: &mut BytesMut, st: &mut State) {
         loop {
             match self.queue.front() {
                 Some(Item::Sent { typ, .. }) if self.skipping && *typ != b'S' => {
@@ -775,7 +775,7 @@ mod tests {
     /// Runs server messages through; returns what the client gets.
     fn answer(p: &mut Prepared, conn: &mut ConnStatements, frames: &[Vec<u8>]) -> Vec<u8> {
         let mut out = BytesMut::new();
-        let mut st = TxState::default();
+        let mut st = State::default();
         p.due(conn, &mut out, &mut st);
         for f in frames {
             if p.server_message(f[0], conn) {
