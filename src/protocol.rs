@@ -168,6 +168,7 @@ impl Severity {
 pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const CONNECTION_FAILURE: &str = "08006";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
     pub const CONNECTION_EXCEPTION: &str = "08000";
     pub const INVALID_PASSWORD: &str = "28P01";
     pub const INVALID_AUTHORIZATION: &str = "28000";
@@ -197,6 +198,26 @@ pub fn put_error_fields(buf: &mut BytesMut, fields: Vec<(u8, String)>) {
     ErrorResponse::new(fields)
         .encode(buf)
         .expect("an ErrorResponse always encodes");
+}
+
+/// Appends a NoticeResponse of severity WARNING.
+pub fn put_notice(buf: &mut BytesMut, code: &str, message: &str) {
+    let start = buf.len();
+    buf.put_u8(backend::NOTICE_RESPONSE);
+    buf.put_i32(0);
+    for (f, v) in [
+        (field::SEVERITY, "WARNING"),
+        (field::SEVERITY_RAW, "WARNING"),
+        (field::CODE, code),
+        (field::MESSAGE, message),
+    ] {
+        buf.put_u8(f);
+        buf.put_slice(v.as_bytes());
+        buf.put_u8(0);
+    }
+    buf.put_u8(0);
+    let len = (buf.len() - start - 1) as i32;
+    buf[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
 }
 
 pub fn put_ready(buf: &mut BytesMut, status: TxStatus) {
@@ -333,7 +354,8 @@ pub async fn read_message<R: AsyncRead + Unpin>(
                 msg.advance(HEADER_LEN);
                 return Ok((typ, msg));
             }
-            buf.reserve(len - buf.len());
+            // In steps: a declared length is not memory to set aside.
+            buf.reserve((len - buf.len()).min(64 * 1024));
         }
         if r.read_buf(buf).await? == 0 {
             return Err(Error::new(ErrorKind::UnexpectedEof, "connection closed"));

@@ -580,4 +580,6 @@ pub(crate) mod testing {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
