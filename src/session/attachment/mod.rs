@@ -172,6 +172,11 @@ pub struct State {
     /// The last command (Query, FunctionCall or Execute) sent, for matching
     /// a CopyInResponse to it.
     last: LastCommand,
+    /// In copy-in, the client has not ended its COPY input yet: what it
+    /// sends is read as COPY data (Syncs earn nothing).
+    input_open: bool,
+    /// Syncs sent into the server's copy-in mode (not counted in `pending`).
+    syncs_in_copy: u32,
 }
 
 /// What followed the last command the client sent, so that a
@@ -194,8 +199,6 @@ struct LastCommand {
     /// A message that is neither COPY input nor Sync/Flush followed it: if
     /// it started a COPY, the server fails the COPY there.
     broken: bool,
-    /// Syncs sent into the server's copy-in mode (not counted in `pending`).
-    syncs_in_copy: u32,
     /// Executes since the last Sync.
     executes: u32,
 }
@@ -225,6 +228,8 @@ impl Default for State {
             ignored_syncs: 0,
             uncertain: false,
             last: LastCommand::default(),
+            input_open: false,
+            syncs_in_copy: 0,
         }
     }
 }
@@ -284,10 +289,11 @@ impl State {
 
     /// A command (Query, FunctionCall, Execute) goes to the server.
     fn command_sent(&mut self, execute: bool) {
-        if self.copy == Copy::In && !self.last.copy_ended {
+        if self.copy == Copy::In && self.input_open {
             // The server reads it as COPY input and fails the COPY: what it
             // then answers depends on timing the core cannot see.
             self.uncertain = true;
+            self.input_open = false;
         }
         let executes = self.last.executes;
         self.last = LastCommand {
@@ -302,8 +308,8 @@ impl State {
     /// A Sync goes to the server; false if the server will read it as COPY
     /// input (and earn nothing for it).
     fn sync_sent(&mut self) -> bool {
-        if self.copy == Copy::In && !self.last.copy_ended {
-            self.last.syncs_in_copy += 1;
+        if self.copy == Copy::In && self.input_open {
+            self.syncs_in_copy += 1;
             return false;
         }
         if !self.last.copy_ended {
@@ -317,6 +323,7 @@ impl State {
     /// ignores it, so it changes nothing else.
     fn copy_end_sent(&mut self) {
         self.last.copy_ended = true;
+        self.input_open = false;
     }
 
     /// Parse, Bind, Describe or Close goes to the server. In COPY (or if
@@ -327,6 +334,7 @@ impl State {
             self.last.copy_ended = true;
             self.last.broken = true;
         }
+        self.input_open = false;
     }
 
     /// A ReadyForQuery arrived.
@@ -346,6 +354,7 @@ impl State {
             self.uncertain = true;
         }
         self.copy = Copy::In;
+        self.input_open = !last.copy_ended;
         let n = last.syncs.min(self.pending);
         self.pending -= n;
         self.queries = self.queries.saturating_sub(u64::from(n));
@@ -360,13 +369,14 @@ impl State {
 
     /// CommandComplete or ErrorResponse while the server was in COPY.
     fn copy_finished(&mut self, error: bool) {
-        if error && self.copy == Copy::In && self.last.syncs_in_copy > 0 && !self.last.copy_ended {
+        if error && self.copy == Copy::In && self.syncs_in_copy > 0 && self.input_open {
             // The COPY failed on its own: Syncs sent into it may have been
             // read after it ended, and answered.
             self.uncertain = true;
         }
         self.copy = Copy::None;
-        self.last.syncs_in_copy = 0;
+        self.input_open = false;
+        self.syncs_in_copy = 0;
     }
 }
 

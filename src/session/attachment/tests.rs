@@ -519,3 +519,49 @@ fn buffers_shrink_back_after_a_large_message() {
     ensure_room(&mut empty, 1 << 30);
     assert!(empty.capacity() <= GROW_STEP * 2, "growth is bounded");
 }
+
+#[test]
+fn a_request_pipelined_after_copy_done_is_counted() {
+    // The next batch follows CopyDone before the server's CommandComplete:
+    // its Sync is real, whatever the server's COPY state says meanwhile.
+    let mut b = Buffers::default();
+    let mut st = State::default();
+    feed(
+        &mut b,
+        &mut st,
+        &[
+            msg(frontend::BIND, b"\0\0\0\0\0\0\0\0"),
+            msg(frontend::EXECUTE, b"\0\0\0\0\0"),
+            msg(frontend::SYNC, b""),
+        ],
+    );
+    answer(
+        &mut b,
+        &mut st,
+        &[msg(backend::BIND_COMPLETE, b""), copy_in()],
+    );
+    feed(
+        &mut b,
+        &mut st,
+        &[
+            msg(frontend::COPY_DONE, b""),
+            msg(frontend::SYNC, b""),
+            msg(frontend::BIND, b"\0\0\0\0\0\0\0\0"),
+            msg(frontend::EXECUTE, b"\0\0\0\0\0"),
+            msg(frontend::SYNC, b""),
+        ],
+    );
+    assert_eq!(st.pending, 2);
+    answer(&mut b, &mut st, &[complete("COPY 0"), ready()]);
+    assert!(!st.at_rest(), "the second batch is still owed");
+    answer(
+        &mut b,
+        &mut st,
+        &[
+            msg(backend::BIND_COMPLETE, b""),
+            complete("SELECT 0"),
+            ready(),
+        ],
+    );
+    assert!(st.is_idle() && !st.uncertain);
+}
