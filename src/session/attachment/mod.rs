@@ -201,6 +201,10 @@ struct LastCommand {
     broken: bool,
     /// Executes since the last Sync.
     executes: u32,
+    /// A Sync (counted) followed the end of the COPY input.
+    synced_after_end: bool,
+    /// Extended-protocol messages were waiting for a Sync when it was sent.
+    unsynced_before: bool,
 }
 
 impl Default for State {
@@ -301,6 +305,7 @@ impl State {
             batched: executes > 0,
             owed_before: self.pending,
             executes: executes + u32::from(execute),
+            unsynced_before: self.unsynced,
             ..LastCommand::default()
         };
     }
@@ -312,7 +317,9 @@ impl State {
             self.syncs_in_copy += 1;
             return false;
         }
-        if !self.last.copy_ended {
+        if self.last.copy_ended {
+            self.last.synced_after_end = true;
+        } else {
             self.last.syncs += 1;
         }
         self.last.executes = 0;
@@ -360,8 +367,9 @@ impl State {
         self.queries = self.queries.saturating_sub(u64::from(n));
         self.ignored_syncs += n;
         self.last.syncs = 0;
-        if last.execute {
-            // An extended-protocol COPY ends at the Sync after CopyDone.
+        if !last.synced_after_end && (last.execute || (last.unsynced_before && n > 0)) {
+            // An extended-protocol COPY ends at the Sync after CopyDone; and
+            // a Sync read as COPY input closed no batch.
             self.unsynced = true;
         }
         n

@@ -565,3 +565,33 @@ fn a_request_pipelined_after_copy_done_is_counted() {
     );
     assert!(st.is_idle() && !st.uncertain);
 }
+
+#[test]
+fn copy_input_ended_and_synced_before_the_copy_in_response() {
+    // Bind, Execute, CopyDone, Sync all sent before the CopyInResponse: the
+    // Sync after CopyDone is real and closes the batch.
+    let mut b = Buffers::default();
+    let mut st = State::default();
+    feed(
+        &mut b,
+        &mut st,
+        &[
+            msg(frontend::BIND, b"\0\0\0\0\0\0\0\0"),
+            msg(frontend::EXECUTE, b"\0\0\0\0\0"),
+            msg(frontend::COPY_DONE, b""),
+            msg(frontend::SYNC, b""),
+        ],
+    );
+    answer(
+        &mut b,
+        &mut st,
+        &[
+            msg(backend::BIND_COMPLETE, b""),
+            copy_in(),
+            complete("COPY 0"),
+        ],
+    );
+    assert_eq!((st.pending, st.unsynced), (1, false));
+    answer(&mut b, &mut st, &[ready()]);
+    assert!(st.is_idle() && !st.uncertain);
+}
