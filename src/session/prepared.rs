@@ -70,6 +70,8 @@ pub struct Prepared {
     /// Some statement in `names` changes the session (SET...): a Bind must
     /// look its effects up.
     names_have_effects: bool,
+    /// Some statement in `names` commits: a Bind must look it up.
+    names_commit: bool,
     /// Names of SQL-level PREPAREs.
     sql_names: HashMap<Box<[u8]>, Arc<Statement>>,
     /// Queries pgkeel added, not yet counted by the relay.
@@ -127,6 +129,7 @@ impl Prepared {
             cap: 500,
             names: HashMap::new(),
             names_have_effects: false,
+            names_commit: false,
             sql_names: HashMap::new(),
             injected: 0,
             queue: VecDeque::new(),
@@ -156,6 +159,7 @@ impl Prepared {
     pub fn forget_all(&mut self) {
         self.names.clear();
         self.names_have_effects = false;
+        self.names_commit = false;
         self.sql_names.clear();
     }
 
@@ -316,6 +320,15 @@ impl Prepared {
             .map_or_else(Default::default, |s| s.effects)
     }
 
+    /// The Bind `frame` runs a named statement of the client's that commits.
+    pub fn bind_commits(&self, frame: &[u8]) -> bool {
+        // The flag spares the usual Bind a name lookup.
+        self.names_commit
+            && bound_name(frame)
+                .and_then(|name| self.names.get(name))
+                .is_some_and(|s| s.commits)
+    }
+
     /// The text of the client's statement `name`, for routing.
     pub fn query_of(&self, name: &[u8]) -> Option<&[u8]> {
         let s = self.names.get(name)?;
@@ -401,6 +414,7 @@ impl Prepared {
                 let forget = Some(Box::<[u8]>::from(name));
                 self.names.insert(name.into(), stmt.clone());
                 self.names_have_effects |= !stmt.effects.is_empty();
+                self.names_commit |= stmt.commits;
                 if conn.touch(stmt.id) {
                     self.counters.hits += 1;
                     self.reply(PARSE_COMPLETE, forget);

@@ -51,10 +51,7 @@ pub fn scan_client(
             frontend::BIND => {
                 // A named statement prepared earlier may be a COMMIT.
                 if let Some(t) = track.as_deref() {
-                    st.commit_in_flight |= super::super::prepared::bound_name(frame)
-                        .filter(|n| !n.is_empty())
-                        .and_then(|n| t.prepared.query_of(n))
-                        .is_some_and(words::commits);
+                    st.commit_in_flight |= t.prepared.bind_commits(frame);
                 }
             }
             _ => {}
