@@ -4,8 +4,8 @@
 //! per byte on top of the syscalls.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use pgkeel::session::attachment::{scan_client, scan_server, Buffers, State, Track};
 use pgkeel::session::prepared::Prepared;
-use pgkeel::session::relay::{scan_client, scan_server, Buffers, Track, TxState};
 use pgkeel::statements::ConnStatements;
 
 fn msg(t: u8, body: &[u8]) -> Vec<u8> {
@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes((req.len() + resp.len()) as u64));
     g.bench_function("pgbench_select_round_trip", |b| {
         let mut bufs = Buffers::default();
-        let mut st = TxState::default();
+        let mut st = State::default();
         b.iter(|| {
             bufs.from_client.extend_from_slice(&req);
             scan_client(&mut bufs, &mut st, 1 << 30, None).unwrap();
@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
     // scanning on (the unnamed statement passes through unchanged).
     g.bench_function("pgbench_select_round_trip_tracked", |b| {
         let mut bufs = Buffers::default();
-        let mut st = TxState::default();
+        let mut st = State::default();
         let mut prepared = Prepared::new(Default::default());
         let mut conn = ConnStatements::default();
         b.iter(|| {
@@ -95,13 +95,11 @@ fn bench(c: &mut Criterion) {
     g.bench_function("large_result_1MiB", |b| {
         b.iter_batched(
             || {
-                (
-                    Buffers::default(),
-                    TxState {
-                        pending: 1,
-                        ..TxState::default()
-                    },
-                )
+                (Buffers::default(), {
+                    let mut st = State::default();
+                    st.pending = 1;
+                    st
+                })
             },
             |(mut bufs, mut st)| {
                 for chunk in stream.chunks(32 * 1024) {

@@ -22,11 +22,115 @@ pub const PROTOCOL_3_0: i32 = 196_608;
 /// Startup packets are small; PostgreSQL caps them at 10000 bytes too.
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 
+/// Message type bytes sent by clients (protocol 3.0). The same byte means
+/// different things in each direction (`D` is Describe here, DataRow there),
+/// hence two modules.
+pub mod frontend {
+    pub const QUERY: u8 = b'Q';
+    pub const PARSE: u8 = b'P';
+    pub const BIND: u8 = b'B';
+    pub const DESCRIBE: u8 = b'D';
+    pub const EXECUTE: u8 = b'E';
+    pub const CLOSE: u8 = b'C';
+    pub const FLUSH: u8 = b'H';
+    pub const SYNC: u8 = b'S';
+    pub const FUNCTION_CALL: u8 = b'F';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    pub const COPY_FAIL: u8 = b'f';
+    pub const TERMINATE: u8 = b'X';
+    /// Password, SASL initial and SASL response messages share this byte.
+    pub const PASSWORD: u8 = b'p';
+}
+
+/// Message type bytes sent by servers (protocol 3.0).
+pub mod backend {
+    pub const AUTHENTICATION: u8 = b'R';
+    pub const BACKEND_KEY_DATA: u8 = b'K';
+    pub const PARSE_COMPLETE: u8 = b'1';
+    pub const BIND_COMPLETE: u8 = b'2';
+    pub const CLOSE_COMPLETE: u8 = b'3';
+    pub const COMMAND_COMPLETE: u8 = b'C';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    pub const COPY_IN_RESPONSE: u8 = b'G';
+    pub const COPY_OUT_RESPONSE: u8 = b'H';
+    pub const COPY_BOTH_RESPONSE: u8 = b'W';
+    pub const DATA_ROW: u8 = b'D';
+    pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
+    pub const ERROR_RESPONSE: u8 = b'E';
+    pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
+    pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+    pub const NO_DATA: u8 = b'n';
+    pub const NOTICE_RESPONSE: u8 = b'N';
+    pub const NOTIFICATION_RESPONSE: u8 = b'A';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
+    pub const PARAMETER_STATUS: u8 = b'S';
+    pub const PORTAL_SUSPENDED: u8 = b's';
+    pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const ROW_DESCRIPTION: u8 = b'T';
+}
+
+/// Field codes of ErrorResponse / NoticeResponse bodies.
+pub mod field {
+    pub const SEVERITY: u8 = b'S';
+    /// Severity, never localized (PostgreSQL 9.6+).
+    pub const SEVERITY_RAW: u8 = b'V';
+    pub const CODE: u8 = b'C';
+    pub const MESSAGE: u8 = b'M';
+    pub const HINT: u8 = b'H';
+}
+
+/// The transaction status a ReadyForQuery reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxStatus {
+    /// `I`: not in a transaction block.
+    #[default]
+    Idle,
+    /// `T`: in a transaction block.
+    InTransaction,
+    /// `E`: in a failed transaction block.
+    Failed,
+}
+
+impl TxStatus {
+    /// The status of a ReadyForQuery body byte; `None` if it is not one.
+    pub fn from_byte(b: u8) -> Option<TxStatus> {
+        match b {
+            b'I' => Some(TxStatus::Idle),
+            b'T' => Some(TxStatus::InTransaction),
+            b'E' => Some(TxStatus::Failed),
+            _ => None,
+        }
+    }
+
+    pub fn to_byte(self) -> u8 {
+        match self {
+            TxStatus::Idle => b'I',
+            TxStatus::InTransaction => b'T',
+            TxStatus::Failed => b'E',
+        }
+    }
+}
+
 /// Frontend message types pgkeel accepts after startup (protocol 3.0).
 pub fn is_frontend_type(t: u8) -> bool {
+    use frontend::*;
     matches!(
         t,
-        b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' | b'F' | b'd' | b'c' | b'f' | b'X'
+        QUERY
+            | PARSE
+            | BIND
+            | DESCRIBE
+            | EXECUTE
+            | CLOSE
+            | FLUSH
+            | SYNC
+            | FUNCTION_CALL
+            | COPY_DATA
+            | COPY_DONE
+            | COPY_FAIL
+            | TERMINATE
     )
 }
 
@@ -64,6 +168,7 @@ impl Severity {
 pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const CONNECTION_FAILURE: &str = "08006";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
     pub const CONNECTION_EXCEPTION: &str = "08000";
     pub const INVALID_PASSWORD: &str = "28P01";
     pub const INVALID_AUTHORIZATION: &str = "28000";
@@ -95,11 +200,31 @@ pub fn put_error_fields(buf: &mut BytesMut, fields: Vec<(u8, String)>) {
         .expect("an ErrorResponse always encodes");
 }
 
-pub fn put_ready(buf: &mut BytesMut, status: u8) {
+/// Appends a NoticeResponse of severity WARNING.
+pub fn put_notice(buf: &mut BytesMut, code: &str, message: &str) {
+    let start = buf.len();
+    buf.put_u8(backend::NOTICE_RESPONSE);
+    buf.put_i32(0);
+    for (f, v) in [
+        (field::SEVERITY, "WARNING"),
+        (field::SEVERITY_RAW, "WARNING"),
+        (field::CODE, code),
+        (field::MESSAGE, message),
+    ] {
+        buf.put_u8(f);
+        buf.put_slice(v.as_bytes());
+        buf.put_u8(0);
+    }
+    buf.put_u8(0);
+    let len = (buf.len() - start - 1) as i32;
+    buf[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+}
+
+pub fn put_ready(buf: &mut BytesMut, status: TxStatus) {
     let status = match status {
-        b'T' => TransactionStatus::Transaction,
-        b'E' => TransactionStatus::Error,
-        _ => TransactionStatus::Idle,
+        TxStatus::InTransaction => TransactionStatus::Transaction,
+        TxStatus::Failed => TransactionStatus::Error,
+        TxStatus::Idle => TransactionStatus::Idle,
     };
     ReadyForQuery::new(status)
         .encode(buf)
@@ -128,17 +253,16 @@ pub fn put_cancel_request(buf: &mut BytesMut, pid: i32, secret: i32) {
 
 /// Appends a CommandComplete with `tag` (e.g. "ROLLBACK").
 pub fn put_command_complete(buf: &mut BytesMut, tag: &str) {
-    buf.put_u8(b'C');
+    buf.put_u8(backend::COMMAND_COMPLETE);
     buf.put_i32((4 + tag.len() + 1) as i32);
     buf.put_slice(tag.as_bytes());
     buf.put_u8(0);
 }
 
-/// Appends a simple Query message.
 /// The SQL bytes of a whole Query ('Q') or Parse ('P') frame (empty if malformed).
 pub fn query_text(typ: u8, frame: &[u8]) -> &[u8] {
     let body = frame.get(HEADER_LEN..).unwrap_or_default();
-    let body = if typ == b'P' {
+    let body = if typ == frontend::PARSE {
         // Parse: statement name, then the query.
         match body.iter().position(|&c| c == 0) {
             Some(i) => &body[i + 1..],
@@ -151,8 +275,9 @@ pub fn query_text(typ: u8, frame: &[u8]) -> &[u8] {
     &body[..end]
 }
 
+/// Appends a simple Query message.
 pub fn put_query(buf: &mut BytesMut, sql: &str) {
-    buf.put_u8(b'Q');
+    buf.put_u8(frontend::QUERY);
     buf.put_i32((4 + sql.len() + 1) as i32);
     buf.put_slice(sql.as_bytes());
     buf.put_u8(0);
@@ -237,7 +362,8 @@ pub async fn read_message<R: AsyncRead + Unpin>(
                 msg.advance(HEADER_LEN);
                 return Ok((typ, msg));
             }
-            buf.reserve(len - buf.len());
+            // In steps: a declared length is not memory to set aside.
+            buf.reserve((len - buf.len()).min(64 * 1024));
         }
         if r.read_buf(buf).await? == 0 {
             return Err(Error::new(ErrorKind::UnexpectedEof, "connection closed"));

@@ -33,6 +33,8 @@ pub struct Statement {
     /// What running it does to the session (SET, LISTEN...), so a Bind of
     /// it counts like its text.
     pub effects: crate::classify::effects::Effects,
+    /// Running it commits (COMMIT, END, PREPARE TRANSACTION...).
+    pub commits: bool,
 }
 
 /// All statements known, by content. Touched only when a client sends a
@@ -81,6 +83,7 @@ impl StatementCache {
         let body = Bytes::copy_from_slice(body);
         let s = Arc::new(Statement {
             effects,
+            commits: crate::classify::words::commits(text),
             id,
             server_name: format!("{}{id}\0", self.prefix)
                 .into_bytes()

@@ -336,7 +336,7 @@ pub async fn serve(
         protocol::put_parameter_status(&mut out, k, v);
     }
     protocol::put_backend_key(&mut out, console.cancel.pid, console.cancel.secret);
-    protocol::put_ready(&mut out, b'I');
+    protocol::put_ready(&mut out, protocol::TxStatus::Idle);
     if console.stream.write_all(&out).await.is_err() {
         return;
     }
@@ -383,7 +383,7 @@ impl Console {
                     self.registered.info.set_state(ClientState::Active);
                     self.query(&sql, &mut out).await;
                     self.registered.info.set_state(ClientState::Idle);
-                    protocol::put_ready(&mut out, b'I');
+                    protocol::put_ready(&mut out, protocol::TxStatus::Idle);
                 }
                 b'P' | b'B' | b'D' | b'E' | b'C' => {
                     if !self.skip_until_sync {
@@ -398,7 +398,7 @@ impl Console {
                 }
                 b'S' => {
                     self.skip_until_sync = false;
-                    protocol::put_ready(&mut out, b'I');
+                    protocol::put_ready(&mut out, protocol::TxStatus::Idle);
                 }
                 b'F' => {
                     protocol::put_error(
@@ -407,7 +407,7 @@ impl Console {
                         sqlstate::FEATURE_NOT_SUPPORTED,
                         "the admin console supports only simple queries",
                     );
-                    protocol::put_ready(&mut out, b'I');
+                    protocol::put_ready(&mut out, protocol::TxStatus::Idle);
                 }
                 // Flush has nothing to flush; stray COPY messages are ignored, as PostgreSQL does.
                 b'H' | b'd' | b'c' | b'f' => {}

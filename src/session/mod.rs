@@ -5,37 +5,36 @@
 //! for a connection, then the relay pumps until the server is idle again.
 //! Session mode keeps the connection until the client leaves.
 
+pub mod attachment;
+mod begin;
+mod cleanup;
+mod clock;
+mod hold;
 pub mod prepared;
+mod recovery;
 pub mod relay;
 pub mod startup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::backend::{self, BackendError};
-use crate::classify::effects::Effects;
-use crate::classify::Kind;
 use crate::clients::{ClientState, Registered};
-use crate::config::{ListenerRoute, PinFeature, PoolMode, Route, User};
-use crate::params;
-use crate::pool::{Pool, PoolError, PooledConn};
-use crate::protocol::{self, sqlstate, Severity};
-use crate::querylog::QueryLog;
-use crate::router::{Decision, Picked, SessionView};
+use crate::config::{ListenerRoute, PinFeature, PoolMode, User};
+use crate::pool::{Pool, PooledConn};
+use crate::protocol::{self, frontend, sqlstate, Severity};
 use crate::shared::Shared;
 use crate::topology::Member;
+use attachment::{Attachment, Buffers, State, Track};
+use begin::Routed;
 use prepared::Prepared;
-use relay::{Buffers, Outcome, Track, TxState};
+use recovery::Lost;
+use relay::Outcome;
 use startup::{Handshake, Login};
-
-/// Time allowed for ROLLBACK / reset queries when a client leaves.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one accepted client connection to the end.
 pub async fn serve(
@@ -104,8 +103,9 @@ struct Session {
     user: User,
     database: String,
     login: Login,
-    bufs: Buffers,
-    st: TxState,
+    /// The server attachment's streams (kept between attachments, so
+    /// their buffers are reused).
+    att: Attachment,
     server: Option<PooledConn>,
     /// Pools this session used lately, by member (the `Arc` stays the same
     /// while a member keeps its address).
@@ -140,7 +140,7 @@ struct Session {
     /// Preamble messages the client already got for the request being re-run.
     drop_preamble: u32,
     /// The session parameters this client wants its server to have.
-    want: params::Params,
+    want: crate::params::Params,
     /// Parameters the last `SET` prelude restored.
     restoring: Vec<&'static str>,
     /// Named prepared statements (transaction mode).
@@ -157,72 +157,8 @@ struct Session {
     registered: Registered,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Lost {
-    Transaction,
-    SessionState,
-}
-
-/// The primary's WAL write position as a byte offset.
-const CURRENT_LSN: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8";
-
-/// A request is re-run on a new server at most this often.
-const MAX_RETRIES: u8 = 3;
-
-/// Why a client of a paused database is held.
-const PAUSED: &str = "its database is paused (PAUSE in the admin console)";
-
-/// While held, the topology is re-checked at least this often.
-const HOLD_RECHECK: Duration = Duration::from_millis(250);
-
-const KILLED: &str =
+pub(crate) const KILLED: &str =
     "terminating connection due to administrator command (KILL from pgkeel's admin console)";
-
-const SESSION_STATE_LOST: &str = "session state on the server (SET parameters, temporary tables, prepared statements, advisory locks) was lost";
-
-/// Why `acquire` failed: the error to send.
-struct Unavailable {
-    fields: Vec<(u8, String)>,
-}
-
-impl Unavailable {
-    fn new(code: &str, message: String) -> Unavailable {
-        Unavailable {
-            fields: vec![
-                (b'S', "ERROR".into()),
-                (b'V', "ERROR".into()),
-                (b'C', code.into()),
-                (b'M', message),
-            ],
-        }
-    }
-}
-
-/// Server errors at connect that mean "not now" (down, starting, stopping,
-/// in recovery) rather than "never" (no such database, bad password).
-fn transient(fields: &[(u8, String)]) -> bool {
-    let code = protocol::error_field(fields, b'C').unwrap_or("");
-    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
-}
-
-/// Session pools remembered per session (one per member is typical).
-const POOL_CACHE: usize = 8;
-
-/// The first statement of a simple Query, if it is COMMIT or END.
-fn is_commit(frame: &[u8]) -> bool {
-    let body = frame.get(protocol::HEADER_LEN..).unwrap_or_default();
-    let text = String::from_utf8_lossy(body);
-    let t = text.trim_matches(|c: char| c.is_whitespace() || c == ';' || c == '\0');
-    t.eq_ignore_ascii_case("commit") || t.eq_ignore_ascii_case("end")
-}
-
-/// The first statement of a simple Query, if it is ROLLBACK or ABORT.
-fn is_rollback(frame: &[u8]) -> bool {
-    let body = frame.get(protocol::HEADER_LEN..).unwrap_or_default();
-    let text = String::from_utf8_lossy(body);
-    let t = text.trim_matches(|c: char| c.is_whitespace() || c == ';' || c == '\0');
-    t.eq_ignore_ascii_case("rollback") || t.eq_ignore_ascii_case("abort")
-}
 
 impl Session {
     fn new(
@@ -265,8 +201,10 @@ impl Session {
             client,
             peer,
             login,
-            bufs,
-            st: TxState::default(),
+            att: Attachment {
+                bufs,
+                st: State::default(),
+            },
             server: None,
             pools: Vec::new(),
             listener,
@@ -302,34 +240,6 @@ impl Session {
         self.log_queries = cfg.log.log_queries;
     }
 
-    /// The fields of this session's query log lines on the attached server
-    /// (only built while `log_queries` is on).
-    fn query_log(&self) -> Option<Box<QueryLog>> {
-        if !self.log_queries {
-            return None;
-        }
-        let pool = self.server.as_ref()?.pool();
-        let member = self
-            .pools
-            .iter()
-            .find(|(_, p)| Arc::ptr_eq(p, pool))
-            .map_or_else(
-                || format!("{}:{}", pool.key.host, pool.key.port),
-                |(m, _)| m.name.clone(),
-            );
-        Some(Box::new(QueryLog {
-            peer: self.peer,
-            user: self.user.name.clone(),
-            database: self.database.clone(),
-            route: if self.on_primary {
-                "primary"
-            } else {
-                "replica"
-            },
-            member,
-        }))
-    }
-
     /// Session state lives on the server connection (session mode, or a
     /// pinned client): it is lost with it.
     fn keeps_server(&self) -> bool {
@@ -337,7 +247,7 @@ impl Session {
     }
 
     fn first_frame_len(&self) -> usize {
-        protocol::header(&self.bufs.from_client)
+        protocol::header(&self.att.bufs.from_client)
             .and_then(Result::ok)
             .map_or(0, |h| h.1)
     }
@@ -384,12 +294,23 @@ impl Session {
                         return "protocol violation";
                     }
                 };
-                if self.skip_until_sync || matches!(typ, b'X' | b'S' | b'H') {
-                    // Answered without a server: nothing to run.
-                    let _ = self.bufs.from_client.split_to(self.first_frame_len());
+                if self.skip_until_sync
+                    || matches!(
+                        typ,
+                        frontend::TERMINATE
+                            | frontend::SYNC
+                            | frontend::FLUSH
+                            | frontend::COPY_DATA
+                            | frontend::COPY_DONE
+                            | frontend::COPY_FAIL
+                    )
+                {
+                    // Answered without a server: nothing to run. (Copy
+                    // messages outside COPY are ignored, as PostgreSQL does.)
+                    let _ = self.att.bufs.from_client.split_to(self.first_frame_len());
                     match typ {
-                        b'X' => return "client terminated",
-                        b'S' => {
+                        frontend::TERMINATE => return "client terminated",
+                        frontend::SYNC => {
                             self.skip_until_sync = false;
                             let status = self.idle_status();
                             if !self.reply(|out| protocol::put_ready(out, status)).await {
@@ -412,42 +333,12 @@ impl Session {
                     continue;
                 }
                 let route = match self.route().await {
-                    Some(r) => r,
-                    None => continue,
-                };
-                let route = match route {
-                    Ok(r) => r,
-                    Err(()) => return "client gone",
+                    Routed::To(r) => r,
+                    Routed::Answered => continue,
+                    Routed::ClientGone => return "client gone",
                 };
                 match self.acquire(route).await {
-                    Ok((mut conn, on_primary)) => {
-                        self.login.cancel.slot.attach(conn.server_key());
-                        self.registered.info.attached(&mut conn);
-                        self.server = Some(conn);
-                        self.on_primary = on_primary;
-                        self.st = TxState {
-                            replayable: retry_reads,
-                            drop_preamble: std::mem::take(&mut self.drop_preamble),
-                            // Elsewhere than the primary, the next request
-                            // may be a write: forward one at a time.
-                            one_request: !on_primary,
-                            ..TxState::default()
-                        };
-                        self.st.log = self.query_log();
-                        self.bufs.replay.clear();
-                        self.prepared.reset_queue();
-                        self.restore_params();
-                        if let Some(begin) = self.deferred_begin.take() {
-                            // The BEGIN the client was already answered for.
-                            if let Some(log) = &self.st.log {
-                                log.client_message(b'Q', &begin);
-                            }
-                            self.bufs.to_server.extend_from_slice(&begin);
-                            self.st.swallow += 1;
-                            self.st.status = b'T';
-                            self.st.replayable = false;
-                        }
-                    }
+                    Ok((conn, on_primary)) => self.attach(conn, on_primary, retry_reads),
                     Err(_) if self.registered.is_killed() => {
                         self.send_fatal(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
                         return "killed from the admin console";
@@ -473,8 +364,7 @@ impl Session {
                 o = relay::pump(
                     &mut self.client,
                     &mut server.stream,
-                    &mut self.bufs,
-                    &mut self.st,
+                    &mut self.att,
                     &opts,
                     track,
                     &mut self.shutdown,
@@ -488,12 +378,12 @@ impl Session {
                 }
             };
             let role = usize::from(!self.on_primary);
-            self.shared.metrics.queries[role].inc_by(std::mem::take(&mut self.st.queries));
+            self.shared.metrics.queries[role].inc_by(std::mem::take(&mut self.att.st.queries));
             self.note_params();
             self.count_statements();
             match outcome {
                 Outcome::Pinned => {
-                    let feature = self.st.pinned.expect("pinned");
+                    let feature = self.att.st.pinned.expect("pinned");
                     self.pinned = Some(feature);
                     let m = &self.shared.metrics;
                     m.pinned_clients.inc();
@@ -503,46 +393,7 @@ impl Session {
                     tracing::info!(peer = %self.peer, user = %self.user.name, feature = feature.name(), "client pinned to its server connection (pin_on)");
                 }
                 Outcome::Released => {
-                    self.login.cancel.slot.detach();
-                    let mut server = self.server.take().expect("attached");
-                    self.retries = 0;
-                    self.shared.metrics.transactions[role].inc();
-                    self.shared.metrics.transaction_seconds[role]
-                        .observe(server.lent_for().as_secs_f64());
-                    // Not released when a follow-up query fails: the
-                    // connection's state is unknown.
-                    let mut clean = true;
-                    self.want
-                        .remember_hidden(std::mem::take(&mut self.st.hidden_settings));
-                    if self.st.effects.contains(Effects::UNTRACKED_STATE) {
-                        // State nobody can restore or undo by name: closed,
-                        // never lent to anyone else (effects.rs says why).
-                        clean = false;
-                    } else if self.st.effects.contains(Effects::SETTINGS) {
-                        clean = self.read_settings(server.conn()).await;
-                    }
-                    if clean
-                        && self.on_primary
-                        && self.may_write
-                        && self.shared.router.load().settings().read_your_writes
-                    {
-                        // Read-your-writes: where the primary's WAL is now,
-                        // after this client's commit.
-                        match server
-                            .conn()
-                            .query_value(CURRENT_LSN, CLEANUP_TIMEOUT)
-                            .await
-                        {
-                            Ok(Some(v)) => self.min_lsn = v.parse().ok(),
-                            _ => {
-                                self.min_lsn = Some(u64::MAX);
-                                clean = false;
-                            }
-                        }
-                    }
-                    if clean {
-                        server.release();
-                    }
+                    self.released(role).await;
                     if *self.shutdown.borrow() {
                         self.send_fatal(
                             sqlstate::ADMIN_SHUTDOWN,
@@ -566,6 +417,8 @@ impl Session {
                     return "protocol violation";
                 }
                 Outcome::ServerLost(e) => {
+                    // Fast suspicion: the member is held out at once and
+                    // probed; the publisher decides (never waited for here).
                     if let Some(k) = self.server.as_ref().map(|s| &s.pool().key) {
                         self.shared.topology.suspect(&k.host, k.port);
                     }
@@ -582,149 +435,11 @@ impl Session {
         }
     }
 
-    /// Makes the attached server's session parameters match the client's:
-    /// a `SET` prelude goes ahead of the client's bytes; the relay swallows
-    /// its answer.
-    fn restore_params(&mut self) {
-        let state = &mut self.server.as_mut().expect("attached").conn().state;
-        let diff = self.want.differing(state);
-        let extra = self.want.extra_statement(state);
-        if diff.is_empty() && extra.is_empty() {
-            return;
-        }
-        let mut sql = self.want.set_statement(&diff);
-        sql.push_str(&extra);
-        protocol::put_query(&mut self.bufs.to_server, &sql);
-        state.set_extra(self.want.extra().clone());
-        self.shared.metrics.session_restores_total.inc();
-        self.st.swallow = 1;
-        self.restoring = diff;
-    }
-
-    /// After a transaction that changed settings (SET, RESET, set_config,
-    /// DISCARD ALL): reads what the session has set now, which the client
-    /// wants from every server from now on. False if that failed.
-    async fn read_settings(&mut self, conn: &mut backend::ServerConn) -> bool {
-        let sql = self.want.settings_query();
-        match conn.query_value(&sql, CLEANUP_TIMEOUT).await {
-            Ok(Some(v)) => {
-                let extra = params::parse_session_settings(&v);
-                self.want.set_extra(extra.clone());
-                conn.state.set_extra(extra);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Moves the prepared-statement counters of the last pump to metrics.
-    fn count_statements(&mut self) {
-        let c = std::mem::take(&mut self.prepared.counters);
-        let m = &self.shared.metrics;
-        if c.prepares > 0 {
-            m.prepared_statements_prepared_total.inc_by(c.prepares);
-        }
-        if c.hits > 0 {
-            m.prepared_statements_hits_total.inc_by(c.hits);
-        }
-        if c.evictions > 0 {
-            m.prepared_statements_evictions_total.inc_by(c.evictions);
-        }
-    }
-
-    /// Takes in the ParameterStatus messages of the last pump: the server
-    /// now has those values, and (set by the client, or restored for it) the
-    /// client wants them.
-    fn note_params(&mut self) {
-        let reported = std::mem::take(&mut self.st.reported);
-        let restoring = std::mem::take(&mut self.restoring);
-        let server = self.server.as_mut().map(|s| &mut s.conn().state);
-        let Some(state) = server else {
-            for (k, v) in &reported {
-                self.want.set(k, v);
-            }
-            return;
-        };
-        for (k, v) in &reported {
-            state.set(k, v);
-            self.want.set(k, v);
-        }
-        // A restored value the server did not report was already equal in
-        // its own spelling: adopt that spelling, so the next attach agrees.
-        for n in restoring {
-            if !reported.iter().any(|(k, _)| k.eq_ignore_ascii_case(n)) {
-                if let Some(v) = state.get(n).map(str::to_owned) {
-                    self.want.set(n, &v);
-                }
-            }
-        }
-    }
-
-    /// Answers the client's statement with the error `u` (no server could
-    /// be had), keeping the session in step. False when the client is gone.
-    async fn refuse(&mut self, typ: u8, u: Unavailable) -> bool {
-        let code = protocol::error_field(&u.fields, b'C')
-            .unwrap_or("XX000")
-            .to_owned();
-        self.shared
-            .metrics
-            .errors_total
-            .with_label_values(&[&code])
-            .inc();
-        tracing::warn!(peer = %self.peer, sqlstate = %code, reason = protocol::error_field(&u.fields, b'M').unwrap_or(""), "no server connection for client");
-        let simple = matches!(typ, b'Q' | b'F');
-        if simple {
-            let _ = self.bufs.from_client.split_to(self.first_frame_len());
-        } else {
-            self.skip_until_sync = true;
-        }
-        if self.deferred_begin.is_some() {
-            // The client believes it is in a transaction: now a failed one.
-            self.deferred_aborted = true;
-        }
-        let status = self.idle_status();
-        self.reply(|out| {
-            protocol::put_error_fields(out, u.fields);
-            if simple {
-                protocol::put_ready(out, status);
-            }
-        })
-        .await
-    }
-
-    /// Tells the client, at its next statement, that its transaction (or
-    /// session state) died with its server. A ROLLBACK is simply granted.
-    async fn report_lost(&mut self, lost: Lost, typ: u8) -> bool {
-        if typ == b'Q' && is_rollback(&self.bufs.from_client[..self.first_frame_len()]) {
-            let _ = self.bufs.from_client.split_to(self.first_frame_len());
-            return self
-                .reply(|out| {
-                    protocol::put_command_complete(out, "ROLLBACK");
-                    protocol::put_ready(out, b'I');
-                })
-                .await;
-        }
-        let (reason, code, msg) = match lost {
-            Lost::Transaction => (
-                "transaction_lost",
-                "40001",
-                "the transaction was rolled back: its server failed over while it was open; retry the transaction".to_owned(),
-            ),
-            Lost::SessionState => (
-                "session_state_lost",
-                sqlstate::CONNECTION_FAILURE,
-                format!("the server connection was lost (failover): {SESSION_STATE_LOST}; this statement did not run"),
-            ),
-        };
-        self.failover_error(reason);
-        self.refuse(typ, Unavailable::new(code, msg)).await
-    }
-
     /// Waits until `from_client` holds a whole message; returns its type, or
     /// `None` when the client closed the connection.
     async fn next_message(&mut self, max: usize) -> Result<Option<u8>, Ended> {
         loop {
-            if let Some(h) = protocol::header(&self.bufs.from_client) {
+            if let Some(h) = protocol::header(&self.att.bufs.from_client) {
                 let (typ, len) =
                     h.map_err(|l| Ended::Protocol(format!("invalid message length {l}")))?;
                 if !protocol::is_frontend_type(typ) {
@@ -737,14 +452,16 @@ impl Session {
                         "message of {len} bytes exceeds max_message_size ({max} bytes)"
                     )));
                 }
-                if self.bufs.from_client.len() >= len {
+                if self.att.bufs.from_client.len() >= len {
                     return Ok(Some(typ));
                 }
-                self.bufs
-                    .from_client
-                    .reserve(len - self.bufs.from_client.len());
-            } else if self.bufs.from_client.capacity() - self.bufs.from_client.len() < 1024 {
-                self.bufs.from_client.reserve(8192);
+                // Room for what arrives, in steps: a declared length is
+                // not memory to set aside.
+                let missing = len - self.att.bufs.from_client.len();
+                attachment::ensure_room(&mut self.att.bufs.from_client, missing.max(8192));
+            } else {
+                self.att.bufs.shrink();
+                attachment::ensure_room(&mut self.att.bufs.from_client, 8192);
             }
             if *self.shutdown.borrow() {
                 return Err(Ended::Shutdown);
@@ -753,7 +470,7 @@ impl Session {
                 return Err(Ended::Killed);
             }
             tokio::select! {
-                r = self.client.read_buf(&mut self.bufs.from_client) => match r {
+                r = self.client.read_buf(&mut self.att.bufs.from_client) => match r {
                     Ok(0) | Err(_) => return Ok(None),
                     // Between transactions the first message of the next one is read here, not in the relay.
                     Ok(n) => self.shared.metrics.client_bytes_received_total.inc_by(n as u64),
@@ -762,141 +479,6 @@ impl Session {
                 _ = self.registered.kill.changed() => return Err(Ended::Killed),
             }
         }
-    }
-
-    /// A server connection for the next transaction. When no primary is
-    /// usable (none known, a switchover draining, the primary refusing
-    /// connections), the client is held until one is, up to `hold_timeout`.
-    async fn acquire(&mut self, route: Route) -> Result<(PooledConn, bool), Unavailable> {
-        let (wait, drain, hold, max_held) = {
-            let c = self.shared.config.load();
-            (
-                c.proxy.query_wait_timeout.0,
-                c.failover.drain_timeout.0,
-                c.failover.hold_timeout.0,
-                c.failover.max_held_clients as i64,
-            )
-        };
-        let mut held: Option<(Instant, watch::Receiver<u64>)> = None;
-        // Before the pause check: PAUSE either holds this client or waits for it.
-        self.registered.info.set_state(ClientState::Waiting);
-        let mut resumed = None;
-        let result = loop {
-            let (picked, on_primary) = {
-                let topo = self.shared.topology.load();
-                let router = self.shared.router.load();
-                let min_lsn = self.min_lsn.filter(|_| router.settings().read_your_writes);
-                let pools = &self.shared.pools;
-                let picked = router.pick(&topo, route, drain, min_lsn, |m| {
-                    pools.active_on(&m.host, m.port, &self.database, &self.user.name)
-                });
-                let on_primary = match &picked {
-                    Picked::Member(m) => topo.primary.as_ref().is_some_and(|p| Arc::ptr_eq(p, m)),
-                    Picked::Nothing(_) => false,
-                };
-                (picked, on_primary)
-            };
-            // A paused database holds its clients the way a failover does.
-            let (picked, on_primary) = if self.shared.pause.is_paused(&self.database) {
-                (Picked::Nothing(PAUSED), false)
-            } else {
-                (picked, on_primary)
-            };
-            let why = match picked {
-                Picked::Member(member) => {
-                    if on_primary && route == Route::Replica {
-                        self.shared.metrics.replica_reads_on_primary_total.inc();
-                    }
-                    let name = member.name.clone();
-                    let pool = self.pool_for(member);
-                    self.registered.info.waiting_on(&pool);
-                    match pool.checkout(wait).await {
-                        Ok(conn) => break Ok((conn, on_primary)),
-                        Err(e @ PoolError::Timeout(_)) => {
-                            break Err(Unavailable::new(
-                                sqlstate::TOO_MANY_CONNECTIONS,
-                                format!("{e}; query_wait_timeout is {}s", wait.as_secs()),
-                            ))
-                        }
-                        Err(PoolError::Connect(BackendError::Server(fields)))
-                            if !transient(&fields) =>
-                        {
-                            let mut fields = fields;
-                            for f in fields.iter_mut() {
-                                if f.0 == b'S' || f.0 == b'V' {
-                                    f.1 = "ERROR".into();
-                                }
-                            }
-                            break Err(Unavailable { fields });
-                        }
-                        Err(e) => format!("{name} does not accept connections: {e}"),
-                    }
-                }
-                Picked::Nothing(why) => why.to_owned(),
-            };
-            // Hold: wait for the topology to change, a re-check, or a cancel.
-            let (since, changed) = match &mut held {
-                Some(h) => h,
-                None => {
-                    let metrics = &self.shared.metrics;
-                    metrics.held_clients.inc();
-                    if metrics.held_clients.get() > max_held {
-                        self.failover_error("held_limit");
-                        break Err(Unavailable::new(sqlstate::TOO_MANY_CONNECTIONS, format!("too many clients are waiting for a primary (max_held_clients = {max_held})")));
-                    }
-                    tracing::debug!(peer = %self.peer, why, "holding client until a primary is available");
-                    // Subscribe, then look again at once: no change slips between.
-                    held = Some((Instant::now(), self.shared.topology.subscribe()));
-                    resumed = Some(self.shared.pause.subscribe());
-                    self.registered.info.set_state(ClientState::Held);
-                    continue;
-                }
-            };
-            let left = hold.saturating_sub(since.elapsed());
-            if left.is_zero() {
-                self.failover_error("hold_timeout");
-                break Err(Unavailable::new(
-                    sqlstate::CANNOT_CONNECT_NOW,
-                    format!(
-                        "cannot connect now: no server available for {}s ({why})",
-                        hold.as_secs()
-                    ),
-                ));
-            }
-            let slot = self.login.cancel.slot.clone();
-            let cancelled = slot.cancelled();
-            let pause = resumed.as_mut().expect("subscribed with held");
-            tokio::select! {
-                _ = changed.changed() => {}
-                _ = pause.changed() => {}
-                _ = tokio::time::sleep(left.min(HOLD_RECHECK)) => {}
-                _ = cancelled => break Err(Unavailable::new("57014", "canceling statement due to user request".into())),
-                _ = self.shutdown.changed() => {
-                    break Err(Unavailable::new(sqlstate::ADMIN_SHUTDOWN, "pgkeel is shutting down".into()))
-                }
-                _ = self.registered.killed() => {
-                    break Err(Unavailable::new(sqlstate::ADMIN_SHUTDOWN, KILLED.into()))
-                }
-            }
-        };
-        if let Some((since, _)) = held {
-            let metrics = &self.shared.metrics;
-            metrics.held_clients.dec();
-            metrics.hold_seconds.observe(since.elapsed().as_secs_f64());
-        }
-        result
-    }
-
-    fn pool_for(&mut self, member: Arc<Member>) -> Arc<Pool> {
-        if let Some((_, p)) = self.pools.iter().find(|(m, _)| Arc::ptr_eq(m, &member)) {
-            return p.clone();
-        }
-        let p = self.shared.pool_for(&member, &self.database, &self.user);
-        if self.pools.len() >= POOL_CACHE {
-            self.pools.remove(0);
-        }
-        self.pools.push((member, p.clone()));
-        p
     }
 
     /// After a reload, between transactions: the reason to end the session
@@ -918,261 +500,6 @@ impl Session {
                 self.user.name
             )
         })
-    }
-
-    /// ReadyForQuery status while no server is attached.
-    fn idle_status(&self) -> u8 {
-        match (&self.deferred_begin, self.deferred_aborted) {
-            (Some(_), true) => b'E',
-            (Some(_), false) => b'T',
-            (None, _) => b'I',
-        }
-    }
-
-    /// Routes the request at the head of the client's buffer. `None`: it was
-    /// answered here (a deferred BEGIN, its COMMIT, or an aborted deferred
-    /// transaction); `Some(Err)`: the client is gone.
-    async fn route(&mut self) -> Option<Result<Route, ()>> {
-        let simple = self.bufs.from_client.first() == Some(&b'Q');
-        if self.deferred_aborted {
-            let len = self.first_frame_len();
-            let frame = &self.bufs.from_client[..len];
-            if simple && (is_rollback(frame) || is_commit(frame)) {
-                let _ = self.bufs.from_client.split_to(len);
-                self.deferred_begin = None;
-                self.deferred_aborted = false;
-                let ok = self
-                    .reply(|out| {
-                        protocol::put_command_complete(out, "ROLLBACK");
-                        protocol::put_ready(out, b'I');
-                    })
-                    .await;
-                return if ok { None } else { Some(Err(())) };
-            }
-            let typ = self.bufs.from_client[0];
-            let u = Unavailable::new(
-                "25P02",
-                "current transaction is aborted, commands ignored until end of transaction block"
-                    .into(),
-            );
-            return if self.refuse(typ, u).await {
-                None
-            } else {
-                Some(Err(()))
-            };
-        }
-        let decision = {
-            let router = self.shared.router.load();
-            let view = SessionView {
-                peer: self.peer,
-                user: &self.user.name,
-                database: &self.database,
-                application_name: self.want.get("application_name").unwrap_or(""),
-                listener: self.listener,
-                pool_mode: self.user.pool_mode,
-                default_read_only: self.default_read_only,
-                deferred_begin: self.deferred_begin.is_some(),
-                statements: Some(&self.prepared)
-                    .filter(|p| p.enabled)
-                    .map(|p| p as &dyn crate::router::NamedStatements),
-            };
-            router.decide(
-                &view,
-                &self.bufs.from_client,
-                &mut self.scratch,
-                &self.shared.metrics,
-            )
-        };
-        match decision {
-            Decision::Route { route, why, kind } => {
-                self.shared.metrics.routed(route, why).inc();
-                if let Kind::SetDefaultReadOnly(on) = kind {
-                    self.default_read_only = on;
-                }
-                self.may_write = self.deferred_begin.is_some()
-                    || !matches!(
-                        kind,
-                        Kind::Read
-                            | Kind::Begin {
-                                read_only: true,
-                                ..
-                            }
-                            | Kind::SetTransactionReadOnly
-                    );
-                Some(Ok(route))
-            }
-            Decision::DeferBegin => {
-                let len = self.first_frame_len();
-                self.deferred_begin = Some(self.bufs.from_client.split_to(len));
-                let ok = self
-                    .reply(|out| {
-                        protocol::put_command_complete(out, "BEGIN");
-                        protocol::put_ready(out, b'T');
-                    })
-                    .await;
-                if ok {
-                    None
-                } else {
-                    Some(Err(()))
-                }
-            }
-            Decision::LocalEnd => {
-                let len = self.first_frame_len();
-                let frame = self.bufs.from_client.split_to(len);
-                let tag = if is_rollback(&frame) {
-                    "ROLLBACK"
-                } else {
-                    "COMMIT"
-                };
-                self.deferred_begin = None;
-                let ok = self
-                    .reply(|out| {
-                        protocol::put_command_complete(out, tag);
-                        protocol::put_ready(out, b'I');
-                    })
-                    .await;
-                if ok {
-                    None
-                } else {
-                    Some(Err(()))
-                }
-            }
-        }
-    }
-
-    /// The attached server failed. A read-only request nothing was answered
-    /// for goes again to another server; otherwise the client is told (now
-    /// if it waits for an answer, else at its next statement) and the
-    /// session goes on. False when the client had already seen part of a
-    /// message, so its connection cannot continue.
-    async fn server_lost(&mut self, why: &str) -> bool {
-        let server = self.server.take().expect("attached");
-        self.login.cancel.slot.detach();
-        tracing::warn!(peer = %self.peer, server = %server.pool().key.host, port = server.pool().key.port, error = why, "server connection lost");
-        drop(server);
-        if self.st.server_skip > 0 {
-            // Mid-message (a row over WHOLE_MESSAGE_LIMIT): the client's
-            // stream cannot be put back in step.
-            self.failover_error("mid_message");
-            return false;
-        }
-        let st = std::mem::take(&mut self.st);
-        self.bufs.to_server.clear();
-        self.bufs.from_server.clear();
-        if st.replayable
-            && !st.responded
-            && !self.bufs.replay.is_empty()
-            && self.retries < MAX_RETRIES
-            && relay::replay_reads_only(
-                &self.bufs.replay,
-                Some(&self.prepared).filter(|p| p.enabled),
-            )
-        {
-            // Nothing reached the client and the request only reads: put it
-            // back in front of whatever the client sent since, and run it
-            // again wherever acquire() finds a primary.
-            self.retries += 1;
-            self.drop_preamble = st.preamble + st.drop_preamble;
-            self.shared.metrics.retried_statements_total.inc();
-            tracing::info!(peer = %self.peer, "re-running a read-only statement on another server");
-            let mut again = std::mem::take(&mut self.bufs.replay);
-            again.extend_from_slice(&self.bufs.from_client);
-            self.bufs.from_client = again;
-            return true;
-        }
-        self.bufs.replay.clear();
-        let session_mode = self.keeps_server();
-        if self.pinned.take().is_some() {
-            // What pinned it died with the connection.
-            self.shared.metrics.pinned_clients.dec();
-        }
-        if st.pending == 0 && !st.unsynced && !st.in_copy {
-            // Nobody waits for an answer: tell the client at its next statement.
-            if st.status != b'I' {
-                self.lost = Some(Lost::Transaction);
-            } else if session_mode {
-                self.lost = Some(Lost::SessionState);
-            }
-            return true;
-        }
-        self.failover_error("in_flight");
-        self.shared
-            .metrics
-            .errors_total
-            .with_label_values(&[sqlstate::CONNECTION_FAILURE])
-            .inc();
-        let (code, mut msg) = if st.status != b'I' && !st.commit_in_flight {
-            (
-                "40001",
-                "the transaction was rolled back: its server failed over; retry the transaction"
-                    .to_owned(),
-            )
-        } else if st.commit_in_flight {
-            (sqlstate::CONNECTION_FAILURE, "the server failed over while committing: the outcome of the transaction is unknown".to_owned())
-        } else {
-            (
-                sqlstate::CONNECTION_FAILURE,
-                "the server failed over while running this statement: its outcome is unknown"
-                    .to_owned(),
-            )
-        };
-        if session_mode {
-            msg = format!("{msg}; {SESSION_STATE_LOST}");
-        }
-        let owed = st.pending;
-        if st.unsynced || st.in_copy {
-            self.skip_until_sync = true;
-        }
-        self.reply(|out| {
-            protocol::put_error(out, Severity::Error, code, &msg);
-            for _ in 0..owed {
-                protocol::put_ready(out, b'I');
-            }
-        })
-        .await
-    }
-
-    /// The client left while holding a server connection: give the
-    /// connection back clean, or close it.
-    async fn cleanup_server(&mut self) {
-        let Some(mut server) = self.server.take() else {
-            return;
-        };
-        self.login.cancel.slot.detach();
-        let clean =
-            self.st.at_rest() && self.bufs.to_server.is_empty() && self.bufs.from_server.is_empty();
-        if clean && self.st.effects.dirties_session() && !self.keeps_server() {
-            // Settings nobody read back, or a pinned feature's state: the
-            // next client must not inherit them.
-            return;
-        }
-        if !clean {
-            // Mid-query: stop the work on the server, then drop the connection.
-            let key = server.conn().key.clone();
-            tokio::spawn(async move {
-                let _ = backend::send_cancel(&key).await;
-            });
-            return;
-        }
-        let cfg = self.shared.config.load_full();
-        let conn = server.conn();
-        if self.st.status != b'I' && conn.run_simple("ROLLBACK", CLEANUP_TIMEOUT).await != Ok(b'I')
-        {
-            return;
-        }
-        if self.keeps_server() && !cfg.proxy.server_reset_query.is_empty() {
-            if conn
-                .run_simple(&cfg.proxy.server_reset_query, CLEANUP_TIMEOUT)
-                .await
-                != Ok(b'I')
-            {
-                return;
-            }
-            // DISCARD ALL (the usual reset) drops statements and settings.
-            conn.statements.clear();
-            conn.state.set_extra(Vec::new());
-        }
-        server.release();
     }
 
     /// Writes what `build` puts in a buffer; false when the client is gone.

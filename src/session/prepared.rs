@@ -21,10 +21,10 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::protocol::{self, HEADER_LEN};
+use crate::protocol::{self, backend as Bk, field, frontend as F, HEADER_LEN};
 use crate::statements::{ConnStatements, Statement, StatementCache};
 
-use super::relay::TxState;
+use super::attachment::State;
 
 /// What pgkeel sent or will answer, in the order of the client's messages.
 #[derive(Debug)]
@@ -70,6 +70,8 @@ pub struct Prepared {
     /// Some statement in `names` changes the session (SET...): a Bind must
     /// look its effects up.
     names_have_effects: bool,
+    /// Some statement in `names` commits: a Bind must look it up.
+    names_commit: bool,
     /// Names of SQL-level PREPAREs.
     sql_names: HashMap<Box<[u8]>, Arc<Statement>>,
     /// Queries pgkeel added, not yet counted by the relay.
@@ -82,6 +84,9 @@ pub struct Prepared {
     drop_to_sync: bool,
     pub counters: Counters,
 }
+
+/// The Describe/Close target byte for a prepared statement (`P`: a portal).
+const STATEMENT: u8 = b'S';
 
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
@@ -99,7 +104,10 @@ fn frame_start(out: &mut BytesMut, typ: u8, body_len: usize) {
 }
 
 fn extended(typ: u8) -> bool {
-    matches!(typ, b'P' | b'B' | b'D' | b'E' | b'C')
+    matches!(
+        typ,
+        F::PARSE | F::BIND | F::DESCRIBE | F::EXECUTE | F::CLOSE
+    )
 }
 
 /// What to do with a client message.
@@ -121,6 +129,7 @@ impl Prepared {
             cap: 500,
             names: HashMap::new(),
             names_have_effects: false,
+            names_commit: false,
             sql_names: HashMap::new(),
             injected: 0,
             queue: VecDeque::new(),
@@ -150,6 +159,7 @@ impl Prepared {
     pub fn forget_all(&mut self) {
         self.names.clear();
         self.names_have_effects = false;
+        self.names_commit = false;
         self.sql_names.clear();
     }
 
@@ -167,7 +177,7 @@ impl Prepared {
         conn: &mut ConnStatements,
         out: &mut BytesMut,
     ) -> Option<Verdict> {
-        let text = protocol::query_text(b'Q', frame);
+        let text = protocol::query_text(F::QUERY, frame);
         let text = trim_end(text);
         let (first, rest) = word(text)?;
         if memchr::memchr(b';', text).is_some() {
@@ -212,10 +222,10 @@ impl Prepared {
             }
             let server_name = &stmt.server_name[..stmt.server_name.len() - 1];
             let sql = [b"EXECUTE ", server_name, args].concat();
-            frame_start(out, b'Q', sql.len() + 1);
+            frame_start(out, F::QUERY, sql.len() + 1);
             out.put_slice(&sql);
             out.put_u8(0);
-            self.sent(b'Q');
+            self.sent(F::QUERY);
             return Some(Verdict::Replaced);
         }
         if first.eq_ignore_ascii_case(b"deallocate") {
@@ -251,9 +261,9 @@ impl Prepared {
         if self.add_to(stmt, conn, out) {
             // The Close (by protocol: it works for SQL-prepared statements
             // too) needs a Sync of its own ahead of the simple Query.
-            frame_start(out, b'S', 0);
+            frame_start(out, F::SYNC, 0);
             self.queue.push_back(Item::Sent {
-                typ: b'S',
+                typ: F::SYNC,
                 undo: 0,
                 forget: None,
                 swallow: true,
@@ -263,11 +273,11 @@ impl Prepared {
         let server_name = &stmt.server_name[..stmt.server_name.len() - 1];
         let body = &stmt.body[5..];
         let sql = [b"PREPARE ", server_name, body].concat();
-        frame_start(out, b'Q', sql.len() + 1);
+        frame_start(out, F::QUERY, sql.len() + 1);
         out.put_slice(&sql);
         out.put_u8(0);
         self.queue.push_back(Item::Sent {
-            typ: b'Q',
+            typ: F::QUERY,
             undo: stmt.id,
             forget,
             swallow,
@@ -322,6 +332,15 @@ impl Prepared {
         self.sql_names.get(&name).map(|s| &s.body[..])
     }
 
+    /// The Bind `frame` runs a named statement of the client's that commits.
+    pub fn bind_commits(&self, frame: &[u8]) -> bool {
+        // The flag spares the usual Bind a name lookup.
+        self.names_commit
+            && bound_name(frame)
+                .and_then(|name| self.names.get(name))
+                .is_some_and(|s| s.commits)
+    }
+
     /// The text of the client's statement `name`, for routing.
     pub fn query_of(&self, name: &[u8]) -> Option<&[u8]> {
         let s = self.names.get(name)?;
@@ -354,11 +373,11 @@ impl Prepared {
         protocol::put_error_fields(
             &mut out,
             vec![
-                (b'S', "ERROR".into()),
-                (b'V', "ERROR".into()),
-                (b'C', code.into()),
-                (b'M', message.into()),
-                (b'H', hint.into()),
+                (field::SEVERITY, "ERROR".into()),
+                (field::SEVERITY_RAW, "ERROR".into()),
+                (field::CODE, code.into()),
+                (field::MESSAGE, message.into()),
+                (field::HINT, hint.into()),
             ],
         );
         self.queue.push_back(Item::Reply {
@@ -379,14 +398,14 @@ impl Prepared {
         out: &mut BytesMut,
     ) -> Verdict {
         if self.drop_to_sync {
-            if typ != b'S' {
+            if typ != F::SYNC {
                 return Verdict::Dropped;
             }
             self.drop_to_sync = false;
         }
         let body = &frame[HEADER_LEN..];
         match typ {
-            b'P' if self.enabled => {
+            F::PARSE if self.enabled => {
                 let Some((name, rest)) = cstr(body) else {
                     self.sent(typ);
                     return Verdict::Forward;
@@ -407,6 +426,7 @@ impl Prepared {
                 let forget = Some(Box::<[u8]>::from(name));
                 self.names.insert(name.into(), stmt.clone());
                 self.names_have_effects |= !stmt.effects.is_empty();
+                self.names_commit |= stmt.commits;
                 if conn.touch(stmt.id) {
                     self.counters.hits += 1;
                     self.reply(PARSE_COMPLETE, forget);
@@ -415,7 +435,7 @@ impl Prepared {
                 self.send_parse(&stmt, conn, out, false, forget);
                 Verdict::Replaced
             }
-            b'B' if self.enabled => {
+            F::BIND if self.enabled => {
                 let stmt = cstr(body).and_then(|(portal, rest)| {
                     let (name, rest) = cstr(rest)?;
                     let s = self.names.get(name)?.clone();
@@ -428,7 +448,7 @@ impl Prepared {
                 self.ensure(&stmt, conn, out);
                 frame_start(
                     out,
-                    b'B',
+                    F::BIND,
                     portal.len() + 1 + stmt.server_name.len() + rest.len(),
                 );
                 out.put_slice(portal);
@@ -438,13 +458,13 @@ impl Prepared {
                 self.sent(typ);
                 Verdict::Replaced
             }
-            b'D' | b'C' if self.enabled && body.first() == Some(&b'S') => {
+            F::DESCRIBE | F::CLOSE if self.enabled && body.first() == Some(&STATEMENT) => {
                 let name = cstr(&body[1..]).map(|(n, _)| n).unwrap_or_default();
                 if name.is_empty() {
                     self.sent(typ);
                     return Verdict::Forward;
                 }
-                if typ == b'C' {
+                if typ == F::CLOSE {
                     // Closing a name that does not exist is not an error.
                     let forgotten = self.names.remove(name);
                     let _ = forgotten;
@@ -456,20 +476,27 @@ impl Prepared {
                     return Verdict::Forward;
                 };
                 self.ensure(&stmt, conn, out);
-                frame_start(out, b'D', 1 + stmt.server_name.len());
-                out.put_u8(b'S');
+                frame_start(out, F::DESCRIBE, 1 + stmt.server_name.len());
+                out.put_u8(STATEMENT);
                 out.put_slice(&stmt.server_name);
                 self.sent(typ);
                 Verdict::Replaced
             }
-            b'Q' if self.enabled => match self.sql_statement(frame, conn, out) {
+            F::QUERY if self.enabled => match self.sql_statement(frame, conn, out) {
                 Some(v) => v,
                 None => {
                     self.sent(typ);
                     Verdict::Forward
                 }
             },
-            b'P' | b'B' | b'D' | b'C' | b'E' | b'S' | b'Q' | b'F' => {
+            F::PARSE
+            | F::BIND
+            | F::DESCRIBE
+            | F::CLOSE
+            | F::EXECUTE
+            | F::SYNC
+            | F::QUERY
+            | F::FUNCTION_CALL => {
                 self.sent(typ);
                 Verdict::Forward
             }
@@ -493,11 +520,11 @@ impl Prepared {
             return false;
         };
         let name = format!("{}{old}\0", self.cache.prefix());
-        frame_start(out, b'C', 1 + name.len());
-        out.put_u8(b'S');
+        frame_start(out, F::CLOSE, 1 + name.len());
+        out.put_u8(STATEMENT);
         out.put_slice(name.as_bytes());
         self.queue.push_back(Item::Sent {
-            typ: b'C',
+            typ: F::CLOSE,
             undo: 0,
             forget: None,
             swallow: true,
@@ -515,11 +542,11 @@ impl Prepared {
         forget: Option<Box<[u8]>>,
     ) {
         self.add_to(stmt, conn, out);
-        frame_start(out, b'P', stmt.server_name.len() + stmt.body.len());
+        frame_start(out, F::PARSE, stmt.server_name.len() + stmt.body.len());
         out.put_slice(&stmt.server_name);
         out.put_slice(&stmt.body);
         self.queue.push_back(Item::Sent {
-            typ: b'P',
+            typ: F::PARSE,
             undo: stmt.id,
             forget,
             swallow,
@@ -533,7 +560,7 @@ impl Prepared {
         let mut i = self.queue.len();
         while n > 0 && i > 0 {
             i -= 1;
-            if matches!(self.queue[i], Item::Sent { typ: b'S', .. }) {
+            if matches!(self.queue[i], Item::Sent { typ: F::SYNC, .. }) {
                 self.queue.remove(i);
                 n -= 1;
             }
@@ -543,7 +570,10 @@ impl Prepared {
     /// A server message of type `typ` arrived: whether the client gets it.
     /// Call `due` after it.
     pub fn server_message(&mut self, typ: u8, conn: &mut ConnStatements) -> bool {
-        if matches!(typ, b'N' | b'S' | b'A') {
+        if matches!(
+            typ,
+            Bk::NOTICE_RESPONSE | Bk::PARAMETER_STATUS | Bk::NOTIFICATION_RESPONSE
+        ) {
             return true;
         }
         let Some(Item::Sent {
@@ -553,7 +583,7 @@ impl Prepared {
             return true;
         };
         let (sent, swallow) = (*sent, *swallow);
-        if typ == b'E' && sent == b'Q' {
+        if typ == Bk::ERROR_RESPONSE && sent == F::QUERY {
             // A PREPARE pgkeel sent failed: nothing was prepared.
             if let Some(Item::Sent { undo, forget, .. }) = self.queue.front_mut() {
                 if *undo != 0 {
@@ -566,26 +596,32 @@ impl Prepared {
             }
             return !swallow;
         }
-        if typ == b'E' && extended(sent) {
+        if typ == Bk::ERROR_RESPONSE && extended(sent) {
             self.undo_front(conn);
             self.skipping = true;
             // Even for pgkeel's own Parse: the client's Bind fails with it.
             return true;
         }
         let done = match (sent, typ) {
-            (b'P', b'1') | (b'B', b'2') | (b'C', b'3') => true,
-            (b'D', b'T' | b'n') | (b'E', b'C' | b'I' | b's') => true,
-            (b'S' | b'Q' | b'F', b'Z') => {
+            (F::PARSE, Bk::PARSE_COMPLETE)
+            | (F::BIND, Bk::BIND_COMPLETE)
+            | (F::CLOSE, Bk::CLOSE_COMPLETE) => true,
+            (F::DESCRIBE, Bk::ROW_DESCRIPTION | Bk::NO_DATA)
+            | (
+                F::EXECUTE,
+                Bk::COMMAND_COMPLETE | Bk::EMPTY_QUERY_RESPONSE | Bk::PORTAL_SUSPENDED,
+            ) => true,
+            (F::SYNC | F::QUERY | F::FUNCTION_CALL, Bk::READY_FOR_QUERY) => {
                 self.skipping = false;
                 true
             }
-            (_, b'Z') => {
+            (_, Bk::READY_FOR_QUERY) => {
                 // Out of step (should not happen): resynchronise at the Sync.
                 while let Some(item) = self.queue.pop_front() {
                     if matches!(
                         item,
                         Item::Sent {
-                            typ: b'S' | b'Q' | b'F',
+                            typ: F::SYNC | F::QUERY | F::FUNCTION_CALL,
                             ..
                         }
                     ) {
@@ -627,18 +663,18 @@ impl Prepared {
     pub fn has_due(&self) -> bool {
         match self.queue.front() {
             Some(Item::Reply { .. }) => true,
-            Some(Item::Sent { typ, .. }) => self.skipping && *typ != b'S',
+            Some(Item::Sent { typ, .. }) => self.skipping && *typ != F::SYNC,
             None => false,
         }
     }
 
     /// Writes pgkeel's replies that reached the head of the queue to `out`,
     /// and drops what the server skips after an error.
-    pub fn due(&mut self, conn: &mut ConnStatements, out: &mut BytesMut, st: &mut TxState) {
+    pub fn due(&mut self, conn: &mut ConnStatements, out: &mut BytesMut, st: &mut State) {
         loop {
             match self.queue.front() {
-                Some(Item::Sent { typ, .. }) if self.skipping && *typ != b'S' => {
-                    if matches!(typ, b'Q' | b'F') {
+                Some(Item::Sent { typ, .. }) if self.skipping && *typ != F::SYNC => {
+                    if matches!(*typ, F::QUERY | F::FUNCTION_CALL) {
                         // Skipped too: no ReadyForQuery for it.
                         st.pending = st.pending.saturating_sub(1);
                     }
@@ -654,12 +690,12 @@ impl Prepared {
                     self.queue.pop_front();
                 }
                 Some(Item::Reply { bytes, .. }) => {
-                    if bytes[0] == b'1' && st.drop_preamble > 0 {
+                    if bytes[0] == Bk::PARSE_COMPLETE && st.drop_preamble > 0 {
                         // A re-run request: the client has this one.
                         st.drop_preamble -= 1;
                         st.preamble += 1;
                     } else {
-                        if bytes[0] == b'1' && !st.responded {
+                        if bytes[0] == Bk::PARSE_COMPLETE && !st.responded {
                             st.preamble += 1;
                         } else {
                             st.responded = true;
@@ -751,252 +787,6 @@ pub fn raising_query(code: &str, message: &str, hint: &str) -> String {
     )
 }
 
-/// An ErrorResponse pgkeel gives itself, as bytes (for tests).
 #[cfg(test)]
-fn error_bytes(code: &str, msg: &str) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    protocol::put_error(&mut b, protocol::Severity::Error, code, msg);
-    b.to_vec()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msg(t: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![t];
-        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
-
-    fn parse(name: &str, sql: &str) -> Vec<u8> {
-        msg(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
-    }
-
-    fn bind(name: &str) -> Vec<u8> {
-        msg(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes())
-    }
-
-    /// Runs client messages through; returns what went to the server.
-    fn send(p: &mut Prepared, conn: &mut ConnStatements, frames: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        for f in frames {
-            if p.client_message(f[0], f, conn, &mut out) == Verdict::Forward {
-                out.extend_from_slice(f);
-            }
-        }
-        out.to_vec()
-    }
-
-    /// Runs server messages through; returns what the client gets.
-    fn answer(p: &mut Prepared, conn: &mut ConnStatements, frames: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        let mut st = TxState::default();
-        p.due(conn, &mut out, &mut st);
-        for f in frames {
-            if p.server_message(f[0], conn) {
-                out.extend_from_slice(f);
-            }
-            p.due(conn, &mut out, &mut st);
-        }
-        out.to_vec()
-    }
-
-    fn types(bytes: &[u8]) -> String {
-        let mut rest = bytes;
-        let mut s = String::new();
-        while let Some(Ok((t, len))) = protocol::header(rest) {
-            s.push(t as char);
-            rest = &rest[len..];
-        }
-        s
-    }
-
-    #[test]
-    fn a_statement_follows_the_client_to_another_connection() {
-        let cache = Arc::new(StatementCache::default());
-        let mut p = Prepared::new(cache.clone());
-        let mut c1 = ConnStatements::default();
-        // Transaction 1 on c1: the client's Parse is sent as pgkeel_1.
-        let out = send(
-            &mut p,
-            &mut c1,
-            &[
-                parse("S_1", "select $1"),
-                bind("S_1"),
-                msg(b'E', b"\0\0\0\0\0"),
-                msg(b'S', b""),
-            ],
-        );
-        assert_eq!(types(&out), "PBES");
-        assert!(String::from_utf8_lossy(&out).contains(&format!("{}1\0", cache.prefix())));
-        assert!(!String::from_utf8_lossy(&out).contains("S_1"));
-        let got = answer(
-            &mut p,
-            &mut c1,
-            &[
-                msg(b'1', b""),
-                msg(b'2', b""),
-                msg(b'C', b"SELECT 1\0"),
-                msg(b'Z', b"I"),
-            ],
-        );
-        assert_eq!(types(&got), "12CZ");
-        assert!(p.settled());
-        // Transaction 2 lands on c2: a Parse goes ahead of the Bind and its
-        // ParseComplete is not the client's.
-        let mut c2 = ConnStatements::default();
-        p.reset_queue();
-        let out = send(
-            &mut p,
-            &mut c2,
-            &[bind("S_1"), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")],
-        );
-        assert_eq!(types(&out), "PBES");
-        let got = answer(
-            &mut p,
-            &mut c2,
-            &[
-                msg(b'1', b""),
-                msg(b'2', b""),
-                msg(b'C', b"SELECT 1\0"),
-                msg(b'Z', b"I"),
-            ],
-        );
-        assert_eq!(types(&got), "2CZ");
-        // Another client parsing the same text on c2: nothing sent, pgkeel
-        // answers ParseComplete in its turn.
-        let mut q = Prepared::new(cache);
-        let out = send(
-            &mut q,
-            &mut c2,
-            &[parse("other", "select $1"), msg(b'S', b"")],
-        );
-        assert_eq!(types(&out), "S");
-        let got = answer(&mut q, &mut c2, &[msg(b'Z', b"I")]);
-        assert_eq!(types(&got), "1Z");
-        // The first Bind found the statement its Parse had just prepared.
-        assert_eq!(
-            (p.counters.prepares, p.counters.hits, q.counters.hits),
-            (2, 1, 1)
-        );
-    }
-
-    #[test]
-    fn close_is_answered_locally_and_the_name_can_be_reused() {
-        let mut p = Prepared::new(Arc::default());
-        let mut c = ConnStatements::default();
-        send(&mut p, &mut c, &[parse("a", "select 1"), msg(b'S', b"")]);
-        answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
-        let out = send(
-            &mut p,
-            &mut c,
-            &[msg(b'C', b"Sa\0"), parse("a", "select 2"), msg(b'S', b"")],
-        );
-        assert_eq!(types(&out), "PS", "the Close stays in pgkeel");
-        let got = answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
-        assert_eq!(types(&got), "31Z");
-        assert_eq!(c.len(), 2, "the first statement stays for other clients");
-    }
-
-    #[test]
-    fn a_duplicate_name_is_an_error_and_the_batch_is_dropped() {
-        let mut p = Prepared::new(Arc::default());
-        let mut c = ConnStatements::default();
-        send(&mut p, &mut c, &[parse("a", "select 1"), msg(b'S', b"")]);
-        answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
-        let out = send(
-            &mut p,
-            &mut c,
-            &[
-                parse("a", "select 2"),
-                bind("a"),
-                msg(b'E', b"\0\0\0\0\0"),
-                msg(b'S', b""),
-            ],
-        );
-        assert_eq!(types(&out), "S");
-        let got = answer(&mut p, &mut c, &[msg(b'Z', b"I")]);
-        assert_eq!(types(&got), "EZ");
-        assert!(String::from_utf8_lossy(&got).contains("42P05"));
-    }
-
-    #[test]
-    fn after_an_error_the_skipped_parse_is_forgotten() {
-        let mut p = Prepared::new(Arc::default());
-        let mut c = ConnStatements::default();
-        // The first Parse fails; the server skips the second (and pgkeel's
-        // would-be ParseComplete for a third it already has is not sent).
-        send(
-            &mut p,
-            &mut c,
-            &[
-                parse("x", "selec 1"),
-                parse("y", "select 1"),
-                msg(b'S', b""),
-            ],
-        );
-        let got = answer(
-            &mut p,
-            &mut c,
-            &[error_bytes("42601", "syntax error"), msg(b'Z', b"I")],
-        );
-        assert_eq!(types(&got), "EZ");
-        assert!(c.is_empty(), "neither statement is on the server");
-        assert!(p.is_empty(), "neither name exists for the client");
-        assert!(p.settled());
-    }
-
-    #[test]
-    fn lru_eviction_closes_on_the_server_quietly() {
-        let mut p = Prepared::new(Arc::default());
-        p.cap = 1;
-        let mut c = ConnStatements::default();
-        send(&mut p, &mut c, &[parse("a", "select 1"), msg(b'S', b"")]);
-        answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
-        let out = send(&mut p, &mut c, &[parse("b", "select 2"), msg(b'S', b"")]);
-        assert_eq!(types(&out), "CPS");
-        let got = answer(
-            &mut p,
-            &mut c,
-            &[msg(b'3', b""), msg(b'1', b""), msg(b'Z', b"I")],
-        );
-        assert_eq!(types(&got), "1Z");
-        assert_eq!(p.counters.evictions, 1);
-        // "a" is prepared again when used.
-        let out = send(&mut p, &mut c, &[bind("a"), msg(b'S', b"")]);
-        assert_eq!(types(&out), "CPBS");
-    }
-
-    #[test]
-    fn syncs_sent_into_copy_in_are_forgotten() {
-        let mut p = Prepared::new(Arc::default());
-        let mut c = ConnStatements::default();
-        send(
-            &mut p,
-            &mut c,
-            &[bind(""), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")],
-        );
-        p.forget_syncs(1);
-        send(&mut p, &mut c, &[msg(b'c', b""), msg(b'S', b"")]);
-        let got = answer(
-            &mut p,
-            &mut c,
-            &[
-                msg(b'2', b""),
-                msg(b'G', b"\0\0\0"),
-                msg(b'C', b"COPY 1\0"),
-                msg(b'Z', b"I"),
-            ],
-        );
-        assert_eq!(types(&got), "2GCZ");
-        assert!(p.settled());
-    }
-
-    #[test]
-    fn raising_query_quotes() {
-        let q = raising_query("0A000", "it's refused", "h");
-        assert!(q.contains("it''s refused") && q.starts_with("DO $pgkeel$"));
-    }
-}
+#[path = "prepared_tests.rs"]
+mod tests;

@@ -300,7 +300,7 @@ pub async fn handshake(
         protocol::put_parameter_status(&mut out, k, v);
     }
     protocol::put_backend_key(&mut out, cancel.pid, cancel.secret);
-    protocol::put_ready(&mut out, b'I');
+    protocol::put_ready(&mut out, protocol::TxStatus::Idle);
     stream.write_all(&out).await?;
     Ok(Handshake::Login(Box::new(Login {
         user,

@@ -1,0 +1,245 @@
+//! Server frames in: headers read, whole messages (or pieces of huge ones)
+//! passed to the client, pgkeel's own answers held back, FATALs stopped.
+
+use bytes::Buf;
+
+use crate::protocol::{self, backend, field, TxStatus, HEADER_LEN};
+
+use super::{Buffers, Copy, State, Track, GROW_STEP};
+
+/// Server messages up to this size reach the client only whole, so a server
+/// that dies mid-result leaves the client's protocol stream in step (pgkeel
+/// can still answer with an ErrorResponse). Larger messages (huge rows)
+/// stream through in pieces to keep memory bounded.
+pub const WHOLE_MESSAGE_LIMIT: usize = 1 << 20;
+
+/// Notes a ParameterStatus (name, value) body.
+fn record_parameter(st: &mut State, mut body: &[u8]) {
+    if let (Some(k), Some(v)) = (protocol::get_cstr(&mut body), protocol::get_cstr(&mut body)) {
+        st.reported.push((k, v));
+    }
+}
+
+/// Messages a server sends before the actual answer, identical on any server
+/// for the same request.
+fn is_preamble(typ: u8) -> bool {
+    use backend::*;
+    matches!(
+        typ,
+        PARSE_COMPLETE | BIND_COMPLETE | PARAMETER_DESCRIPTION | ROW_DESCRIPTION | NO_DATA
+    )
+}
+
+/// Moves server bytes from `from_server` to `to_client`: whole messages,
+/// except ones over `WHOLE_MESSAGE_LIMIT`, which pass in pieces. Only
+/// headers (and ReadyForQuery's status byte, and ErrorResponse severities)
+/// are read. A FATAL or PANIC from the server ends that server connection,
+/// not the client's session: it is not forwarded, and its message is
+/// returned (`Ok(Some(..))`) so the session can say what happened.
+pub fn scan_server(
+    b: &mut Buffers,
+    st: &mut State,
+    mut track: Option<&mut Track>,
+) -> Result<Option<String>, String> {
+    // pgkeel's own prelude (restoring session parameters) comes first.
+    while st.swallow > 0 {
+        let Some(h) = protocol::header(&b.from_server) else {
+            return Ok(None);
+        };
+        let (typ, len) = h.map_err(|l| format!("invalid server message length {l}"))?;
+        if len > WHOLE_MESSAGE_LIMIT {
+            return Err(format!("server message of {len} bytes in the prelude"));
+        }
+        if b.from_server.len() < len {
+            return Ok(None);
+        }
+        let body = &b.from_server[HEADER_LEN..len];
+        match typ {
+            backend::READY_FOR_QUERY => st.swallow -= 1,
+            backend::PARAMETER_STATUS => record_parameter(st, body),
+            backend::ERROR_RESPONSE => {
+                let f = protocol::parse_error_fields(body);
+                return Err(format!(
+                    "restoring session parameters failed: {}",
+                    protocol::error_field(&f, field::MESSAGE).unwrap_or("?")
+                ));
+            }
+            _ => {}
+        }
+        b.from_server.advance(len);
+    }
+    // A re-run request: the client already has this much of the answer.
+    // (With `track`, where pgkeel's own messages interleave, this is done
+    // message by message below.)
+    while track.is_none() && st.drop_preamble > 0 && st.server_skip == 0 {
+        match protocol::header(&b.from_server) {
+            Some(Ok((typ, len))) if is_preamble(typ) => {
+                if b.from_server.len() < len {
+                    return Ok(None);
+                }
+                b.from_server.advance(len);
+                st.drop_preamble -= 1;
+                // Still counts as preamble the client has, for a further re-run.
+                st.preamble += 1;
+            }
+            Some(_) => st.drop_preamble = 0,
+            None => return Ok(None),
+        }
+    }
+    let buf = &b.from_server;
+    let mut pos = 0;
+    // Start of the bytes to pass on as they are; `cut`: some were not.
+    let mut start = 0;
+    let mut cut = false;
+    let mut fatal = None;
+    loop {
+        if st.server_skip > 0 {
+            let n = st.server_skip.min(buf.len() - pos);
+            pos += n;
+            st.server_skip -= n;
+            if st.server_skip > 0 {
+                break;
+            }
+        }
+        let Some(h) = protocol::header(&buf[pos..]) else {
+            break;
+        };
+        let (typ, len) = h.map_err(|l| format!("invalid server message length {l}"))?;
+        if typ == backend::READY_FOR_QUERY && len != HEADER_LEN + 1 {
+            return Err("malformed ReadyForQuery".into());
+        }
+        if len > WHOLE_MESSAGE_LIMIT {
+            if let Some(t) = track.as_deref_mut() {
+                // A huge row (or copy data): never completes anything.
+                t.prepared.server_message(typ, t.conn);
+            }
+            st.responded = true;
+            pos += HEADER_LEN;
+            st.server_skip = len - HEADER_LEN;
+            continue;
+        }
+        if buf.len() - pos < len {
+            break;
+        }
+        let body = &buf[pos + HEADER_LEN..pos + len];
+        // The SQLSTATE class of an ErrorResponse, counted if it reaches the client.
+        let mut error_class = None;
+        match typ {
+            backend::READY_FOR_QUERY => {
+                st.status = TxStatus::from_byte(body[0]).ok_or("malformed ReadyForQuery status")?;
+                st.responded = true;
+                st.ready();
+                if st.pending == 0 {
+                    st.commit_in_flight = false;
+                    st.request_done = false;
+                }
+            }
+            backend::PARAMETER_STATUS => record_parameter(st, body),
+            backend::COPY_IN_RESPONSE => {
+                // The COPY data is part of the request.
+                st.request_done = false;
+                let ignored = st.copy_in_started();
+                if ignored > 0 {
+                    if let Some(t) = track.as_deref_mut() {
+                        t.prepared.forget_syncs(ignored);
+                    }
+                }
+            }
+            backend::COPY_OUT_RESPONSE if st.copy == Copy::None => st.copy = Copy::Out,
+            backend::COPY_OUT_RESPONSE | backend::COPY_BOTH_RESPONSE => {
+                // Replication streams, or a COPY inside a COPY: not counted.
+                st.copy = Copy::Both;
+                st.uncertain = true;
+            }
+            backend::COMMAND_COMPLETE if st.copy != Copy::None => st.copy_finished(false),
+            backend::ERROR_RESPONSE => {
+                let fields = protocol::parse_error_fields(body);
+                if matches!(
+                    protocol::error_field(&fields, field::SEVERITY_RAW)
+                        .or(protocol::error_field(&fields, field::SEVERITY)),
+                    Some("FATAL" | "PANIC")
+                ) {
+                    let msg = protocol::error_field(&fields, field::MESSAGE)
+                        .unwrap_or("server error")
+                        .to_owned();
+                    fatal = Some(msg);
+                    break;
+                }
+                if st.copy != Copy::None {
+                    st.copy_finished(true);
+                }
+                error_class = Some(crate::metrics::sqlstate_class(protocol::error_field(
+                    &fields,
+                    field::CODE,
+                )));
+            }
+            _ => {}
+        }
+        let mut forward = true;
+        if let Some(t) = track.as_deref_mut() {
+            // Whether the message answers the client or pgkeel itself.
+            forward = t.prepared.server_message(typ, t.conn);
+            if forward && st.drop_preamble > 0 && typ != backend::READY_FOR_QUERY {
+                if is_preamble(typ) {
+                    forward = false;
+                    st.drop_preamble -= 1;
+                    st.preamble += 1;
+                } else {
+                    st.drop_preamble = 0;
+                }
+            }
+        }
+        if !forward {
+            b.to_client.extend_from_slice(&buf[start..pos]);
+            (start, cut) = (pos + len, true);
+        } else if is_preamble(typ) && !st.responded {
+            st.preamble += 1;
+        } else {
+            st.responded = true;
+            if let Some(class) = error_class {
+                st.server_errors.push(class);
+            }
+        }
+        pos += len;
+        if let Some(t) = track.as_deref_mut() {
+            if t.prepared.has_due() {
+                b.to_client.extend_from_slice(&buf[start..pos]);
+                t.prepared.due(t.conn, &mut b.to_client, st);
+                (start, cut) = (pos, true);
+            }
+        }
+    }
+    if fatal.is_some() {
+        // Whatever follows the FATAL is the connection's end: drop it.
+        b.from_server.truncate(pos);
+    }
+    if cut {
+        b.to_client.extend_from_slice(&b.from_server[start..pos]);
+        b.from_server.advance(pos);
+        return Ok(fatal);
+    }
+    if pos == 0 {
+        // Make room for the rest of a partial message, in steps: a length
+        // the server declared is not memory to set aside at once.
+        if let Some(Ok((_, len))) = protocol::header(&b.from_server) {
+            if len <= WHOLE_MESSAGE_LIMIT && len > b.from_server.capacity() {
+                b.from_server
+                    .reserve((len - b.from_server.len()).min(GROW_STEP));
+            }
+        }
+        return Ok(fatal);
+    }
+    if b.to_client.is_empty() {
+        // Hand the whole buffer over and copy back only the partial tail:
+        // in steady state nothing is allocated and little is copied.
+        std::mem::swap(&mut b.from_server, &mut b.to_client);
+        if pos < b.to_client.len() {
+            b.from_server.extend_from_slice(&b.to_client[pos..]);
+            b.to_client.truncate(pos);
+        }
+    } else {
+        b.to_client.extend_from_slice(&b.from_server[..pos]);
+        b.from_server.advance(pos);
+    }
+    Ok(fatal)
+}

@@ -1,0 +1,247 @@
+//! Unit tests of `prepared.rs`: the client-name mapping and the answer queue.
+
+use super::*;
+
+fn msg(t: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![t];
+    v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    msg(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+}
+
+fn bind(name: &str) -> Vec<u8> {
+    msg(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes())
+}
+
+/// Runs client messages through; returns what went to the server.
+fn send(p: &mut Prepared, conn: &mut ConnStatements, frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    for f in frames {
+        if p.client_message(f[0], f, conn, &mut out) == Verdict::Forward {
+            out.extend_from_slice(f);
+        }
+    }
+    out.to_vec()
+}
+
+/// Runs server messages through; returns what the client gets.
+fn answer(p: &mut Prepared, conn: &mut ConnStatements, frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    let mut st = State::default();
+    p.due(conn, &mut out, &mut st);
+    for f in frames {
+        if p.server_message(f[0], conn) {
+            out.extend_from_slice(f);
+        }
+        p.due(conn, &mut out, &mut st);
+    }
+    out.to_vec()
+}
+
+fn types(bytes: &[u8]) -> String {
+    let mut rest = bytes;
+    let mut s = String::new();
+    while let Some(Ok((t, len))) = protocol::header(rest) {
+        s.push(t as char);
+        rest = &rest[len..];
+    }
+    s
+}
+
+#[test]
+fn a_statement_follows_the_client_to_another_connection() {
+    let cache = Arc::new(StatementCache::default());
+    let mut p = Prepared::new(cache.clone());
+    let mut c1 = ConnStatements::default();
+    // Transaction 1 on c1: the client's Parse is sent as pgkeel_1.
+    let out = send(
+        &mut p,
+        &mut c1,
+        &[
+            parse("S_1", "select $1"),
+            bind("S_1"),
+            msg(b'E', b"\0\0\0\0\0"),
+            msg(b'S', b""),
+        ],
+    );
+    assert_eq!(types(&out), "PBES");
+    assert!(String::from_utf8_lossy(&out).contains(&format!("{}1\0", cache.prefix())));
+    assert!(!String::from_utf8_lossy(&out).contains("S_1"));
+    let got = answer(
+        &mut p,
+        &mut c1,
+        &[
+            msg(b'1', b""),
+            msg(b'2', b""),
+            msg(b'C', b"SELECT 1\0"),
+            msg(b'Z', b"I"),
+        ],
+    );
+    assert_eq!(types(&got), "12CZ");
+    assert!(p.settled());
+    // Transaction 2 lands on c2: a Parse goes ahead of the Bind and its
+    // ParseComplete is not the client's.
+    let mut c2 = ConnStatements::default();
+    p.reset_queue();
+    let out = send(
+        &mut p,
+        &mut c2,
+        &[bind("S_1"), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")],
+    );
+    assert_eq!(types(&out), "PBES");
+    let got = answer(
+        &mut p,
+        &mut c2,
+        &[
+            msg(b'1', b""),
+            msg(b'2', b""),
+            msg(b'C', b"SELECT 1\0"),
+            msg(b'Z', b"I"),
+        ],
+    );
+    assert_eq!(types(&got), "2CZ");
+    // Another client parsing the same text on c2: nothing sent, pgkeel
+    // answers ParseComplete in its turn.
+    let mut q = Prepared::new(cache);
+    let out = send(
+        &mut q,
+        &mut c2,
+        &[parse("other", "select $1"), msg(b'S', b"")],
+    );
+    assert_eq!(types(&out), "S");
+    let got = answer(&mut q, &mut c2, &[msg(b'Z', b"I")]);
+    assert_eq!(types(&got), "1Z");
+    // The first Bind found the statement its Parse had just prepared.
+    assert_eq!(
+        (p.counters.prepares, p.counters.hits, q.counters.hits),
+        (2, 1, 1)
+    );
+}
+
+#[test]
+fn close_is_answered_locally_and_the_name_can_be_reused() {
+    let mut p = Prepared::new(Arc::default());
+    let mut c = ConnStatements::default();
+    send(&mut p, &mut c, &[parse("a", "select 1"), msg(b'S', b"")]);
+    answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
+    let out = send(
+        &mut p,
+        &mut c,
+        &[msg(b'C', b"Sa\0"), parse("a", "select 2"), msg(b'S', b"")],
+    );
+    assert_eq!(types(&out), "PS", "the Close stays in pgkeel");
+    let got = answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
+    assert_eq!(types(&got), "31Z");
+    assert_eq!(c.len(), 2, "the first statement stays for other clients");
+}
+
+#[test]
+fn a_duplicate_name_is_an_error_and_the_batch_is_dropped() {
+    let mut p = Prepared::new(Arc::default());
+    let mut c = ConnStatements::default();
+    send(&mut p, &mut c, &[parse("a", "select 1"), msg(b'S', b"")]);
+    answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
+    let out = send(
+        &mut p,
+        &mut c,
+        &[
+            parse("a", "select 2"),
+            bind("a"),
+            msg(b'E', b"\0\0\0\0\0"),
+            msg(b'S', b""),
+        ],
+    );
+    assert_eq!(types(&out), "S");
+    let got = answer(&mut p, &mut c, &[msg(b'Z', b"I")]);
+    assert_eq!(types(&got), "EZ");
+    assert!(String::from_utf8_lossy(&got).contains("42P05"));
+}
+
+#[test]
+fn after_an_error_the_skipped_parse_is_forgotten() {
+    let mut p = Prepared::new(Arc::default());
+    let mut c = ConnStatements::default();
+    // The first Parse fails; the server skips the second (and pgkeel's
+    // would-be ParseComplete for a third it already has is not sent).
+    send(
+        &mut p,
+        &mut c,
+        &[
+            parse("x", "selec 1"),
+            parse("y", "select 1"),
+            msg(b'S', b""),
+        ],
+    );
+    let got = answer(
+        &mut p,
+        &mut c,
+        &[error_bytes("42601", "syntax error"), msg(b'Z', b"I")],
+    );
+    assert_eq!(types(&got), "EZ");
+    assert!(c.is_empty(), "neither statement is on the server");
+    assert!(p.is_empty(), "neither name exists for the client");
+    assert!(p.settled());
+}
+
+#[test]
+fn lru_eviction_closes_on_the_server_quietly() {
+    let mut p = Prepared::new(Arc::default());
+    p.cap = 1;
+    let mut c = ConnStatements::default();
+    send(&mut p, &mut c, &[parse("a", "select 1"), msg(b'S', b"")]);
+    answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
+    let out = send(&mut p, &mut c, &[parse("b", "select 2"), msg(b'S', b"")]);
+    assert_eq!(types(&out), "CPS");
+    let got = answer(
+        &mut p,
+        &mut c,
+        &[msg(b'3', b""), msg(b'1', b""), msg(b'Z', b"I")],
+    );
+    assert_eq!(types(&got), "1Z");
+    assert_eq!(p.counters.evictions, 1);
+    // "a" is prepared again when used.
+    let out = send(&mut p, &mut c, &[bind("a"), msg(b'S', b"")]);
+    assert_eq!(types(&out), "CPBS");
+}
+
+#[test]
+fn syncs_sent_into_copy_in_are_forgotten() {
+    let mut p = Prepared::new(Arc::default());
+    let mut c = ConnStatements::default();
+    send(
+        &mut p,
+        &mut c,
+        &[bind(""), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")],
+    );
+    p.forget_syncs(1);
+    send(&mut p, &mut c, &[msg(b'c', b""), msg(b'S', b"")]);
+    let got = answer(
+        &mut p,
+        &mut c,
+        &[
+            msg(b'2', b""),
+            msg(b'G', b"\0\0\0"),
+            msg(b'C', b"COPY 1\0"),
+            msg(b'Z', b"I"),
+        ],
+    );
+    assert_eq!(types(&got), "2GCZ");
+    assert!(p.settled());
+}
+
+#[test]
+fn raising_query_quotes() {
+    let q = raising_query("0A000", "it's refused", "h");
+    assert!(q.contains("it''s refused") && q.starts_with("DO $pgkeel$"));
+}
+
+/// An ErrorResponse pgkeel gives itself, as bytes (for tests).
+fn error_bytes(code: &str, msg: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    protocol::put_error(&mut b, protocol::Severity::Error, code, msg);
+    b.to_vec()
+}

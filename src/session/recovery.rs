@@ -1,0 +1,370 @@
+//! A server lost mid-attachment: what the client is told. `recover` is a
+//! pure function of the attachment's state and the session's facts; the
+//! session carries its answer out.
+
+use crate::classify::words;
+use crate::protocol::{self, frontend, sqlstate, Severity, TxStatus};
+
+use super::attachment::{self, Copy, State};
+use super::hold::Unavailable;
+use super::Session;
+
+/// What a client learns at its next statement after its server was lost
+/// while it sat idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lost {
+    Transaction,
+    SessionState,
+}
+
+/// A request is re-run on a new server at most this often.
+const MAX_RETRIES: u8 = 3;
+
+const SESSION_STATE_LOST: &str = "session state on the server (SET parameters, temporary tables, prepared statements, advisory locks) was lost";
+
+impl Session {
+    /// Tells the client, at its next statement, that its transaction (or
+    /// session state) died with its server. A ROLLBACK is simply granted.
+    pub(super) async fn report_lost(&mut self, lost: Lost, typ: u8) -> bool {
+        let frame = &self.att.bufs.from_client[..self.first_frame_len()];
+        if typ == frontend::QUERY
+            && words::lone_rollback(protocol::query_text(frontend::QUERY, frame))
+        {
+            let _ = self.att.bufs.from_client.split_to(self.first_frame_len());
+            return self
+                .reply(|out| {
+                    protocol::put_command_complete(out, "ROLLBACK");
+                    protocol::put_ready(out, TxStatus::Idle);
+                })
+                .await;
+        }
+        let (reason, code, msg) = match lost {
+            Lost::Transaction => (
+                "transaction_lost",
+                sqlstate::SERIALIZATION_FAILURE,
+                "the transaction was rolled back: its server failed over while it was open; retry the transaction".to_owned(),
+            ),
+            Lost::SessionState => (
+                "session_state_lost",
+                sqlstate::CONNECTION_FAILURE,
+                format!("the server connection was lost (failover): {SESSION_STATE_LOST}; this statement did not run"),
+            ),
+        };
+        self.failover_error(reason);
+        self.refuse(typ, Unavailable::new(code, msg)).await
+    }
+
+    /// The attached server failed. A read-only request nothing was answered
+    /// for goes again to another server; otherwise the client is told (now
+    /// if it waits for an answer, else at its next statement) and the
+    /// session goes on. False when the client had already seen part of a
+    /// message, so its connection cannot continue.
+    pub(super) async fn server_lost(&mut self, why: &str) -> bool {
+        let server = self.server.take().expect("attached");
+        self.login.cancel.slot.detach();
+        tracing::warn!(peer = %self.peer, server = %server.pool().key.host, port = server.pool().key.port, error = why, "server connection lost");
+        drop(server);
+        let st = std::mem::take(&mut self.att.st);
+        let facts = Facts {
+            // (Classifying the kept request costs a parse: only if it could run again.)
+            replay_reads_only: st.replayable
+                && !st.responded
+                && self.retries < MAX_RETRIES
+                && !self.att.bufs.replay.is_empty()
+                && attachment::replay_reads_only(
+                    &self.att.bufs.replay,
+                    Some(&self.prepared).filter(|p| p.enabled),
+                ),
+            session_mode: self.keeps_server(),
+        };
+        let recovery = recover(&st, &facts);
+        self.att.bufs.to_server.clear();
+        self.att.bufs.from_server.clear();
+        if !matches!(recovery, Recovery::Replay { .. }) {
+            self.att.bufs.replay.clear();
+            if self.pinned.take().is_some() {
+                // What pinned it died with the connection.
+                self.shared.metrics.pinned_clients.dec();
+            }
+        }
+        match recovery {
+            Recovery::Close => {
+                // Mid-message (a row over WHOLE_MESSAGE_LIMIT): the client's
+                // stream cannot be put back in step.
+                self.failover_error("mid_message");
+                false
+            }
+            Recovery::Replay { drop_preamble } => {
+                // Put the request back in front of whatever the client sent
+                // since, and run it again wherever acquire() finds a primary.
+                self.retries += 1;
+                self.drop_preamble = drop_preamble;
+                self.shared.metrics.retried_statements_total.inc();
+                tracing::info!(peer = %self.peer, "re-running a read-only statement on another server");
+                let mut again = std::mem::take(&mut self.att.bufs.replay);
+                again.extend_from_slice(&self.att.bufs.from_client);
+                self.att.bufs.from_client = again;
+                true
+            }
+            Recovery::TellLater(lost) => {
+                self.lost = lost;
+                true
+            }
+            Recovery::TellNow {
+                code,
+                message,
+                owed,
+                skip_to_sync,
+            } => {
+                self.failover_error("in_flight");
+                self.shared
+                    .metrics
+                    .errors_total
+                    .with_label_values(&[sqlstate::CONNECTION_FAILURE])
+                    .inc();
+                self.skip_until_sync |= skip_to_sync;
+                self.reply(|out| {
+                    protocol::put_error(out, Severity::Error, code, &message);
+                    for _ in 0..owed {
+                        protocol::put_ready(out, TxStatus::Idle);
+                    }
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// What the session knows of a lost attachment beyond its stream state.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Facts {
+    /// The kept request only reads and may run again (retries left).
+    pub replay_reads_only: bool,
+    /// Session state lived on the lost connection (session mode, pinned).
+    pub session_mode: bool,
+}
+
+/// What to do after losing the attached server.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Recovery {
+    /// Run the kept request again elsewhere; the client already has
+    /// `drop_preamble` messages of its answer.
+    Replay { drop_preamble: u32 },
+    /// The client waits: one ErrorResponse `code`, then the `owed`
+    /// ReadyForQuery messages; `skip_to_sync`: its messages are dropped up
+    /// to its Sync, as after any error mid-batch.
+    TellNow {
+        code: &'static str,
+        message: String,
+        owed: u32,
+        skip_to_sync: bool,
+    },
+    /// Nobody waits: tell the client at its next statement (if anything
+    /// was lost).
+    TellLater(Option<Lost>),
+    /// The client saw part of a message: its connection cannot go on.
+    Close,
+}
+
+/// The recovery for an attachment lost in state `st`.
+pub(super) fn recover(st: &State, facts: &Facts) -> Recovery {
+    if st.server_skip > 0 {
+        return Recovery::Close;
+    }
+    if st.replayable && !st.responded && facts.replay_reads_only {
+        return Recovery::Replay {
+            drop_preamble: st.preamble + st.drop_preamble,
+        };
+    }
+    if st.pending == 0 && !st.unsynced && st.copy == Copy::None {
+        return Recovery::TellLater(if st.status != TxStatus::Idle {
+            Some(Lost::Transaction)
+        } else if facts.session_mode {
+            Some(Lost::SessionState)
+        } else {
+            None
+        });
+    }
+    // A commit in flight may or may not have happened: never "retry".
+    let (code, mut message) = if st.commit_in_flight {
+        (
+            sqlstate::CONNECTION_FAILURE,
+            "the server failed over while committing: the outcome of the transaction is unknown"
+                .to_owned(),
+        )
+    } else if st.status != TxStatus::Idle {
+        (
+            sqlstate::SERIALIZATION_FAILURE,
+            "the transaction was rolled back: its server failed over; retry the transaction"
+                .to_owned(),
+        )
+    } else {
+        (
+            sqlstate::CONNECTION_FAILURE,
+            "the server failed over while running this statement: its outcome is unknown"
+                .to_owned(),
+        )
+    };
+    if facts.session_mode {
+        message = format!("{message}; {SESSION_STATE_LOST}");
+    }
+    Recovery::TellNow {
+        code,
+        message,
+        owed: st.pending,
+        skip_to_sync: st.unsynced,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(f: impl FnOnce(&mut State)) -> State {
+        let mut st = State::default();
+        f(&mut st);
+        st
+    }
+
+    const TRANSACTION_MODE: Facts = Facts {
+        replay_reads_only: false,
+        session_mode: false,
+    };
+
+    fn told(r: Recovery) -> (&'static str, String, u32, bool) {
+        match r {
+            Recovery::TellNow {
+                code,
+                message,
+                owed,
+                skip_to_sync,
+            } => (code, message, owed, skip_to_sync),
+            other => panic!("expected TellNow, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mid_message_closes() {
+        let st = state(|s| {
+            s.server_skip = 10;
+            s.pending = 1;
+        });
+        assert_eq!(recover(&st, &TRANSACTION_MODE), Recovery::Close);
+    }
+
+    #[test]
+    fn an_unanswered_read_is_replayed() {
+        let st = state(|s| {
+            s.replayable = true;
+            s.pending = 1;
+            s.preamble = 2;
+            s.drop_preamble = 1;
+        });
+        let reads = Facts {
+            replay_reads_only: true,
+            ..TRANSACTION_MODE
+        };
+        assert_eq!(recover(&st, &reads), Recovery::Replay { drop_preamble: 3 });
+        // Answered already, or not a read: told instead.
+        let answered = state(|s| {
+            s.replayable = true;
+            s.responded = true;
+            s.pending = 1;
+        });
+        assert!(matches!(
+            recover(&answered, &reads),
+            Recovery::TellNow { .. }
+        ));
+        assert!(matches!(
+            recover(&st, &TRANSACTION_MODE),
+            Recovery::TellNow { .. }
+        ));
+    }
+
+    #[test]
+    fn nobody_waiting_is_told_later() {
+        let idle = State::default();
+        assert_eq!(recover(&idle, &TRANSACTION_MODE), Recovery::TellLater(None));
+        let open = state(|s| s.status = TxStatus::InTransaction);
+        assert_eq!(
+            recover(&open, &TRANSACTION_MODE),
+            Recovery::TellLater(Some(Lost::Transaction))
+        );
+        let session = Facts {
+            session_mode: true,
+            ..TRANSACTION_MODE
+        };
+        assert_eq!(
+            recover(&idle, &session),
+            Recovery::TellLater(Some(Lost::SessionState))
+        );
+    }
+
+    #[test]
+    fn a_statement_in_an_open_transaction_is_retryable() {
+        let st = state(|s| {
+            s.status = TxStatus::InTransaction;
+            s.pending = 2;
+        });
+        let (code, _, owed, skip) = told(recover(&st, &TRANSACTION_MODE));
+        assert_eq!(
+            (code, owed, skip),
+            (sqlstate::SERIALIZATION_FAILURE, 2, false)
+        );
+    }
+
+    #[test]
+    fn a_commit_in_flight_is_in_doubt_never_retryable() {
+        for status in [TxStatus::InTransaction, TxStatus::Failed, TxStatus::Idle] {
+            let st = state(|s| {
+                s.status = status;
+                s.pending = 1;
+                s.commit_in_flight = true;
+            });
+            let (code, message, owed, _) = told(recover(&st, &TRANSACTION_MODE));
+            assert_eq!(code, sqlstate::CONNECTION_FAILURE, "{status:?}");
+            assert!(message.contains("outcome of the transaction is unknown"));
+            assert_eq!(owed, 1);
+        }
+    }
+
+    #[test]
+    fn an_autocommit_statement_has_an_unknown_outcome() {
+        let st = state(|s| s.pending = 1);
+        let (code, message, _, _) = told(recover(&st, &TRANSACTION_MODE));
+        assert_eq!(code, sqlstate::CONNECTION_FAILURE);
+        assert!(message.contains("its outcome is unknown"));
+    }
+
+    #[test]
+    fn an_unsynced_batch_or_copy_skips_to_the_sync() {
+        let unsynced = state(|s| s.unsynced = true);
+        let (_, _, owed, skip) = told(recover(&unsynced, &TRANSACTION_MODE));
+        assert_eq!((owed, skip), (0, true));
+        // An extended-protocol COPY FROM STDIN: its Sync was read as data.
+        let copying = state(|s| {
+            s.copy = Copy::In;
+            s.unsynced = true;
+        });
+        let (_, _, owed, skip) = told(recover(&copying, &TRANSACTION_MODE));
+        assert_eq!((owed, skip), (0, true));
+        // A simple-protocol COPY owes its Query's ReadyForQuery.
+        let simple = state(|s| {
+            s.copy = Copy::In;
+            s.pending = 1;
+        });
+        let (_, _, owed, skip) = told(recover(&simple, &TRANSACTION_MODE));
+        assert_eq!((owed, skip), (1, false));
+    }
+
+    #[test]
+    fn session_mode_says_the_session_state_is_gone() {
+        let st = state(|s| s.pending = 1);
+        let session = Facts {
+            session_mode: true,
+            ..TRANSACTION_MODE
+        };
+        let (_, message, _, _) = told(recover(&st, &session));
+        assert!(message.ends_with(SESSION_STATE_LOST));
+    }
+}
