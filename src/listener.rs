@@ -4,6 +4,7 @@
 //! what is left. Each listener has a route: the main one splits reads from
 //! writes, `[[listeners]]` may pin everything to the primary or replicas.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +15,63 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::ListenerRoute;
+use crate::console;
 use crate::protocol::{self, sqlstate, Severity};
+use crate::session::{self, startup, startup::Handshake};
 use crate::shared::Shared;
 
-type Accepted = (TcpStream, std::net::SocketAddr, ListenerRoute);
+type Accepted = (TcpStream, SocketAddr, ListenerRoute);
+
+/// One accepted connection: its handshake (bounded by
+/// `client_login_timeout`), then a session, or the admin console for an
+/// admin login.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    route: ListenerRoute,
+) {
+    let _ = stream.set_nodelay(true);
+    let cfg = shared.config.load_full();
+    let login = tokio::time::timeout(
+        cfg.proxy.client_login_timeout.0,
+        startup::handshake(&shared, &cfg, &mut stream),
+    )
+    .await;
+    let refusal = match login {
+        Ok(Ok(Handshake::Login(l))) => {
+            return session::serve(shared, stream, peer, *l, route).await
+        }
+        Ok(Ok(Handshake::Admin(a))) => {
+            tracing::info!(%peer, user = %a.user.name, "admin console connected");
+            console::serve(shared, stream, peer, route, *a).await;
+            tracing::info!(%peer, "admin console disconnected");
+            return;
+        }
+        Ok(Ok(Handshake::Done)) => return,
+        Ok(Err(refusal)) => {
+            tracing::info!(%peer, sqlstate = refusal.sqlstate(), reason = refusal.message(), "login refused");
+            (refusal.sqlstate().to_owned(), refusal.encode().to_vec())
+        }
+        Err(_) => {
+            tracing::info!(%peer, "login timed out (client_login_timeout)");
+            let mut out = BytesMut::new();
+            protocol::put_error(
+                &mut out,
+                Severity::Fatal,
+                sqlstate::PROTOCOL_VIOLATION,
+                "canceling authentication due to timeout (client_login_timeout)",
+            );
+            (sqlstate::PROTOCOL_VIOLATION.to_owned(), out.to_vec())
+        }
+    };
+    shared
+        .metrics
+        .client_login_failures_total
+        .with_label_values(&[&refusal.0])
+        .inc();
+    let _ = stream.write_all(&refusal.1).await;
+}
 
 /// Accepts on one listener until the channel closes.
 async fn accept(listener: TcpListener, route: ListenerRoute, to: mpsc::Sender<Accepted>) {
@@ -72,7 +126,7 @@ pub async fn run(
                 shared.metrics.client_connections_total.inc();
                 shared.metrics.clients_connected.inc();
                 sessions.spawn(async move {
-                    crate::session::serve(shared.clone(), stream, peer, route).await;
+                    serve_connection(shared.clone(), stream, peer, route).await;
                     shared.metrics.clients_connected.dec();
                     drop(slot);
                 });

@@ -34,61 +34,19 @@ use begin::Routed;
 use prepared::Prepared;
 use recovery::Lost;
 use relay::Outcome;
-use startup::{Handshake, Login};
+use startup::Login;
 
-/// Serves one accepted client connection to the end.
+/// Serves a logged-in client to the end (`startup::handshake` let it in;
+/// the listener dispatches between sessions and the admin console).
 pub async fn serve(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
+    login: Login,
     listener: ListenerRoute,
 ) {
-    let _ = stream.set_nodelay(true);
-    let cfg = shared.config.load_full();
-    let login = tokio::time::timeout(
-        cfg.proxy.client_login_timeout.0,
-        startup::handshake(&shared, &cfg, &mut stream),
-    )
-    .await;
-    let login = match login {
-        Ok(Ok(Handshake::Login(l))) => l,
-        Ok(Ok(Handshake::Admin(a))) => {
-            tracing::info!(%peer, user = %a.user.name, "admin console connected");
-            crate::console::serve(shared, stream, peer, listener, *a).await;
-            tracing::info!(%peer, "admin console disconnected");
-            return;
-        }
-        Ok(Ok(Handshake::Done)) => return,
-        Ok(Err(refusal)) => {
-            shared
-                .metrics
-                .client_login_failures_total
-                .with_label_values(&[refusal.sqlstate()])
-                .inc();
-            tracing::info!(%peer, sqlstate = refusal.sqlstate(), reason = refusal.message(), "login refused");
-            let _ = stream.write_all(&refusal.encode()).await;
-            return;
-        }
-        Err(_) => {
-            shared
-                .metrics
-                .client_login_failures_total
-                .with_label_values(&[sqlstate::PROTOCOL_VIOLATION])
-                .inc();
-            tracing::info!(%peer, "login timed out (client_login_timeout)");
-            let mut out = BytesMut::new();
-            protocol::put_error(
-                &mut out,
-                Severity::Fatal,
-                sqlstate::PROTOCOL_VIOLATION,
-                "canceling authentication due to timeout (client_login_timeout)",
-            );
-            let _ = stream.write_all(&out).await;
-            return;
-        }
-    };
     tracing::info!(%peer, user = %login.user.name, database = %login.database, "client connected");
-    let mut session = Session::new(shared, stream, peer, *login, listener);
+    let mut session = Session::new(shared, stream, peer, login, listener);
     let reason = session.run().await;
     if session.pinned.is_some() {
         session.shared.metrics.pinned_clients.dec();
