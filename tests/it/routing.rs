@@ -98,17 +98,48 @@ async fn superuser(port: u16) -> Client {
     common::pg_client(port, "postgres", "postgres", "app").await
 }
 
-/// Pauses WAL replay on a member; resumes it when dropped, even when a test fails.
-struct Paused(u16);
+/// Runs `patronictl <args>` against the cluster; panics when it fails.
+fn patronictl(c: &Cluster, args: &[&str]) {
+    let out = std::process::Command::new("patronictl")
+        .arg("-c")
+        .arg(c.dir.join("pg1/patroni.yml"))
+        .args(args)
+        .output()
+        .expect("patronictl runs");
+    assert!(
+        out.status.success(),
+        "patronictl {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pauses WAL replay on a member; resumes it when dropped, even when a test
+/// fails. Patroni (3.0, PostgreSQL 14+) resumes a paused replay on its next
+/// HA loop, within `loop_wait` (it takes any pause for one PostgreSQL made
+/// itself over too-low settings), except in maintenance mode: so the
+/// cluster is in maintenance mode while the replay is paused.
+struct Paused {
+    cluster: &'static Cluster,
+    port: u16,
+}
 
 impl Paused {
-    async fn new(port: u16) -> Paused {
+    async fn new(cluster: &'static Cluster, port: u16) -> Paused {
+        // `--wait`: until every member has seen it, so none resumes the
+        // replay paused next.
+        tokio::task::spawn_blocking(move || patronictl(cluster, &["pause", "--wait"]))
+            .await
+            .unwrap();
+        // Made before the replay pauses: dropping it ends maintenance mode
+        // even if pausing fails.
+        let paused = Paused { cluster, port };
         superuser(port)
             .await
             .simple_query("SELECT pg_wal_replay_pause()")
             .await
             .unwrap();
-        Paused(port)
+        paused
     }
 }
 
@@ -119,7 +150,7 @@ impl Drop for Paused {
                 "-h",
                 "127.0.0.1",
                 "-p",
-                &self.0.to_string(),
+                &self.port.to_string(),
                 "-U",
                 "postgres",
                 "-d",
@@ -127,6 +158,12 @@ impl Drop for Paused {
             ])
             .args(["-Atc", "SELECT pg_wal_replay_resume()"])
             .env("PGPASSWORD", "postgres")
+            .output();
+        // Not asserted: a panic while a failed test unwinds would abort.
+        let _ = std::process::Command::new("patronictl")
+            .arg("-c")
+            .arg(self.cluster.dir.join("pg1/patroni.yml"))
+            .args(["resume", "--wait"])
             .output();
     }
 }
@@ -342,7 +379,7 @@ async fn a_lagging_replica_takes_no_reads_until_it_catches_up() {
             .and_then(|m| m.lag_bytes)
     };
 
-    let paused = Paused::new(lagging).await;
+    let paused = Paused::new(c, lagging).await;
     // About 1 MB of WAL the paused replica receives but does not replay.
     app.simple_query(
         "INSERT INTO routing_rows (v) SELECT repeat('x', 100) FROM generate_series(1, 5000)",
@@ -405,7 +442,7 @@ async fn read_your_writes_holds_with_a_replica_paused() {
             "routing_rows never reached the replica on {port}"
         );
     }
-    let _paused = Paused::new(replicas[0]).await;
+    let _paused = Paused::new(c, replicas[0]).await;
     let ryw = client(p.local_addr()).await;
     let other = client(plain.local_addr()).await;
 
