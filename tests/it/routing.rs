@@ -168,6 +168,17 @@ impl Drop for Paused {
     }
 }
 
+/// For a failure message: whether the cluster changed under the test (its
+/// leader now, the failovers pgkeel lived) and what pgkeel sees now.
+fn cluster_now(c: &Cluster, p: &pgkeel::ProxyHandle) -> String {
+    format!(
+        "leader now {:?}; pgkeel's failovers {:?}; topology {:?}",
+        c.leader(),
+        p.shared().topology.failovers(),
+        p.shared().topology.load()
+    )
+}
+
 /// The tables, once for the binary: the cluster is the binary's, and a
 /// concurrent `CREATE ... IF NOT EXISTS` of one name can fail.
 async fn table(p: &pgkeel::ProxyHandle) {
@@ -319,9 +330,19 @@ async fn rules_hints_and_fixed_route_listeners_override_the_sql() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "25006", "{e}");
     // A pattern rule (matched on the normalized text, any case, any literal).
+    // The write follows a failed one on a replica: tokio-postgres sends it
+    // as soon as the ErrorResponse arrives, before the ReadyForQuery. Should
+    // it fail, the message says whether the cluster changed meanwhile.
     app.simple_query("INSERT INTO routing_reports VALUES (5), (6)")
         .await
-        .unwrap();
+        .unwrap_or_else(|e| {
+            panic!(
+                "a plain write (leader {leader}): {} {:?}; {}",
+                sqlstate(&e),
+                e.as_db_error().map(|d| d.message()),
+                cluster_now(c, &p)
+            )
+        });
     for x in [5, 6, 5, 6] {
         let sql = format!("SELECT inet_server_port() FROM Routing_Reports WHERE x = {x}");
         assert_eq!(port(&app, &sql).await, primary, "{sql}");
