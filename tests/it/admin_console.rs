@@ -145,6 +145,12 @@ async fn every_show_command_answers_typed_rows() {
         })
         .unwrap();
     let c = admin(addr).await;
+    // The session returns its server and goes idle only after relaying
+    // COMMIT's answer: wait for that before counting clients and servers.
+    wait_client(&c, "idle after its COMMIT", |r| {
+        get(r, "user") == "app" && get(r, "state") == "idle"
+    })
+    .await;
 
     // SHOW CLIENTS: both app clients and the console itself.
     let (cols, rows) = show(&c, "SHOW CLIENTS").await;
@@ -238,17 +244,23 @@ async fn every_show_command_answers_typed_rows() {
 
     // SHOW STATS: totals from the metrics.
     busy.simple_query("COMMIT").await.unwrap();
+    // A transaction is counted once its server is released, which follows
+    // the answer to COMMIT: wait for both before reading the totals.
+    let metrics = &p.shared().metrics;
+    let counted = wait_until(Duration::from_secs(10), || async {
+        metrics.transactions_completed() >= 2
+    })
+    .await;
+    assert!(counted, "{} transactions", metrics.transactions_completed());
     let (cols, rows) = show(&c, "SHOW STATS").await;
+    let completed = metrics.transactions_completed();
     assert_eq!(rows.len(), 1);
     for col in ["total_xact_count", "total_query_count", "total_wait_time"] {
         assert!(cols.iter().any(|c| c == col), "{cols:?}");
     }
     let xacts: u64 = get(&rows[0], "total_xact_count").parse().unwrap();
     assert!(xacts >= 2, "{rows:?}");
-    assert_eq!(
-        get(&rows[0], "total_xact_count"),
-        p.shared().metrics.transactions_completed().to_string()
-    );
+    assert_eq!(xacts, completed, "{rows:?}");
     assert_eq!(get(&rows[0], "clients_connected"), "3");
     let stat = |col: &str| -> u64 { get(&rows[0], col).parse().unwrap() };
     for col in ["total_received", "total_sent", "total_query_time"] {
