@@ -111,7 +111,13 @@ pub async fn pump(
         if lost.is_some() && att.bufs.to_client.is_empty() {
             return Outcome::ServerLost(lost.take().expect("checked"));
         }
-        if !terminated {
+        // Attached elsewhere than the primary, each request is routed on
+        // its own: once one is answered and the server is idle, nothing
+        // more the client sent goes here (even if it arrived meanwhile: a
+        // driver may send its next query as soon as an error arrives, before
+        // the ReadyForQuery). The session routes it after the release.
+        let routed_alone = release_on_idle && att.st.answered_alone();
+        if !terminated && !routed_alone {
             match att.feed_client(opts.max_message_size, track.as_mut()) {
                 Ok(ClientStep::Ok) => {}
                 Ok(ClientStep::Terminate) => terminated = true,
@@ -135,7 +141,7 @@ pub async fn pump(
         ensure_room(&mut b.from_server, READ_CHUNK);
         ensure_room(&mut b.from_client, READ_CHUNK);
         tokio::select! {
-            r = cr.read_buf(&mut b.from_client), if b.to_server.is_empty() && !terminated && !att.st.request_done => match r {
+            r = cr.read_buf(&mut b.from_client), if b.to_server.is_empty() && !terminated && !att.st.request_done && !routed_alone => match r {
                 Ok(0) | Err(_) => return Outcome::ClientGone,
                 Ok(n) => counters.client_received.inc_by(n as u64),
             },

@@ -13,6 +13,7 @@ use crate::support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, BytesMut};
 use common::cluster::{self, Cluster};
 use pgkeel::topology::Role;
 use support::*;
@@ -595,4 +596,40 @@ async fn after_a_switchover_the_old_primary_takes_reads_once_it_streams() {
     assert_eq!(m.role, Role::Replica);
     drop(t);
     p.shutdown().await;
+}
+
+/// A write pipelined behind a read (sent before the read's ReadyForQuery,
+/// as tokio-postgres does after an error) is routed on its own: attached to
+/// a replica for the read, the session must not forward the write there.
+#[tokio::test]
+async fn a_write_pipelined_behind_a_replica_read_goes_to_the_primary() {
+    let turn = cluster::turn().await;
+    let c = turn.cluster().await;
+    let p = proxy(c, "").await;
+    table(&p).await;
+    let (mut raw, _) = Raw::login(p.local_addr(), "app", "app_password", "app").await;
+    for round in 0..20 {
+        // Both in one write: the read lands on a replica, the write must not.
+        let mut both = BytesMut::new();
+        for sql in [
+            "SELECT inet_server_port()",
+            "INSERT INTO routing_rows (v) VALUES ('pipelined') RETURNING inet_server_port()",
+        ] {
+            both.put_u8(b'Q');
+            both.put_i32((4 + sql.len() + 1) as i32);
+            both.put_slice(sql.as_bytes());
+            both.put_u8(0);
+        }
+        raw.send(&both).await;
+        for what in ["read", "write"] {
+            let (msgs, status) = raw.until_ready().await;
+            assert_eq!(status, b'I');
+            if let Some((_, body)) = msgs.iter().find(|(t, _)| *t == b'E') {
+                panic!(
+                    "round {round}: the pipelined {what} failed: {:?}",
+                    pgkeel::protocol::parse_error_fields(body)
+                );
+            }
+        }
+    }
 }

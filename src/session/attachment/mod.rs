@@ -210,6 +210,15 @@ struct LastCommand {
     unsynced_before: bool,
 }
 
+impl State {
+    /// Forwarding one request at a time (`one_request`), a request was
+    /// answered and the server is idle: the next request must be routed on
+    /// its own, so no more client bytes go to this server.
+    pub fn answered_alone(&self) -> bool {
+        self.one_request && self.queries > 0 && self.pending == 0 && self.status == TxStatus::Idle
+    }
+}
+
 impl Default for State {
     fn default() -> Self {
         State {
