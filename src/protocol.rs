@@ -362,8 +362,8 @@ pub async fn read_message<R: AsyncRead + Unpin>(
                 msg.advance(HEADER_LEN);
                 return Ok((typ, msg));
             }
-            // In steps: a declared length is not memory to set aside.
-            buf.reserve((len - buf.len()).min(64 * 1024));
+            // Cold paths only, and `max_len` bounds what a length may ask.
+            buf.reserve(len - buf.len());
         }
         if r.read_buf(buf).await? == 0 {
             return Err(Error::new(ErrorKind::UnexpectedEof, "connection closed"));
