@@ -709,6 +709,15 @@ impl Prepared {
         }
     }
 
+    /// Some client name recorded by a Parse is not confirmed yet: its
+    /// ParseComplete (the server's, or pgkeel's own in its turn) has not
+    /// reached the client, so an earlier error could still undo it.
+    pub fn names_unconfirmed(&self) -> bool {
+        self.queue.iter().any(|item| match item {
+            Item::Sent { forget, .. } | Item::Reply { forget, .. } => forget.is_some(),
+        })
+    }
+
     /// Nothing is waiting in the queue.
     pub fn settled(&self) -> bool {
         self.queue.is_empty()

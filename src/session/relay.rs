@@ -104,12 +104,19 @@ pub async fn pump(
     let mut terminated = false;
     // The server is gone; report it once what it sent before is delivered.
     let mut lost: Option<std::io::Error> = None;
+    // The server ended the connection over the client's protocol violation.
+    let mut violation: Option<String> = None;
     let counters = &opts.counters;
     let query_seconds = &counters.query_seconds[opts.role];
     let mut clock = RequestClock::default();
     loop {
         if lost.is_some() && att.bufs.to_client.is_empty() {
             return Outcome::ServerLost(lost.take().expect("checked"));
+        }
+        if violation.is_some() && att.bufs.to_client.is_empty() {
+            // What the server said before its FATAL has reached the client;
+            // the session ends the client with the same FATAL.
+            return Outcome::ClientProtocol(violation.take().expect("checked"));
         }
         // Attached elsewhere than the primary, each request is routed on
         // its own: once one is answered and the server is idle, nothing
@@ -128,7 +135,7 @@ pub async fn pump(
         if terminated && att.bufs.to_server.is_empty() {
             return Outcome::ClientTerminated;
         }
-        if release_on_idle && lost.is_none() {
+        if release_on_idle && lost.is_none() && violation.is_none() {
             match att.release(track.as_ref()) {
                 Release::Clean => return Outcome::Released,
                 Release::Pinned(_) if opts.release_on_idle => return Outcome::Pinned,
@@ -141,11 +148,11 @@ pub async fn pump(
         ensure_room(&mut b.from_server, READ_CHUNK);
         ensure_room(&mut b.from_client, READ_CHUNK);
         tokio::select! {
-            r = cr.read_buf(&mut b.from_client), if b.to_server.is_empty() && !terminated && !att.st.request_done && !routed_alone => match r {
+            r = cr.read_buf(&mut b.from_client), if b.to_server.is_empty() && !terminated && !att.st.request_done && !att.st.batch_waits && !routed_alone => match r {
                 Ok(0) | Err(_) => return Outcome::ClientGone,
                 Ok(n) => counters.client_received.inc_by(n as u64),
             },
-            r = sr.read_buf(&mut b.from_server), if b.to_client.is_empty() && lost.is_none() => match r {
+            r = sr.read_buf(&mut b.from_server), if b.to_client.is_empty() && lost.is_none() && violation.is_none() => match r {
                 Ok(0) => return Outcome::ServerLost(std::io::ErrorKind::UnexpectedEof.into()),
                 Err(e) => return Outcome::ServerLost(e),
                 Ok(n) => {
@@ -158,6 +165,7 @@ pub async fn pump(
                     clock.answered(&att.st, query_seconds);
                     match scanned {
                         Ok(ServerStep::Ok) => {}
+                        Ok(ServerStep::Fatal(fatal)) if att.st.client_violation => violation = Some(fatal),
                         Ok(ServerStep::Fatal(fatal)) => lost = Some(std::io::Error::other(format!("the server ended the connection: {fatal}"))),
                         Err(e) => return Outcome::ServerProtocol(e),
                     }

@@ -156,6 +156,11 @@ pub struct State {
     pub effects: Effects,
     /// A statement needed the client pinned to this connection.
     pub pinned: Option<PinFeature>,
+    /// The client's next batch waits for the server to confirm the
+    /// statement names the previous one recorded (reading pauses too).
+    pub batch_waits: bool,
+    /// The server's FATAL was a protocol violation of the client's.
+    pub client_violation: bool,
     /// Settings `pg_settings` hides (`x.y`, `role`) that statements sent
     /// during this attach set: the session reads them back by name.
     pub hidden_settings: Vec<String>,
@@ -240,6 +245,8 @@ impl Default for State {
             effects: Effects::NONE,
             pinned: None,
             hidden_settings: Vec::new(),
+            client_violation: false,
+            batch_waits: false,
             server_errors: Vec::new(),
             log: None,
             ignored_syncs: 0,

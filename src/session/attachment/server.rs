@@ -3,7 +3,7 @@
 
 use bytes::Buf;
 
-use crate::protocol::{self, backend, field, TxStatus, HEADER_LEN};
+use crate::protocol::{self, backend, field, sqlstate, TxStatus, HEADER_LEN};
 
 use super::{Buffers, Copy, State, Track, GROW_STEP};
 
@@ -162,6 +162,12 @@ pub fn scan_server(
                     let msg = protocol::error_field(&fields, field::MESSAGE)
                         .unwrap_or("server error")
                         .to_owned();
+                    // The server says the client broke the protocol (a
+                    // message it may not send during COPY IN, say): the
+                    // client's fault, and its connection ends, as it would
+                    // without pgkeel.
+                    st.client_violation = protocol::error_field(&fields, field::CODE)
+                        == Some(sqlstate::PROTOCOL_VIOLATION);
                     fatal = Some(msg);
                     break;
                 }
