@@ -140,6 +140,35 @@ impl Prepared {
     }
 
     /// A new attach: nothing in flight.
+    /// The server connection died: the client names its unanswered
+    /// Parses and PREPAREs recorded were never confirmed, so they are
+    /// forgotten (a re-run request, or the client trying again, records
+    /// them anew), and the queue goes with the connection.
+    pub fn server_lost(&mut self) {
+        for item in self.queue.drain(..) {
+            match item {
+                Item::Sent {
+                    typ: F::QUERY,
+                    forget: Some(n),
+                    ..
+                } => {
+                    self.sql_names.remove(&n);
+                }
+                Item::Sent {
+                    forget: Some(n), ..
+                }
+                | Item::Reply {
+                    forget: Some(n), ..
+                } => {
+                    self.names.remove(&n);
+                }
+                _ => {}
+            }
+        }
+        self.skipping = false;
+        self.drop_to_sync = false;
+    }
+
     pub fn reset_queue(&mut self) {
         self.queue.clear();
         self.skipping = false;
@@ -414,7 +443,10 @@ impl Prepared {
                     self.sent(typ);
                     return Verdict::Forward;
                 }
-                if self.names.get(name).is_some_and(|s| &s.body[..] != rest) {
+                // As in PostgreSQL, a name in use is an error even for the
+                // same text (names a lost server never confirmed were
+                // forgotten with it: `server_lost`).
+                if self.names.contains_key(name) {
                     let msg = format!(
                         "prepared statement \"{}\" already exists",
                         String::from_utf8_lossy(name)

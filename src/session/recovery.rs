@@ -65,6 +65,7 @@ impl Session {
         tracing::warn!(peer = %self.peer, server = %server.pool().key.host, port = server.pool().key.port, error = why, "server connection lost");
         drop(server);
         let st = std::mem::take(&mut self.att.st);
+        self.prepared.server_lost();
         let facts = Facts {
             // (Classifying the kept request costs a parse: only if it could run again.)
             replay_reads_only: st.replayable

@@ -477,6 +477,10 @@ async fn killed_leader_under_heavy_load_with_idle_connections_breaks_no_connecti
     let mut broken = Vec::new();
     for run in 1..=repeat {
         c.run_async(&["wait-healthy"]).await;
+        // The leader killed last time was replaced: its successor's
+        // synchronous standby must stream before the next kill, or its
+        // commits wait for one (no client progress, whatever pgkeel does).
+        c.wait_synchronous().await;
         let p = proxy_with(c, "pool_size = 20\nmin_pool_size = 20").await;
         let old = c.leader();
         let old_port = c.port_of(&old);

@@ -257,6 +257,15 @@ impl Cluster {
         }
     }
 
+    /// Waits until the leader has a synchronous standby streaming again
+    /// (after a failover the new leader names one anew; until then commits
+    /// wait for it), for tests that kill one leader after another.
+    pub async fn wait_synchronous(&'static self) {
+        tokio::task::spawn_blocking(move || self.set_synchronous(true))
+            .await
+            .expect("the synchronous standby check runs");
+    }
+
     /// Patroni's synchronous_mode as last set.
     pub fn synchronous(&self) -> bool {
         self.synchronous.load(Ordering::SeqCst)
