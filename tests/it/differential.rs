@@ -13,19 +13,15 @@ use crate::support;
 
 use std::cell::RefCell;
 use std::fmt;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use md5::Digest;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
-use support::{wait_until, Raw};
-
-const BIN: &str = env!("CARGO_BIN_EXE_pgkeel");
+use support::Raw;
 
 /// Frontend message types.
 mod fe {
@@ -530,28 +526,7 @@ impl Keel {
             &format!("listen = \"{addr}\""),
             1,
         );
-        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        file.write_all(cfg.as_bytes()).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(file.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        unsafe {
-            // Gone with the test thread even if the test aborts.
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("pgkeel starts");
-        assert!(
-            wait_until(Duration::from_secs(20), || async {
-                tokio::net::TcpStream::connect(addr).await.is_ok()
-            })
-            .await,
-            "pgkeel did not listen on {addr}"
-        );
+        let (child, file) = support::spawn_binary(&cfg, addr).await;
         Keel {
             child,
             addr,

@@ -326,3 +326,38 @@ pub fn dead_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Runs the real `pgkeel` binary on `cfg` (which listens on `addr`) until
+/// the returned child is killed, or the test thread ends: it is tied to it
+/// with PR_SET_PDEATHSIG. Returns once it accepts connections; keep the
+/// config file as long as the child.
+pub async fn spawn_binary(
+    cfg: &str,
+    addr: SocketAddr,
+) -> (std::process::Child, tempfile::NamedTempFile) {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(cfg.as_bytes()).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgkeel"));
+    cmd.arg("--config")
+        .arg(file.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    unsafe {
+        // Gone with the test thread even if the test aborts.
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("pgkeel starts");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            TcpStream::connect(addr).await.is_ok()
+        })
+        .await,
+        "pgkeel did not listen on {addr}"
+    );
+    (child, file)
+}
