@@ -123,7 +123,16 @@ async fn around_with<F: std::future::Future<Output = ()>>(
     .await;
     assert!(
         resumed,
-        "traffic did not resume after the event: {:?} successes per client since it",
+        "traffic did not resume after the event (pgkeel's primary: {:?}, failovers: {:?}, members: {:?}): {:?} successes per client since it",
+        p.shared().topology.load().primary,
+        p.shared().topology.failovers().last(),
+        p.shared()
+            .topology
+            .load()
+            .members
+            .iter()
+            .map(|m| (m.member.name.clone(), m.role, m.healthy, m.last_error.clone()))
+            .collect::<Vec<_>>(),
         progress
             .counts()
             .iter()

@@ -246,7 +246,10 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let leader = self.leader();
-            if !leader.is_empty() && self.psql(self.port_of(&leader), sql) == "t" {
+            if !leader.is_empty()
+                && self.psql(self.port_of(&leader), sql) == "t"
+                && (!on || self.sync_standby_registered(&leader))
+            {
                 return;
             }
             assert!(
@@ -264,6 +267,28 @@ impl Cluster {
         tokio::task::spawn_blocking(move || self.set_synchronous(true))
             .await
             .expect("the synchronous standby check runs");
+    }
+
+    /// Patroni's `sync` key names `leader` and a standby that streams to
+    /// it synchronously: only then will Patroni promote that standby if the
+    /// leader dies (it updates the key after the server's own setting, so
+    /// a kill between the two leaves no member it may promote).
+    fn sync_standby_registered(&self, leader: &str) -> bool {
+        let out = Command::new("etcdctl")
+            .arg(format!("--endpoints={}", self.etcd_url()))
+            .args(["get", "--print-value-only"])
+            .arg(format!("/service/{}/sync", self.scope))
+            .output();
+        let Ok(out) = out else { return false };
+        let key: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let standby = key["sync_standby"].as_str().unwrap_or("");
+        key["leader"].as_str() == Some(leader)
+            && !standby.is_empty()
+            && self.psql(
+                self.port_of(leader),
+                &format!("SELECT EXISTS (SELECT 1 FROM pg_stat_replication WHERE application_name = '{standby}' AND sync_state = 'sync' AND state = 'streaming')"),
+            ) == "t"
     }
 
     /// Patroni's synchronous_mode as last set.
