@@ -165,8 +165,7 @@ impl Prepared {
                 _ => {}
             }
         }
-        self.skipping = false;
-        self.drop_to_sync = false;
+        self.reset_queue();
     }
 
     pub fn reset_queue(&mut self) {
@@ -344,7 +343,7 @@ impl Prepared {
             // Spares the usual Bind a second name lookup.
             return Default::default();
         }
-        bound_name(frame)
+        protocol::bind_statement_name(frame)
             .and_then(|name| self.names.get(name))
             .map_or_else(Default::default, |s| s.effects)
     }
@@ -365,7 +364,7 @@ impl Prepared {
     pub fn bind_commits(&self, frame: &[u8]) -> bool {
         // The flag spares the usual Bind a name lookup.
         self.names_commit
-            && bound_name(frame)
+            && protocol::bind_statement_name(frame)
                 .and_then(|name| self.names.get(name))
                 .is_some_and(|s| s.commits)
     }
@@ -754,11 +753,6 @@ impl Prepared {
     pub fn settled(&self) -> bool {
         self.queue.is_empty()
     }
-}
-
-/// The statement name in a Bind frame (`None` if malformed).
-pub fn bound_name(frame: &[u8]) -> Option<&[u8]> {
-    protocol::bind_statement_name(frame)
 }
 
 impl crate::router::NamedStatements for Prepared {

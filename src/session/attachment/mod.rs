@@ -538,7 +538,7 @@ impl Track<'_> {
         // a SQL-level EXECUTE names.
         let text = match typ {
             frontend::BIND => {
-                super::prepared::bound_name(frame).and_then(|n| self.prepared.query_of(n))
+                protocol::bind_statement_name(frame).and_then(|n| self.prepared.query_of(n))
             }
             _ => Some(protocol::query_text(typ, frame)),
         };
@@ -621,7 +621,7 @@ pub fn replay_reads_only(replay: &[u8], statements: Option<&Prepared>) -> bool {
                 parsed |= typ == frontend::PARSE;
                 reads(protocol::query_text(typ, frame))
             }
-            frontend::BIND => match super::prepared::bound_name(frame) {
+            frontend::BIND => match protocol::bind_statement_name(frame) {
                 Some(b"") => parsed,
                 Some(name) => statements.and_then(|p| p.query_of(name)).is_some_and(reads),
                 None => false,
