@@ -328,9 +328,8 @@ async fn cancel_request_reaches_the_running_query() {
     let c = app(p.local_addr()).await;
     let token = c.cancel_token();
     let q = tokio::spawn(async move {
-        let started = std::time::Instant::now();
         let r = c.simple_query("SELECT pg_sleep(30) /* dp_cancel */").await;
-        (r, started.elapsed(), c)
+        (r, c)
     });
     let su = superuser().await;
     let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%dp_cancel%' AND state = 'active' AND pid <> pg_backend_pid()";
@@ -341,10 +340,10 @@ async fn cancel_request_reaches_the_running_query() {
         .await
     );
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let (r, took, c) = q.await.unwrap();
+    // 57014 is the cancel's: the 30 s sleep would have ended without error.
+    let (r, c) = q.await.unwrap();
     let e = r.unwrap_err();
     assert_eq!(sqlstate(&e), "57014", "{e}");
-    assert!(took < Duration::from_secs(20));
     // The session goes on.
     assert_eq!(one(&c, "SELECT 2").await, "2");
     p.shutdown().await;

@@ -541,9 +541,8 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
     );
     assert!(!client.is_closed());
 
-    // A cancel ends a held statement at once.
+    // A cancel ends a held statement at once: 57014, not hold_timeout's 57P03.
     let token = client.cancel_token();
-    let started = Instant::now();
     let held = tokio::spawn(async move {
         (
             client.simple_query("/* pgkeel: primary */ SELECT 2").await,
@@ -554,7 +553,6 @@ async fn held_statements_time_out_or_cancel_and_hooks_hear_of_it() {
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let (r, client) = held.await.unwrap();
     assert_eq!(sqlstate(&r.unwrap_err()), "57014");
-    assert!(started.elapsed() < Duration::from_millis(1400));
 
     // A statement held while the leader comes back just runs.
     let held = tokio::spawn(async move {
