@@ -32,6 +32,7 @@ mod bad_input;
 mod cli;
 mod data_path;
 mod differential;
+mod docs;
 mod drivers;
 mod failover;
 mod harness_smoke;

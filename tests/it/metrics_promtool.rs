@@ -2,8 +2,8 @@
 //! traffic passes `promtool check metrics` (static mode with a streaming
 //! replica, and etcd mode); the examples (scrape config, alerting rules and
 //! their unit tests, the Grafana dashboard's queries) pass promtool; and
-//! every metric name the examples and README use is one pgkeel exports, and
-//! every family it exports is in README, so neither drifts from the code.
+//! every metric name the examples and docs use is one pgkeel exports, and
+//! every family it exports is in the docs, so neither drifts from the code.
 
 use crate::common;
 use crate::support;
@@ -498,8 +498,14 @@ password = "app_password"
             );
         }
     }
-    // README names only real metrics, and lists every family.
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    // The docs (README and docs/) name only real metrics, and list every family.
+    let mut readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    for page in std::fs::read_dir(repo().join("docs")).unwrap() {
+        let page = page.unwrap().path();
+        if page.extension().is_some_and(|e| e == "md") {
+            readme.push_str(&std::fs::read_to_string(page).unwrap());
+        }
+    }
     let mentioned = metric_tokens(&readme);
     let unknown: Vec<&String> = mentioned
         .iter()
@@ -507,13 +513,13 @@ password = "app_password"
         .collect();
     assert!(
         unknown.is_empty(),
-        "README mentions metrics pgkeel does not export: {unknown:?}"
+        "the docs mention metrics pgkeel does not export: {unknown:?}"
     );
     let missing: Vec<&&str> = families
         .iter()
         .filter(|f| !mentioned.contains(**f))
         .collect();
-    assert!(missing.is_empty(), "README does not list {missing:?}");
+    assert!(missing.is_empty(), "the docs do not list {missing:?}");
 }
 
 fn url_encode(s: &str) -> String {
