@@ -96,6 +96,10 @@ fn status_json(shared: &Shared) -> String {
         "pools": pools,
         "clients": shared.cancels.len(),
         "config": &**shared.config_info.load(),
+        "fleet": {
+            "me": shared.fleet.me(),
+            "instances": &*shared.fleet.peers(),
+        },
     })
     .to_string()
 }

@@ -60,6 +60,9 @@ pub struct Metrics {
     /// is no watch, and a constant 0 would read as "etcd down".
     pub etcd_connected: IntGauge,
     pub etcd_watch_restarts_total: IntCounter,
+    /// pgkeel instances registered for this scope, this one included (etcd
+    /// mode only, registered with the etcd metrics).
+    pub fleet_instances: IntGauge,
     pub failovers_total: IntCounterVec,
     pub held_clients: IntGauge,
     pub hold_seconds: Histogram,
@@ -352,6 +355,11 @@ impl Metrics {
                 "Times the etcd watch was re-established (etcd mode only)",
             )
             .unwrap(),
+            fleet_instances: IntGauge::new(
+                "pgkeel_fleet_instances",
+                "pgkeel instances registered in etcd for this Patroni scope, this one included (etcd mode only)",
+            )
+            .unwrap(),
             failovers_total: IntCounterVec::new(
                 Opts::new(
                     "pgkeel_failovers_total",
@@ -578,6 +586,9 @@ impl Metrics {
             .expect("etcd metrics are registered once");
         self.registry
             .register(Box::new(self.etcd_watch_restarts_total.clone()))
+            .expect("etcd metrics are registered once");
+        self.registry
+            .register(Box::new(self.fleet_instances.clone()))
             .expect("etcd metrics are registered once");
     }
 

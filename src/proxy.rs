@@ -16,6 +16,7 @@ use crate::config::{Config, ListenerRoute};
 use crate::metrics::Metrics;
 use crate::pool::Pools;
 use crate::shared::{ConfigInfo, Shared};
+use crate::topology::fleet::{FleetHandle, FleetSettings, Peer};
 use crate::topology::{self, TopologyHandle};
 
 pub struct Proxy;
@@ -28,6 +29,9 @@ pub struct ProxyHandle {
     admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
+    /// Registration in the fleet (etcd mode): awaited at shutdown, so the
+    /// instance leaves the list before the process exits.
+    fleet: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
 }
 
@@ -75,6 +79,13 @@ impl Proxy {
         )
         .await;
 
+        let fleet_settings = config
+            .etcd
+            .as_ref()
+            .map(|e| fleet_settings(e, local_addr, admin_addr));
+        let fleet = Arc::new(FleetHandle::new(
+            fleet_settings.as_ref().map(|s| s.me.name.clone()),
+        ));
         let shared = Arc::new(Shared {
             router: ArcSwap::from_pointee(crate::router::Router::new(&config)),
             config_version: std::sync::atomic::AtomicU64::new(1),
@@ -92,6 +103,7 @@ impl Proxy {
             statements: Arc::default(),
             clients: Arc::default(),
             pause: crate::clients::Pause::default(),
+            fleet: fleet.clone(),
         });
         shared
             .metrics
@@ -104,6 +116,14 @@ impl Proxy {
             tokio::spawn(crate::admin::run(shared.clone(), l, shutdown_rx.clone()));
         }
         tokio::spawn(maintain_pools(shared.clone(), shutdown_rx.clone()));
+        let fleet = fleet_settings.map(|s| {
+            tokio::spawn(topology::fleet::run(
+                s,
+                fleet,
+                shutdown_rx.clone(),
+                shared.metrics.clone(),
+            ))
+        });
         let listener = tokio::spawn(crate::listener::run(shared.clone(), listeners, shutdown_rx));
         tracing::info!(listen = %local_addr, extra = ?extra_addrs, admin = ?admin_addr, "pgkeel is ready");
         Ok(ProxyHandle {
@@ -112,6 +132,7 @@ impl Proxy {
             admin_addr,
             shutdown: shutdown_tx,
             listener,
+            fleet,
             shared,
         })
     }
@@ -163,10 +184,57 @@ impl ProxyHandle {
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
         let _ = self.listener.await;
+        if let Some(f) = self.fleet {
+            let _ = f.await;
+        }
         for p in self.shared.pools.all() {
             p.close_idle();
         }
         tracing::info!("pgkeel stopped");
+    }
+}
+
+/// This instance's registration: its name and addresses as its peers see
+/// them (an unspecified listen address is replaced by the hostname).
+fn fleet_settings(
+    e: &crate::config::EtcdConfig,
+    local: SocketAddr,
+    admin: Option<SocketAddr>,
+) -> FleetSettings {
+    let host = topology::fleet::hostname();
+    let reachable = |a: SocketAddr| {
+        if a.ip().is_unspecified() {
+            format!("{host}:{}", a.port())
+        } else {
+            a.to_string()
+        }
+    };
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    FleetSettings {
+        etcd: topology::etcd::EtcdSettings {
+            endpoints: e.endpoints.clone(),
+            prefix: e.instances_prefix(),
+            user: e
+                .username
+                .clone()
+                .map(|u| (u, e.password.clone().unwrap_or_default())),
+            dial_timeout: e.dial_timeout.0,
+        },
+        me: Peer {
+            name: e
+                .instance_name
+                .clone()
+                .unwrap_or_else(|| format!("{host}:{}", local.port())),
+            address: e.advertise.clone().unwrap_or_else(|| reachable(local)),
+            admin: admin.map(reachable),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at,
+            pid: std::process::id(),
+        },
+        ttl: e.instance_ttl.0,
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Shared {
     pub(crate) scram_keys: Mutex<HashMap<String, ScramKeys>>,
     /// Named prepared statements of all clients, by content.
     pub statements: Arc<crate::statements::StatementCache>,
+    /// The pgkeel instances serving this scope (etcd mode).
+    pub fleet: Arc<crate::topology::fleet::FleetHandle>,
 }
 
 impl Shared {

@@ -318,6 +318,16 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     pub password: Option<String>,
     pub dial_timeout: Dur,
+    /// This instance's name in the fleet (default `<hostname>:<listen port>`).
+    pub instance_name: Option<String>,
+    /// Where clients reach this instance, as its peers list it (default:
+    /// `proxy.listen`, with an unspecified address replaced by the hostname).
+    pub advertise: Option<String>,
+    /// The lease under which the instance is registered: a dead instance
+    /// leaves the fleet this long after its last keep-alive.
+    pub instance_ttl: Dur,
+    /// Where the fleet registers: `<instance_prefix><scope>/<instance_name>`.
+    pub instance_prefix: String,
 }
 
 impl Default for EtcdConfig {
@@ -329,6 +339,10 @@ impl Default for EtcdConfig {
             username: None,
             password: None,
             dial_timeout: d(2),
+            instance_name: None,
+            advertise: None,
+            instance_ttl: d(10),
+            instance_prefix: "/pgkeel/".into(),
         }
     }
 }
@@ -341,6 +355,17 @@ impl EtcdConfig {
             format!("/{}/", self.scope)
         } else {
             format!("/{ns}/{}/", self.scope)
+        }
+    }
+
+    /// The key prefix under which the fleet of this scope registers, e.g.
+    /// `/pgkeel/demo/`. Outside Patroni's namespace, so Patroni never sees it.
+    pub fn instances_prefix(&self) -> String {
+        let p = self.instance_prefix.trim_matches('/');
+        if p.is_empty() {
+            format!("/{}/", self.scope)
+        } else {
+            format!("/{p}/{}/", self.scope)
         }
     }
 }

@@ -198,6 +198,24 @@ pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError>
                 "must be greater than zero".into(),
             ));
         }
+        if e.instance_ttl.0 < std::time::Duration::from_secs(2) {
+            return Err(err(
+                "etcd",
+                0,
+                "instance_ttl",
+                "must be at least 2s (etcd leases count whole seconds)".into(),
+            ));
+        }
+        if let Some(n) = &e.instance_name {
+            if n.is_empty() || n.contains('/') {
+                return Err(err(
+                    "etcd",
+                    0,
+                    "instance_name",
+                    "must be non-empty and contain no '/'".into(),
+                ));
+            }
+        }
         if e.password.is_some() && e.username.is_none() {
             return Err(err(
                 "etcd",

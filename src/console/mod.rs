@@ -43,7 +43,7 @@ const NOT_IN_PREREQUISITE_STATE: &str = "55000";
 const CONFIG_FILE_ERROR: &str = "F0000";
 const QUERY_CANCELED: &str = "57014";
 
-const COMMANDS: &str = "SHOW POOLS|CLIENTS|SERVERS|STATS|TOPOLOGY|FAILOVERS|CONFIG|VERSION|HELP, RELOAD, PAUSE [db], RESUME [db], KILL <client id>";
+const COMMANDS: &str = "SHOW POOLS|CLIENTS|SERVERS|STATS|TOPOLOGY|FAILOVERS|PEERS|CONFIG|VERSION|HELP, RELOAD, PAUSE [db], RESUME [db], KILL <client id>";
 
 /// Column types, with PostgreSQL's OIDs and sizes (PgBouncer uses int4 for
 /// counts of clients and servers, int8 for totals, text for times).
@@ -505,6 +505,7 @@ impl Console {
                     "STATS" => show::stats(s),
                     "TOPOLOGY" => show::topology(s),
                     "FAILOVERS" => show::failovers(s),
+                    "PEERS" => show::peers(s),
                     "CONFIG" => show::config(s),
                     "VERSION" => show::version(),
                     "HELP" => show::help(),

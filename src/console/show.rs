@@ -501,6 +501,33 @@ pub(super) fn failovers(shared: &Shared) -> ResultSet {
     rs
 }
 
+/// The pgkeel instances registered for this scope (etcd mode; empty in
+/// static mode).
+pub(super) fn peers(shared: &Shared) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        ("name", Type::Text),
+        ("address", Type::Text),
+        ("admin", Type::Text),
+        ("version", Type::Text),
+        ("started_at", Type::Text),
+        ("pid", Type::Int4),
+        ("self", Type::Bool),
+    ]);
+    let me = shared.fleet.me();
+    for p in shared.fleet.peers().iter() {
+        rs.push(vec![
+            text(&p.name),
+            text(&p.address),
+            p.admin.clone(),
+            text(&p.version),
+            epoch_time(p.started_at),
+            num(p.pid),
+            boolean(me == Some(p.name.as_str())),
+        ]);
+    }
+    rs
+}
+
 pub(super) fn version() -> ResultSet {
     let mut rs = ResultSet::new(&[("version", Type::Text)]);
     rs.push(vec![text(format!("pgkeel {}", env!("CARGO_PKG_VERSION")))]);
@@ -522,6 +549,10 @@ pub(super) fn help() -> ResultSet {
         ),
         ("SHOW TOPOLOGY", "members, roles, health, lag, the leader"),
         ("SHOW FAILOVERS", "the last failovers"),
+        (
+            "SHOW PEERS",
+            "the pgkeel instances registered for this Patroni scope in etcd",
+        ),
         (
             "SHOW CONFIG",
             "the running configuration (passwords masked)",

@@ -7,6 +7,7 @@
 //! (`probe.rs`) decide health and confirm the primary is writable.
 
 pub mod etcd;
+pub mod fleet;
 pub mod patroni;
 pub mod probe;
 pub mod publisher;

@@ -35,6 +35,7 @@ mod differential;
 mod docs;
 mod drivers;
 mod failover;
+mod fleet;
 mod harness_smoke;
 mod isolation;
 mod isolation_settings;
