@@ -31,6 +31,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod data_path;
+mod deploy_files;
 mod differential;
 mod docs;
 mod drivers;
