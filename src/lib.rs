@@ -14,6 +14,7 @@ pub mod classify;
 pub mod clients;
 pub mod config;
 pub mod console;
+pub mod dbstats;
 pub mod listener;
 pub mod metrics;
 pub mod notify;

@@ -92,6 +92,9 @@ impl Proxy {
             statements: Arc::default(),
             clients: Arc::default(),
             pause: crate::clients::Pause::default(),
+            db_stats: Default::default(),
+            disabled: Default::default(),
+            stop_requested: Default::default(),
         });
         shared
             .metrics
@@ -156,6 +159,11 @@ impl ProxyHandle {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Resolves when the admin console's SHUTDOWN asks for a stop.
+    pub async fn stop_requested(&self) {
+        self.shared.stop_requested.notified().await;
     }
 
     /// Graceful shutdown: stop accepting, let transactions finish (up to

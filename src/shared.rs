@@ -40,6 +40,12 @@ pub struct Shared {
     pub(crate) scram_keys: Mutex<HashMap<String, ScramKeys>>,
     /// Named prepared statements of all clients, by content.
     pub statements: Arc<crate::statements::StatementCache>,
+    /// Traffic per database (the console's SHOW STATS).
+    pub db_stats: crate::dbstats::DbStats,
+    /// DISABLE / ENABLE: databases that refuse new logins.
+    pub disabled: crate::clients::Disabled,
+    /// The console's SHUTDOWN asks whoever runs the proxy to stop it.
+    pub stop_requested: tokio::sync::Notify,
 }
 
 impl Shared {
