@@ -15,6 +15,7 @@ pub mod clients;
 pub mod config;
 pub mod console;
 pub mod dbstats;
+pub mod import;
 pub mod listener;
 pub mod metrics;
 pub mod notify;

@@ -5,7 +5,7 @@ use super::result::{fail, Failure};
 
 pub(super) const SYNTAX_ERROR: &str = "42601";
 
-pub(super) const COMMANDS: &str = "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|POOLS|MEMBER_POOLS|DATABASES|LISTS|CLIENTS|SERVERS|USERS|CONFIG|MEM|TOPOLOGY|FAILOVERS|VERSION|HELP, RELOAD, PAUSE [db], RESUME [db], RECONNECT [db], WAIT_CLOSE [db], DISABLE db, ENABLE db, KILL db, KILL <client id>, SHUTDOWN";
+pub(super) const COMMANDS: &str = "SHOW POOLS|MEMBER_POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|DATABASES|LISTS|CLIENTS|SERVERS|USERS|CONFIG|MEM|TOPOLOGY|FAILOVERS|VERSION|HELP, RELOAD, PAUSE [db], RESUME [db], RECONNECT [db], WAIT_CLOSE [db], DISABLE db, ENABLE db, KILL db, KILL <client id>, SHUTDOWN";
 
 /// Splits a query into statements on `;` outside double quotes.
 pub(super) fn statements(sql: &str) -> Vec<&str> {

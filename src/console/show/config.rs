@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn pgbouncer_keys_use_pgbouncer_units() {
         let cfg = Config::from_toml_str(
-            "[proxy]\nlisten = \"127.0.0.1:6432\"\nmax_client_connections = 500\nserver_idle_timeout = \"120s\"\n[[users]]\nname = \"a\"\npassword = \"b\"\n",
+            "[proxy]\nlisten = \"127.0.0.1:6432\"\nmax_client_connections = 500\nserver_idle_timeout = \"120s\"\n[[users]]\nname = \"a\"\npassword = \"b\"\n[[servers]]\nhost = \"h\"\n",
         )
         .unwrap();
         let keys = pgbouncer_keys(&cfg);
