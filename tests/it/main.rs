@@ -30,6 +30,7 @@ mod admin_console;
 mod auth;
 mod bad_input;
 mod cli;
+mod console_compat;
 mod data_path;
 mod differential;
 mod drivers;
