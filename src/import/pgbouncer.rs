@@ -151,7 +151,10 @@ const NO_COUNTERPART: &[(&str, &str)] = &[
         "ignore_startup_parameters",
         "pgkeel accepts every startup parameter and restores it on each server",
     ),
-    ("server_login_retry", "pgkeel retries a failed connect at the next request; members that fail are probed apart"),
+    (
+        "server_login_retry",
+        "pgkeel retries a failed connect at the next request; members that fail are probed apart",
+    ),
     ("stats_period", "fixed at 60 s (SHOW STATS_AVERAGES)"),
     (
         "log_connections",
@@ -244,7 +247,10 @@ pub fn import(ini: &str, userlist: Option<&str>) -> Imported {
             "server_reset_query" => Some(("proxy", "server_reset_query", Some(quote(v)))),
             "max_packet_size" => {
                 // pgkeel caps one message at 1 GB, as PostgreSQL does.
-                let capped = v.parse::<u64>().ok().map(|n| n.clamp(1 << 10, (1 << 30) - 1).to_string());
+                let capped = v
+                    .parse::<u64>()
+                    .ok()
+                    .map(|n| n.clamp(1 << 10, (1 << 30) - 1).to_string());
                 Some(("proxy", "max_message_size", capped))
             }
             "auth_type" => match v {

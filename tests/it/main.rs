@@ -36,6 +36,7 @@ mod differential;
 mod drivers;
 mod failover;
 mod harness_smoke;
+mod import;
 mod isolation;
 mod isolation_settings;
 mod metrics_promtool;
