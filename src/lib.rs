@@ -30,6 +30,7 @@ pub mod scrape;
 pub mod session;
 pub mod shared;
 pub mod statements;
+pub mod stats_page;
 pub mod topology;
 
 pub use proxy::{Proxy, ProxyHandle};

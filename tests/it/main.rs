@@ -45,3 +45,4 @@ mod prepared;
 mod query_log;
 mod reload;
 mod routing;
+mod stats_page;
