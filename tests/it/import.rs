@@ -164,7 +164,7 @@ async fn haproxy_cfg_imports_and_keeps_its_ports() {
     let r = app(SocketAddr::from(([127, 0, 0, 1], 5001))).await;
     assert_eq!(one(&r, "SELECT 41 + 1").await, "42");
     // The stats page where HAProxy's was.
-    let (code, body) = http_get(SocketAddr::from(([127, 0, 0, 1], admin)), "/status").await;
+    let (code, body) = http_get(SocketAddr::from(([127, 0, 0, 1], admin)), "/").await;
     assert_eq!(code, 200, "{body}");
     child.kill().unwrap();
     child.wait().unwrap();
