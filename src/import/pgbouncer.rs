@@ -339,6 +339,16 @@ pub fn import(ini: &str, userlist: Option<&str>) -> Imported {
             ],
         );
     }
+    for (key, who) in [
+        ("admin_users", get("admin_users")),
+        ("stats_users", get("stats_users")),
+    ] {
+        for u in who.map(list).unwrap_or_default() {
+            if !users.is_empty() && !users.iter().any(|(n, _)| *n == u) {
+                out.note(format!("{key} names {u:?}, who is not in the userlist: add a [[users]] entry for {u:?} (console users log in with a [[users]] password)"));
+            }
+        }
+    }
     if users.is_empty() {
         out.note("no userlist.txt given: add a [[users]] entry for each role (name, password or SCRAM verifier)".into());
     }

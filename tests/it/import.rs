@@ -127,8 +127,15 @@ async fn pgbouncer_ini_imports_and_serves() {
     stats.simple_query("SHOW STATS").await.unwrap();
     let e = stats.simple_query("PAUSE").await.unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // The console's SHUTDOWN stops the process, gracefully (exit 0).
+    console.simple_query("SHUTDOWN").await.unwrap();
+    let exited = wait_until(std::time::Duration::from_secs(60), || {
+        let done = child.try_wait().unwrap().is_some();
+        async move { done }
+    })
+    .await;
+    assert!(exited, "pgkeel still runs after SHUTDOWN");
+    assert!(child.wait().unwrap().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
