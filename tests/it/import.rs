@@ -176,3 +176,56 @@ async fn haproxy_cfg_imports_and_keeps_its_ports() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The first ```sh block after `heading` in a docs page.
+fn sh_block(page: &str, heading: &str) -> String {
+    let text =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(page)).unwrap();
+    let after = &text[text
+        .find(heading)
+        .unwrap_or_else(|| panic!("{heading} in {page}"))..];
+    let start = after.find("```sh\n").expect("an sh block") + "```sh\n".len();
+    let end = start + after[start..].find("```").unwrap();
+    after[start..end].to_owned()
+}
+
+/// The migration pages' import steps, run as written (the build step
+/// aside: the test has built the binary), in a scratch directory.
+#[test]
+fn the_migration_pages_import_steps_run() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for (page, heading) in [
+        (
+            "docs/migrating-from-pgbouncer.md",
+            "## 1. Import the configuration",
+        ),
+        ("docs/migrating-from-haproxy.md", "## 1. Import haproxy.cfg"),
+    ] {
+        let script: String = sh_block(page, heading)
+            .lines()
+            .filter(|l| !l.starts_with("cargo build"))
+            .map(|l| {
+                l.replace("./target/debug/pgkeel", env!("CARGO_BIN_EXE_pgkeel"))
+                    .replace(
+                        "tests/fixtures/",
+                        &format!("{}/tests/fixtures/", repo.display()),
+                    )
+                    + "\n"
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{page}: {script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let toml = std::fs::read_to_string(dir.path().join("pgkeel.toml")).unwrap();
+        assert!(toml.contains("[[servers]]"), "{page}: {toml}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+    }
+}
