@@ -37,3 +37,13 @@ if [ ! -f "$node_dir/node_modules/.package-lock.json" ] ||
     section "npm ci in $node_dir"
     (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# The PgBouncer exporter the console's compatibility test scrapes pgkeel
+# with (its own venv: it pins old versions of what the drivers use).
+exporter=target/exporter-venv
+if ! "$exporter/bin/pgbouncer-exporter" --help >/dev/null 2>&1; then
+    section "PgBouncer exporter's venv in $exporter"
+    rm -rf "$exporter"
+    python3 -m venv "$exporter"
+    "$exporter/bin/pip" install --quiet --disable-pip-version-check --no-deps -r tests/console/exporter-requirements.txt
+fi

@@ -33,13 +33,15 @@ fi
 
 # PostgreSQL for every integration test; etcd and Patroni for the cluster's
 # tests (tests/it/patroni.rs, routing.rs, failover.rs); prometheus
-# (prometheus and promtool) for tests/it/metrics_promtool.rs, which
+# (prometheus and promtool) for tests/it/metrics_promtool.rs; a real
+# PgBouncer for tests/it/console_compat.rs to compare the console with,
+# and Chromium for tests/it/stats_page.rs. Prometheus
 # runs its own on a free port: a packaged service on 9090, running or not,
 # is not used; systemd (systemd-analyze) and keepalived for
 # tests/it/deploy_files.rs, which checks examples/systemd and
 # examples/keepalived; and the packages the build needs (BUILD_PACKAGES in lib.sh).
 install_packages postgresql-15 postgresql-client-15 etcd-server etcd-client patroni \
-    prometheus curl ca-certificates systemd keepalived "${BUILD_PACKAGES[@]}"
+    prometheus curl ca-certificates pgbouncer chromium chromium-driver systemd keepalived "${BUILD_PACKAGES[@]}"
 ensure_rust_components
 # The drivers tests/it/drivers.rs runs through pgkeel (Java, Node.js, Python).
 bash scripts/install-drivers.sh

@@ -1,4 +1,5 @@
-//! The admin HTTP endpoint: `/health`, `/ready`, `/metrics`, `/status`.
+//! The admin HTTP endpoint: `/` (the stats page), `/health`, `/ready`,
+//! `/metrics`, `/status`.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -45,6 +46,11 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 
 fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
+        "/" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::stats_page::PAGE.into(),
+        ),
         "/health" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/ready" => match &shared.topology.load().primary {
             Some(p) => respond(
@@ -95,6 +101,8 @@ fn status_json(shared: &Shared) -> String {
         "paused": shared.pause.current(),
         "pools": pools,
         "clients": shared.cancels.len(),
+        "clients_by_state": crate::stats_page::clients_by_state(shared),
+        "traffic": crate::stats_page::traffic(shared),
         "config": &**shared.config_info.load(),
         "fleet": {
             "me": shared.fleet.me(),

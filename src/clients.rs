@@ -287,6 +287,37 @@ impl Paused {
     }
 }
 
+/// DISABLE / ENABLE: databases whose new logins are refused (clients
+/// already in stay). One atomic load per login while none is disabled.
+#[derive(Default)]
+pub struct Disabled {
+    any: AtomicBool,
+    set: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl Disabled {
+    pub fn is_disabled(&self, database: &str) -> bool {
+        self.any.load(Ordering::SeqCst)
+            && self
+                .set
+                .lock()
+                .expect("disabled poisoned")
+                .contains(database)
+    }
+
+    /// Disables or enables `database`; false when it already was so.
+    pub fn set(&self, database: &str, disabled: bool) -> bool {
+        let mut set = self.set.lock().expect("disabled poisoned");
+        let changed = if disabled {
+            set.insert(database.to_owned())
+        } else {
+            set.remove(database)
+        };
+        self.any.store(!set.is_empty(), Ordering::SeqCst);
+        changed
+    }
+}
+
 /// PAUSE / RESUME. Sessions check it before each transaction: one atomic
 /// load while nothing is paused.
 pub struct Pause {

@@ -14,6 +14,8 @@ pub mod classify;
 pub mod clients;
 pub mod config;
 pub mod console;
+pub mod dbstats;
+pub mod import;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
@@ -28,6 +30,7 @@ pub mod scrape;
 pub mod session;
 pub mod shared;
 pub mod statements;
+pub mod stats_page;
 pub mod topology;
 
 pub use proxy::{Proxy, ProxyHandle};

@@ -17,10 +17,54 @@ struct Cli {
     /// Validate FILE and exit (0 when valid).
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
+    #[command(subcommand)]
+    import: Option<Import>,
+}
+
+/// Print a pgkeel configuration made from another tool's, with the
+/// settings that have no counterpart listed at its end.
+#[derive(clap::Subcommand, Debug)]
+enum Import {
+    /// From pgbouncer.ini (and its userlist.txt, for [[users]]).
+    ImportPgbouncer {
+        ini: PathBuf,
+        userlist: Option<PathBuf>,
+    },
+    /// From haproxy.cfg (Patroni's template: primary and replica listens).
+    ImportHaproxy { cfg: PathBuf },
+}
+
+fn read(path: &PathBuf) -> Result<String, ExitCode> {
+    std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("pgkeel: cannot read {}: {e}", path.display());
+        ExitCode::from(2)
+    })
+}
+
+fn import(cmd: &Import) -> Result<String, ExitCode> {
+    Ok(match cmd {
+        Import::ImportPgbouncer { ini, userlist } => {
+            let users = userlist.as_ref().map(read).transpose()?;
+            pgkeel::import::pgbouncer::import(&read(ini)?, users.as_deref())
+                .render(&ini.display().to_string())
+        }
+        Import::ImportHaproxy { cfg } => {
+            pgkeel::import::haproxy::import(&read(cfg)?).render(&cfg.display().to_string())
+        }
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(cmd) = &cli.import {
+        return match import(cmd) {
+            Ok(toml) => {
+                print!("{toml}");
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        };
+    }
     if let Some(path) = cli.check_config {
         return match Config::from_file(&path) {
             Ok(_) => {
@@ -74,7 +118,11 @@ fn main() -> ExitCode {
         };
         // Edits to the file, and SIGHUP, reload it without a restart.
         handle.watch_config(cli.config.clone());
-        wait_for_signal().await;
+        // A signal, or the admin console's SHUTDOWN.
+        tokio::select! {
+            _ = wait_for_signal() => {}
+            _ = handle.stop_requested() => {}
+        }
         tracing::info!("shutting down");
         handle.shutdown().await;
         ExitCode::SUCCESS

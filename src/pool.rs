@@ -63,6 +63,11 @@ pub struct Pool {
     welcome: ArcSwap<Option<Vec<(String, String)>>>,
     pub stats: PoolStats,
     metrics: Metrics,
+    /// The console's RECONNECT: connections opened before it are closed
+    /// when they come back instead of being reused.
+    reconnect_at: Mutex<Option<Instant>>,
+    /// Connections RECONNECT marked that are still open (WAIT_CLOSE).
+    stale: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -128,7 +133,7 @@ impl PooledConn {
         }
         let s = self.pool.settings.load();
         conn.last_used = Instant::now();
-        if conn.created.elapsed() >= s.lifetime {
+        if conn.created.elapsed() >= s.lifetime || self.pool.is_stale(&conn) {
             self.pool.closed(conn);
             return;
         }
@@ -163,6 +168,8 @@ impl Pool {
             welcome: ArcSwap::from_pointee(None),
             stats: PoolStats::default(),
             metrics,
+            reconnect_at: Mutex::new(None),
+            stale: AtomicUsize::new(0),
         })
     }
 
@@ -262,7 +269,36 @@ impl Pool {
         idle_for >= STALE_CHECK_AFTER
     }
 
+    fn is_stale(&self, conn: &ServerConn) -> bool {
+        self.reconnect_at
+            .lock()
+            .expect("pool poisoned")
+            .is_some_and(|at| conn.created <= at)
+    }
+
+    /// RECONNECT: closes the idle connections now and every lent one when
+    /// it comes back, so that new transactions get fresh connections.
+    pub fn reconnect(&self) {
+        *self.reconnect_at.lock().expect("pool poisoned") = Some(Instant::now());
+        self.close_idle();
+        // Every connection still open was opened before the mark.
+        self.stale.store(
+            self.stats.total_connections.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Connections RECONNECT marked that are still open.
+    pub fn stale(&self) -> usize {
+        self.stale.load(Ordering::Relaxed)
+    }
+
     fn closed(&self, conn: ServerConn) {
+        if self.is_stale(&conn) {
+            let _ = self
+                .stale
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
         self.stats.total_connections.fetch_sub(1, Ordering::Relaxed);
         self.metrics.server_connections.dec();
         drop(conn);

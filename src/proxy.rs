@@ -104,6 +104,9 @@ impl Proxy {
             clients: Arc::default(),
             pause: crate::clients::Pause::default(),
             fleet: fleet.clone(),
+            db_stats: Default::default(),
+            disabled: Default::default(),
+            stop_requested: Default::default(),
         });
         shared
             .metrics
@@ -177,6 +180,11 @@ impl ProxyHandle {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Resolves when the admin console's SHUTDOWN asks for a stop.
+    pub async fn stop_requested(&self) {
+        self.shared.stop_requested.notified().await;
     }
 
     /// Graceful shutdown: stop accepting, let transactions finish (up to

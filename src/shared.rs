@@ -42,6 +42,12 @@ pub struct Shared {
     pub statements: Arc<crate::statements::StatementCache>,
     /// The pgkeel instances serving this scope (etcd mode).
     pub fleet: Arc<crate::topology::fleet::FleetHandle>,
+    /// Traffic per database (the console's SHOW STATS).
+    pub db_stats: crate::dbstats::DbStats,
+    /// DISABLE / ENABLE: databases that refuse new logins.
+    pub disabled: crate::clients::Disabled,
+    /// The console's SHUTDOWN asks whoever runs the proxy to stop it.
+    pub stop_requested: tokio::sync::Notify,
 }
 
 impl Shared {

@@ -184,6 +184,9 @@ pub struct AdminConfig {
     pub database: String,
     /// `[[users]]` names allowed in the admin console; others get 42501.
     pub users: Vec<String>,
+    /// `[[users]]` names allowed in the admin console read-only (PgBouncer's
+    /// `stats_users`): SHOW works, commands that change anything get 42501.
+    pub stats_users: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -192,6 +195,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:9930".into(),
             database: "pgkeel".into(),
             users: Vec::new(),
+            stats_users: Vec::new(),
         }
     }
 }

@@ -304,18 +304,20 @@ pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError>
     if raw.admin.database.is_empty() {
         return Err(err("admin", 0, "database", "must not be empty".into()));
     }
-    if let Some(u) = raw
-        .admin
-        .users
-        .iter()
-        .find(|a| !users.iter().any(|u| &u.name == *a))
-    {
-        return Err(err(
-            "admin",
-            0,
-            "users",
-            format!("{u:?} is not a [[users]] entry; admin users log in with a [[users]] password"),
-        ));
+    for (key, list) in [
+        ("users", &raw.admin.users),
+        ("stats_users", &raw.admin.stats_users),
+    ] {
+        if let Some(u) = list.iter().find(|a| !users.iter().any(|u| &u.name == *a)) {
+            return Err(err(
+                "admin",
+                0,
+                key,
+                format!(
+                    "{u:?} is not a [[users]] entry; admin users log in with a [[users]] password"
+                ),
+            ));
+        }
     }
     for (i, s) in raw.servers.iter().enumerate() {
         if s.host.is_empty() {

@@ -143,6 +143,8 @@ impl Session {
         self.retries = 0;
         self.shared.metrics.transactions[role].inc();
         self.shared.metrics.transaction_seconds[role].observe(server.lent_for().as_secs_f64());
+        crate::dbstats::DbCounters::add(&self.db.xact_count, 1);
+        crate::dbstats::DbCounters::add_time(&self.db.xact_us, server.lent_for());
         let mut clean = true;
         self.want
             .remember_hidden(std::mem::take(&mut self.att.st.hidden_settings));

@@ -2,7 +2,7 @@
 //! Kept out of the attachment core, which has no clock: the relay feeds it
 //! what the core counted.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus::Histogram;
 
@@ -78,12 +78,16 @@ impl RequestClock {
     }
 
     /// After server messages were scanned: times the requests answered.
-    /// Call `forget` with the Syncs the scan found ignored first.
-    pub fn answered(&mut self, st: &State, histogram: &Histogram) {
+    /// Call `forget` with the Syncs the scan found ignored first. Returns
+    /// the time of the requests answered, added up.
+    pub fn answered(&mut self, st: &State, histogram: &Histogram) -> Duration {
+        let mut total = Duration::ZERO;
         for _ in st.pending..self.owed() {
             if self.len > 0 {
                 if let Some(at) = self.ring[self.head].take() {
-                    histogram.observe(at.elapsed().as_secs_f64());
+                    let took = at.elapsed();
+                    histogram.observe(took.as_secs_f64());
+                    total += took;
                 }
                 self.head = (self.head + 1) % CLOCKED;
                 self.len -= 1;
@@ -91,6 +95,7 @@ impl RequestClock {
                 self.untimed -= 1;
             }
         }
+        total
     }
 }
 

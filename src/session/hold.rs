@@ -152,7 +152,10 @@ impl Session {
                     let name = member.name.clone();
                     let pool = self.pool_for(member);
                     self.registered.info.waiting_on(&pool);
-                    match pool.checkout(wait).await {
+                    let asked = std::time::Instant::now();
+                    let lent = pool.checkout(wait).await;
+                    crate::dbstats::DbCounters::add_time(&self.db.wait_us, asked.elapsed());
+                    match lent {
                         Ok(conn) => break Ok((conn, on_primary)),
                         Err(e @ PoolError::Timeout(_)) => {
                             break Err(Unavailable::new(

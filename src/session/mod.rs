@@ -60,6 +60,8 @@ struct Session {
     peer: SocketAddr,
     user: User,
     database: String,
+    /// This database's traffic counters (SHOW STATS).
+    db: Arc<crate::dbstats::DbCounters>,
     login: Login,
     /// The server attachment's streams (kept between attachments, so
     /// their buffers are reused).
@@ -155,6 +157,7 @@ impl Session {
         Session {
             user: login.user.clone(),
             database: login.database.clone(),
+            db: shared.db_stats.get(&login.database),
             shared,
             client,
             peer,
@@ -226,7 +229,7 @@ impl Session {
             release_on_idle: mode == PoolMode::Transaction,
             max_message_size: cfg.proxy.max_message_size.0 as usize,
             role: 0,
-            counters: relay::Counters::new(&self.shared.metrics),
+            counters: relay::Counters::new(&self.shared.metrics).for_database(self.db.clone()),
         };
         self.adopt_config();
         loop {
@@ -336,7 +339,9 @@ impl Session {
                 }
             };
             let role = usize::from(!self.on_primary);
-            self.shared.metrics.queries[role].inc_by(std::mem::take(&mut self.att.st.queries));
+            let queries = std::mem::take(&mut self.att.st.queries);
+            self.shared.metrics.queries[role].inc_by(queries);
+            crate::dbstats::DbCounters::add(&self.db.query_count, queries);
             self.note_params();
             self.count_statements();
             match outcome {
@@ -431,7 +436,10 @@ impl Session {
                 r = self.client.read_buf(&mut self.att.bufs.from_client) => match r {
                     Ok(0) | Err(_) => return Ok(None),
                     // Between transactions the first message of the next one is read here, not in the relay.
-                    Ok(n) => self.shared.metrics.client_bytes_received_total.inc_by(n as u64),
+                    Ok(n) => {
+                        self.shared.metrics.client_bytes_received_total.inc_by(n as u64);
+                        crate::dbstats::DbCounters::add(&self.db.received, n as u64);
+                    }
                 },
                 _ = self.shutdown.changed() => return Err(Ended::Shutdown),
                 _ = self.registered.kill.changed() => return Err(Ended::Killed),
@@ -470,6 +478,7 @@ impl Session {
                 .metrics
                 .client_bytes_sent_total
                 .inc_by(out.len() as u64);
+            crate::dbstats::DbCounters::add(&self.db.sent, out.len() as u64);
         }
         ok
     }

@@ -9,6 +9,8 @@
 //! not taken the previous chunk: that is the back-pressure that keeps memory
 //! bounded whatever the result size.
 
+use std::sync::Arc;
+
 use prometheus::{IntCounter, IntCounterVec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,6 +18,7 @@ use tokio::sync::watch;
 
 use super::attachment::{ensure_room, Attachment, ClientStep, Release, ServerStep, State, Track};
 use super::clock::RequestClock;
+use crate::dbstats::DbCounters;
 
 /// Read granularity: large enough that a big result moves in few syscalls.
 const READ_CHUNK: usize = 32 * 1024;
@@ -60,6 +63,8 @@ pub struct Counters {
     /// Request durations on the primary ([0]) and other members ([1]).
     pub query_seconds: [prometheus::Histogram; 2],
     pub server_errors: IntCounterVec,
+    /// The client's database's counters (SHOW STATS), when there is one.
+    pub db: Option<Arc<DbCounters>>,
 }
 
 impl Counters {
@@ -71,7 +76,14 @@ impl Counters {
             server_sent: m.server_bytes_sent_total.clone(),
             query_seconds: m.query_seconds.clone(),
             server_errors: m.server_errors_total.clone(),
+            db: None,
         }
+    }
+
+    /// Counts bytes and request times for `db` too.
+    pub fn for_database(mut self, db: Arc<DbCounters>) -> Counters {
+        self.db = Some(db);
+        self
     }
 
     /// Counts the errors `scan_server` noted (rare: a label lookup each).
@@ -150,7 +162,12 @@ pub async fn pump(
         tokio::select! {
             r = cr.read_buf(&mut b.from_client), if b.to_server.is_empty() && !terminated && !att.st.request_done && !att.st.batch_waits && !routed_alone => match r {
                 Ok(0) | Err(_) => return Outcome::ClientGone,
-                Ok(n) => counters.client_received.inc_by(n as u64),
+                Ok(n) => {
+                    counters.client_received.inc_by(n as u64);
+                    if let Some(db) = &counters.db {
+                        DbCounters::add(&db.received, n as u64);
+                    }
+                }
             },
             r = sr.read_buf(&mut b.from_server), if b.to_client.is_empty() && lost.is_none() && violation.is_none() => match r {
                 Ok(0) => return Outcome::ServerLost(std::io::ErrorKind::UnexpectedEof.into()),
@@ -162,7 +179,10 @@ pub async fn pump(
                         counters.count_server_errors(&mut att.st);
                     }
                     clock.forget(att.st.take_ignored_syncs());
-                    clock.answered(&att.st, query_seconds);
+                    let took = clock.answered(&att.st, query_seconds);
+                    if let Some(db) = counters.db.as_ref().filter(|_| !took.is_zero()) {
+                        DbCounters::add_time(&db.query_us, took);
+                    }
                     match scanned {
                         Ok(ServerStep::Ok) => {}
                         Ok(ServerStep::Fatal(fatal)) if att.st.client_violation => violation = Some(fatal),
@@ -172,7 +192,12 @@ pub async fn pump(
                 }
             },
             r = cw.write_buf(&mut b.to_client), if !b.to_client.is_empty() => match r {
-                Ok(n) => counters.client_sent.inc_by(n as u64),
+                Ok(n) => {
+                    counters.client_sent.inc_by(n as u64);
+                    if let Some(db) = &counters.db {
+                        DbCounters::add(&db.sent, n as u64);
+                    }
+                }
                 Err(_) => return Outcome::ClientGone,
             },
             r = sw.write_buf(&mut b.to_server), if !b.to_server.is_empty() => match r {

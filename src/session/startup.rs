@@ -251,11 +251,11 @@ pub async fn handshake(
     authenticate(shared, cfg, stream, &user, &mut buf).await?;
     if database == cfg.admin.database {
         // Checked after the password, as PostgreSQL checks CONNECT privilege.
-        if !cfg.admin.users.contains(&user.name) {
+        if !cfg.admin.users.contains(&user.name) && !cfg.admin.stats_users.contains(&user.name) {
             return Err(Refusal::new(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 format!(
-                    "permission denied for the admin console: user \"{}\" is not in [admin] users",
+                    "permission denied for the admin console: user \"{}\" is not in [admin] users or stats_users",
                     user.name
                 ),
             ));
@@ -267,6 +267,13 @@ pub async fn handshake(
         })));
     }
 
+    if shared.disabled.is_disabled(&database) {
+        // PostgreSQL's answer for a database that allows no connections.
+        return Err(Refusal::new(
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("database \"{database}\" is not currently accepting connections (DISABLE from pgkeel's admin console)"),
+        ));
+    }
     let mut server_params = welcome_params(shared, cfg, &database, &user).await?;
     // What the client asked for at startup wins over the server's defaults;
     // the first server it gets is SET to match.

@@ -197,8 +197,9 @@ async fn every_show_command_answers_typed_rows() {
         ("pgkeel", "active")
     );
 
-    // SHOW POOLS: one pool, its counts matching the clients.
-    let (cols, rows) = show(&c, "show pools;").await;
+    // SHOW POOLS: PgBouncer's columns first, one row per database and
+    // user; SHOW MEMBER_POOLS the same per member, with its role.
+    let (cols, _) = show(&c, "show pools;").await;
     assert_eq!(
         &cols[..6],
         [
@@ -206,10 +207,11 @@ async fn every_show_command_answers_typed_rows() {
             "user",
             "cl_active",
             "cl_waiting",
-            "cl_held",
-            "cl_idle"
+            "cl_active_cancel_req",
+            "cl_waiting_cancel_req"
         ]
     );
+    let (_, rows) = show(&c, "show member_pools;").await;
     let pool = rows
         .iter()
         .find(|r| get(r, "database") == "appdb" && get(r, "user") == "app")
@@ -236,7 +238,8 @@ async fn every_show_command_answers_typed_rows() {
         .find(|r| get(r, "state") == "active")
         .expect("an active server");
     assert_eq!(get(lent, "remote_pid"), busy_pid);
-    assert_eq!(get(lent, "link"), get(active, "id"));
+    assert_eq!(get(lent, "link"), get(active, "ptr"));
+    assert_eq!(get(lent, "client_id"), get(active, "id"));
     assert_eq!(get(lent, "role"), "primary");
     assert!(rows
         .iter()
@@ -252,24 +255,44 @@ async fn every_show_command_answers_typed_rows() {
     })
     .await;
     assert!(counted, "{} transactions", metrics.transactions_completed());
+    // Per database, the console's own row first (as PgBouncer's).
     let (cols, rows) = show(&c, "SHOW STATS").await;
     let completed = metrics.transactions_completed();
-    assert_eq!(rows.len(), 1);
+    assert_eq!(get(&rows[0], "database"), "pgkeel", "{rows:?}");
+    assert_eq!(cols[0], "database");
     for col in ["total_xact_count", "total_query_count", "total_wait_time"] {
         assert!(cols.iter().any(|c| c == col), "{cols:?}");
     }
-    let xacts: u64 = get(&rows[0], "total_xact_count").parse().unwrap();
+    let appdb = rows
+        .iter()
+        .find(|r| get(r, "database") == "appdb")
+        .expect("an appdb row");
+    let xacts: u64 = get(appdb, "total_xact_count").parse().unwrap();
     assert!(xacts >= 2, "{rows:?}");
     assert_eq!(xacts, completed, "{rows:?}");
-    assert_eq!(get(&rows[0], "clients_connected"), "3");
-    let stat = |col: &str| -> u64 { get(&rows[0], col).parse().unwrap() };
-    for col in ["total_received", "total_sent", "total_query_time"] {
+    let stat = |col: &str| -> u64 { get(appdb, col).parse().unwrap() };
+    for col in [
+        "total_received",
+        "total_sent",
+        "total_query_time",
+        "total_xact_time",
+    ] {
         assert!(stat(col) > 0, "{col}: {rows:?}");
     }
     assert_eq!(
         stat("total_received"),
         p.shared().metrics.client_bytes_received_total.get()
     );
+    // SHOW TOTALS: name/value rows, PgBouncer's then pgkeel's.
+    let (_, rows) = show(&c, "SHOW TOTALS").await;
+    let total = |name: &str| -> String {
+        rows.iter()
+            .find(|r| get(r, "name") == name)
+            .map(|r| get(r, "value").to_owned())
+            .unwrap_or_else(|| panic!("no {name} in {rows:?}"))
+    };
+    assert_eq!(total("total_xact_count"), completed.to_string());
+    assert_eq!(total("clients_connected"), "3");
 
     // SHOW TOPOLOGY: the one server, primary and healthy.
     let (_, rows) = show(&c, "SHOW TOPOLOGY").await;
@@ -364,7 +387,11 @@ async fn result_sets_are_typed_like_pgbouncer() {
     }
     raw.query("SHOW STATS").await;
     let (msgs, _) = raw.until_ready().await;
-    assert_eq!(column_types(&msgs)["total_xact_count"], 20, "int8");
+    assert_eq!(
+        column_types(&msgs)["total_xact_count"],
+        1700,
+        "numeric, as PgBouncer's"
+    );
     raw.query("SHOW CLIENTS").await;
     let (msgs, _) = raw.until_ready().await;
     let types = column_types(&msgs);
@@ -437,8 +464,8 @@ async fn psql_shows_pools_clients_and_version() {
         .unwrap_or_else(|| panic!("no appdb pool in {stdout}"))
         .split('|')
         .collect();
-    // database|user|cl_active|cl_waiting|cl_held|cl_idle|sv_active|...
-    assert_eq!(&row[2..7], ["0", "0", "0", "1", "0"], "{stdout}");
+    // database|user|cl_active|cl_waiting|cl_active_cancel_req|cl_waiting_cancel_req|sv_active|...
+    assert_eq!(&row[2..7], ["0", "0", "0", "0", "0"], "{stdout}");
 
     let out = psql(port, "admin", "admin_password", "SHOW CLIENTS").await;
     let stdout = String::from_utf8_lossy(&out.stdout);
