@@ -14,6 +14,8 @@ pub mod classify;
 pub mod clients;
 pub mod config;
 pub mod console;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
