@@ -214,7 +214,9 @@ pub async fn handshake(
                     .collect();
                 if v & 0xffff != 0 || !unsupported.is_empty() {
                     let mut out = BytesMut::new();
-                    NegotiateProtocolVersion::new(0, unsupported)
+                    // The newest version pgkeel speaks, whole (3.0), as
+                    // PostgreSQL sends it: libpq reads 0 as protocol 0.0.
+                    NegotiateProtocolVersion::new(protocol::PROTOCOL_3_0, unsupported)
                         .encode(&mut out)
                         .map_err(|e| Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
                     stream.write_all(&out).await?;
