@@ -24,6 +24,10 @@ use tokio::net::TcpStream;
 /// nothing).
 const RSS_BOUND: u64 = 64 << 20;
 
+/// Its address space may grow by this much: one declared frame reserved
+/// whole would be 1000 MB.
+const VM_BOUND: u64 = 512 << 20;
+
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -71,14 +75,24 @@ impl Keel {
 
     /// Resident memory of the pgkeel process, in bytes.
     fn rss(&self) -> u64 {
+        self.status_kb("VmRSS:") * 1024
+    }
+
+    /// Address space of the pgkeel process, in bytes: memory reserved but
+    /// never touched (a buffer sized by a declared length) shows here, not
+    /// in the resident size.
+    fn vm_size(&self) -> u64 {
+        self.status_kb("VmSize:") * 1024
+    }
+
+    fn status_kb(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("pgkeel's /proc status");
-        let kb: u64 = status
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("a VmRSS line");
-        kb * 1024
+            .unwrap_or_else(|| panic!("a {field} line"))
     }
 
     /// `pgkeel_client_bytes_received_total` from `/metrics`.
@@ -369,7 +383,7 @@ async fn bad_frames_after_login_get_08p01_and_memory_stays_bounded() {
     // Declared lengths within the limit reserve nothing: 24 clients each
     // promising 1000 MB (8 of them inside a transaction), having sent a
     // little of it.
-    let before = keel.rss();
+    let (before, vm_before) = (keel.rss(), keel.vm_size());
     let received = keel.bytes_received().await;
     let mut held = Vec::new();
     let mut sent = 0;
@@ -398,6 +412,11 @@ async fn bad_frames_after_login_get_08p01_and_memory_stays_bounded() {
     assert!(
         after < before + RSS_BOUND,
         "RSS grew from {before} to {after} bytes for 24 declared 1000 MB frames"
+    );
+    let vm_after = keel.vm_size();
+    assert!(
+        vm_after < vm_before + VM_BOUND,
+        "address space grew from {vm_before} to {vm_after} bytes for 24 declared 1000 MB frames"
     );
     keel.still_serves().await;
     // Closing them mid-frame leaks nothing: the transactions' connections
