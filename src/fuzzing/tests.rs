@@ -10,8 +10,24 @@ use rand::{Rng, SeedableRng};
 
 use super::TARGETS;
 
-/// Mutated inputs per target (five targets: 20,000 in all).
+/// Mutated inputs per target (five targets: 20,000 in all), unless
+/// `PGKEEL_FUZZ_MUTATIONS` asks for more (a longer run by hand).
 const MUTATIONS_PER_TARGET: usize = 4_000;
+
+fn mutations() -> usize {
+    std::env::var("PGKEEL_FUZZ_MUTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MUTATIONS_PER_TARGET)
+}
+
+/// `PGKEEL_FUZZ_SEED` picks another fixed seed for a run by hand.
+fn seed() -> u64 {
+    std::env::var("PGKEEL_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SEED)
+}
 
 /// Fixed, so a failure reproduces; the failing input is printed.
 const SEED: u64 = 0x7067_6b65_656c;
@@ -104,13 +120,13 @@ fn every_target_runs_its_corpus_and_mutations() {
         for input in &seeds {
             run(name, f, input);
         }
-        let mut rng = StdRng::seed_from_u64(SEED);
-        for _ in 0..MUTATIONS_PER_TARGET {
+        let mut rng = StdRng::seed_from_u64(seed());
+        for _ in 0..mutations() {
             let input = mutate(&mut rng, &seeds);
             run(name, f, &input);
         }
         // And plain noise, which no corpus file resembles.
-        for _ in 0..MUTATIONS_PER_TARGET / 8 {
+        for _ in 0..mutations() / 8 {
             let n = rng.random_range(0..256);
             let input: Vec<u8> = (0..n).map(|_| rng.random()).collect();
             run(name, f, &input);
