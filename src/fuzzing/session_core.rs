@@ -189,6 +189,9 @@ struct Seen {
     /// ReadyForQuery messages the server sent, and the last one's status.
     readies: u64,
     last_status: Option<TxStatus>,
+    /// The server's stream put it in COPY (CopyIn/Out/BothResponse) and
+    /// no CommandComplete or ErrorResponse has ended it since.
+    in_copy: bool,
 }
 
 impl Seen {
@@ -207,10 +210,18 @@ impl Seen {
     fn server_sent(&mut self, all: &[u8]) {
         self.readies = 0;
         self.last_status = None;
+        self.in_copy = false;
         for f in frames(all) {
-            if f[0] == backend::READY_FOR_QUERY && f.len() == HEADER_LEN + 1 {
-                self.readies += 1;
-                self.last_status = TxStatus::from_byte(f[HEADER_LEN]);
+            match f[0] {
+                backend::READY_FOR_QUERY if f.len() == HEADER_LEN + 1 => {
+                    self.readies += 1;
+                    self.last_status = TxStatus::from_byte(f[HEADER_LEN]);
+                }
+                backend::COPY_IN_RESPONSE
+                | backend::COPY_OUT_RESPONSE
+                | backend::COPY_BOTH_RESPONSE => self.in_copy = true,
+                backend::COMMAND_COMPLETE | backend::ERROR_RESPONSE => self.in_copy = false,
+                _ => {}
             }
         }
     }
@@ -243,6 +254,7 @@ fn check_release(att: &Attachment, track: Option<&Track>, seen: &Seen, server_fe
             "last ReadyForQuery not idle"
         );
     }
+    assert!(!seen.in_copy, "released while the server is in COPY");
     // And it ends on a message boundary.
     let whole: usize = frames(server_fed).iter().map(|f| f.len()).sum();
     assert_eq!(whole, server_fed.len(), "released mid-message");
