@@ -233,6 +233,42 @@ async fn random_bytes_before_startup_get_a_clear_error() {
 }
 
 #[tokio::test]
+async fn random_frames_after_login_end_in_an_error_or_are_answered() {
+    let mut keel = Keel::start("pool_size = 4").await;
+    let mut rng = StdRng::seed_from_u64(1414);
+    const TYPES: &[u8] = b"QPBDECHSFdcfXzp\0";
+    for i in 0..60 {
+        let mut raw = keel.login().await;
+        let mut bytes = Vec::new();
+        for _ in 0..rng.random_range(1..4) {
+            let body: Vec<u8> = (0..rng.random_range(0..40)).map(|_| rng.random()).collect();
+            bytes.push(TYPES[rng.random_range(0..TYPES.len())]);
+            // Now and then a length that does not match the body.
+            let len = if i % 4 == 0 {
+                rng.random_range(0..64)
+            } else {
+                body.len() as i32 + 4
+            };
+            bytes.extend_from_slice(&len.to_be_bytes());
+            bytes.extend_from_slice(&body);
+        }
+        raw.send(&bytes).await;
+        let _ = raw.stream.shutdown().await;
+        // Whatever comes back ends in a close; an error pgkeel raises
+        // itself is 08P01, a server's ERROR (a random query) passes.
+        while let Some((t, body)) = raw.recv().await {
+            if t == b'E' {
+                let f = pgkeel::protocol::parse_error_fields(&body);
+                let sev = pgkeel::protocol::error_field(&f, b'S').unwrap_or("");
+                let code = pgkeel::protocol::error_field(&f, b'C').unwrap_or("");
+                assert!(sev == "ERROR" || code == "08P01", "{bytes:?}: {sev} {code}");
+            }
+        }
+    }
+    keel.still_serves().await;
+}
+
+#[tokio::test]
 async fn odd_startup_packets_are_answered_as_postgresql_answers_them() {
     let mut keel = Keel::start("").await;
     let pg: SocketAddr = format!("127.0.0.1:{}", common::shared_pg().port)
