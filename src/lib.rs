@@ -16,6 +16,8 @@ pub mod config;
 pub mod console;
 pub mod dbstats;
 pub mod import;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod listener;
 pub mod metrics;
 pub mod notify;

@@ -336,6 +336,9 @@ pub fn parse_startup_params(mut body: &[u8]) -> Result<Vec<(String, String)>, &'
     }
 }
 
+/// What `read_message` reserves at most ahead of the bytes received.
+const READ_MESSAGE_STEP: usize = 1 << 20;
+
 /// Reads one whole typed message (startup/auth phase and control queries;
 /// the relay never uses this). Returns the type and the body.
 pub async fn read_message<R: AsyncRead + Unpin>(
@@ -363,8 +366,9 @@ pub async fn read_message<R: AsyncRead + Unpin>(
                 msg.advance(HEADER_LEN);
                 return Ok((typ, msg));
             }
-            // Cold paths only, and `max_len` bounds what a length may ask.
-            buf.reserve(len - buf.len());
+            // Cold paths only: a startup-sized message is reserved at once,
+            // a larger declared length in steps as its bytes arrive.
+            buf.reserve((len - buf.len()).min(READ_MESSAGE_STEP));
         }
         if r.read_buf(buf).await? == 0 {
             return Err(Error::new(ErrorKind::UnexpectedEof, "connection closed"));

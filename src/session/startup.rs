@@ -137,6 +137,17 @@ async fn welcome_params(
     }
 }
 
+/// The body length of a startup packet whose length field says `len`
+/// (itself included); `None` unless it holds at least a version code and
+/// stays within `MAX_STARTUP_PACKET`.
+pub(crate) fn startup_packet_body(len: i32) -> Option<usize> {
+    let len = usize::try_from(len).ok()?;
+    if !(8..=protocol::MAX_STARTUP_PACKET).contains(&len) {
+        return None;
+    }
+    Some(len - 4)
+}
+
 /// Reads an untyped startup-phase packet (length, then body).
 async fn read_startup_packet(stream: &mut TcpStream) -> Result<Option<BytesMut>, Refusal> {
     let mut len = [0u8; 4];
@@ -147,13 +158,13 @@ async fn read_startup_packet(stream: &mut TcpStream) -> Result<Option<BytesMut>,
         Err(e) => return Err(e.into()),
     }
     let len = i32::from_be_bytes(len);
-    if !(8..=protocol::MAX_STARTUP_PACKET as i32).contains(&len) {
+    let Some(body_len) = startup_packet_body(len) else {
         return Err(Refusal::new(
             sqlstate::PROTOCOL_VIOLATION,
             format!("invalid length of startup packet: {len}"),
         ));
-    }
-    let mut body = BytesMut::zeroed(len as usize - 4);
+    };
+    let mut body = BytesMut::zeroed(body_len);
     stream.read_exact(&mut body).await?;
     Ok(Some(body))
 }
@@ -203,7 +214,9 @@ pub async fn handshake(
                     .collect();
                 if v & 0xffff != 0 || !unsupported.is_empty() {
                     let mut out = BytesMut::new();
-                    NegotiateProtocolVersion::new(0, unsupported)
+                    // The newest version pgkeel speaks, whole (3.0), as
+                    // PostgreSQL sends it: libpq reads 0 as protocol 0.0.
+                    NegotiateProtocolVersion::new(protocol::PROTOCOL_3_0, unsupported)
                         .encode(&mut out)
                         .map_err(|e| Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
                     stream.write_all(&out).await?;
@@ -354,7 +367,7 @@ fn malformed(what: &str) -> Refusal {
 }
 
 /// PasswordMessage: a NUL-terminated string.
-fn parse_password(body: &[u8]) -> Result<&[u8], Refusal> {
+pub(crate) fn parse_password(body: &[u8]) -> Result<&[u8], Refusal> {
     match body.split_last() {
         Some((0, pw)) if !pw.contains(&0) => Ok(pw),
         _ => Err(malformed("password")),
@@ -362,7 +375,7 @@ fn parse_password(body: &[u8]) -> Result<&[u8], Refusal> {
 }
 
 /// SASLInitialResponse: mechanism name, then an Int32 length and that many bytes.
-fn parse_sasl_initial(body: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
+pub(crate) fn parse_sasl_initial(body: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
     let bad = || malformed("SASLInitialResponse");
     let nul = body.iter().position(|&b| b == 0).ok_or_else(bad)?;
     let (mech, rest) = (&body[..nul], &body[nul + 1..]);
@@ -467,7 +480,7 @@ mod tests {
 
 /// The settings in a startup packet's `options` (`-c name=value` or
 /// `--name=value`, separated by spaces; `\\ ` is a space in a value).
-fn startup_options(options: &str) -> Vec<(String, String)> {
+pub(crate) fn startup_options(options: &str) -> Vec<(String, String)> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut chars = options.chars();

@@ -40,6 +40,7 @@ mod failover;
 mod fleet;
 mod harness_smoke;
 mod import;
+mod hostile_frames;
 mod isolation;
 mod isolation_settings;
 mod metrics_promtool;

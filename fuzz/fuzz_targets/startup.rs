@@ -1,0 +1,4 @@
+//! `pgkeel::fuzzing::startup`: see src/fuzzing/ for what it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pgkeel::fuzzing::startup(data));
