@@ -15,9 +15,9 @@ pub mod clients;
 pub mod config;
 pub mod console;
 pub mod dbstats;
-pub mod import;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod import;
 pub mod listener;
 pub mod metrics;
 pub mod notify;

@@ -10,7 +10,9 @@
 //! - Every ```sh block whose commands are all `psql` or `curl` (what a user
 //!   types against a running pgkeel) runs against a pgkeel in front of the
 //!   shared PostgreSQL, with the docs' addresses (127.0.0.1:54320, the
-//!   admin endpoint on 9930, database `app`) rewritten to the test's.
+//!   admin endpoint on 9930, database `app`) rewritten to the test's; the
+//!   migration page's PgBouncer port (6432) goes to a second pgkeel whose
+//!   console answers as `pgbouncer`, as that page configures it.
 //!   Blocks with other commands (the cluster script, cargo, promtool) are
 //!   shown but not run here; their own tests run them.
 
@@ -102,6 +104,38 @@ fn completed(example: &str) -> Result<String, String> {
                     .unwrap(),
             )]),
         );
+    }
+    // Console users the example names but does not define are [[users]]
+    // entries of the file it is a part of.
+    let mut named = Vec::new();
+    if let Some(admin) = doc.get("admin").and_then(|a| a.as_table()) {
+        for key in ["users", "stats_users"] {
+            for n in admin
+                .get(key)
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+            {
+                if let Some(n) = n.as_str() {
+                    named.push(n.to_owned());
+                }
+            }
+        }
+    }
+    let users = doc
+        .get_mut("users")
+        .and_then(|u| u.as_array_mut())
+        .ok_or("`users` is not an array of tables")?;
+    for n in named {
+        let known = users
+            .iter()
+            .any(|u| u.get("name").and_then(|v| v.as_str()) == Some(n.as_str()));
+        if !known {
+            let mut u = toml::Table::new();
+            u.insert("name".into(), n.clone().into());
+            u.insert("password".into(), format!("{n}_password").into());
+            users.push(toml::Value::Table(u));
+        }
     }
     Ok(toml::to_string(&doc).unwrap())
 }
@@ -269,8 +303,15 @@ password = "admin_password"
     let proxy = support::start(&cfg).await;
     let addr = proxy.local_addr();
     let admin = proxy.admin_addr().expect("admin endpoint");
+    // The migration page's pgkeel on PgBouncer's port, with PgBouncer's
+    // console database name, as that page configures it.
+    let bouncer_cfg = cfg.replace("[admin]\n", "[admin]\ndatabase = \"pgbouncer\"\n");
+    let bouncer = support::start(&bouncer_cfg).await;
+    let bouncer_addr = bouncer.local_addr();
     let rewrite = |sh: &str| {
         sh.replace("127.0.0.1:54320/app", &format!("{addr}/appdb"))
+            .replace("-p 6432", &format!("-p {}", bouncer_addr.port()))
+            .replace("127.0.0.1:6432", &bouncer_addr.to_string())
             .replace("127.0.0.1:54320", &addr.to_string())
             .replace("-p 54320", &format!("-p {}", addr.port()))
             .replace("127.0.0.1:9930", &admin.to_string())
