@@ -14,6 +14,7 @@ pub mod classify;
 pub mod clients;
 pub mod config;
 pub mod console;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
@@ -28,6 +29,7 @@ pub mod scrape;
 pub mod session;
 pub mod shared;
 pub mod statements;
+pub mod system;
 pub mod topology;
 
 pub use proxy::{Proxy, ProxyHandle};

@@ -178,6 +178,9 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+    pub const QUERY_CANCELED: &str = "57014";
 }
 
 /// Appends an ErrorResponse.

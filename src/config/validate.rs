@@ -88,6 +88,47 @@ pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError>
             )
         })?)
     };
+    let metrics_addr = if raw.admin.metrics_listen.is_empty() {
+        None
+    } else {
+        Some(raw.admin.metrics_listen.parse().map_err(|_| {
+            err(
+                "admin",
+                0,
+                "metrics_listen",
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:9931\"",
+                    raw.admin.metrics_listen
+                ),
+            )
+        })?)
+    };
+    let admin_token = match (&raw.admin.http_token, &raw.admin.http_token_file) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "admin",
+                0,
+                "http_token_file",
+                "give http_token or http_token_file, not both".into(),
+            ))
+        }
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(path)) => Some(crate::auth::Redacted::new(
+            read_secret_file(path).map_err(|m| err("admin", 0, "http_token_file", m))?,
+        )),
+        (None, None) => None,
+    };
+    if admin_token.as_ref().is_some_and(|t| t.matches(b"")) {
+        return Err(err("admin", 0, "http_token", "must not be empty".into()));
+    }
+    if raw.admin.max_http_connections == 0 {
+        return Err(err(
+            "admin",
+            0,
+            "max_http_connections",
+            "must be at least 1".into(),
+        ));
+    }
     if p.pool_size == 0 {
         return Err(err("proxy", 0, "pool_size", "must be at least 1".into()));
     }
@@ -260,7 +301,8 @@ pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError>
                 format!("user {:?} is defined twice", u.name),
             ));
         }
-        let secret = Secret::parse(&u.password).map_err(|m| err("users", i, "password", m))?;
+        let (key, text) = password_text(u).map_err(|(k, m)| err("users", i, k, m))?;
+        let secret = Secret::parse(&text).map_err(|m| err("users", i, key, m))?;
         if p.auth_method == AuthMethod::Md5 && matches!(secret, Secret::Scram(_)) {
             return Err(err("users", i, "password", "a SCRAM verifier cannot check md5 logins; give the plain password or an md5 hash, or use auth_method = \"scram-sha-256\"".into()));
         }
@@ -393,7 +435,39 @@ pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError>
         query_rules: raw.query_rules,
         listen_addr,
         admin_addr,
+        metrics_addr,
+        admin_token,
     })
+}
+
+/// A user's password text, from the one of `password`, `password_env` and
+/// `password_file` that is set; the key it came from, for messages.
+fn password_text(u: &super::UserConfig) -> Result<(&'static str, String), (&'static str, String)> {
+    match (&u.password, &u.password_env, &u.password_file) {
+        (Some(p), None, None) => Ok(("password", p.clone())),
+        (None, Some(var), None) => std::env::var(var)
+            .map(|v| ("password_env", v))
+            .map_err(|_| {
+                (
+                    "password_env",
+                    format!("environment variable {var:?} is not set (or not UTF-8)"),
+                )
+            }),
+        (None, None, Some(path)) => read_secret_file(path)
+            .map(|v| ("password_file", v))
+            .map_err(|m| ("password_file", m)),
+        _ => Err((
+            "password",
+            "give exactly one of password, password_env and password_file".into(),
+        )),
+    }
+}
+
+/// A secret kept in a file: its text without the trailing newline.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+        .map_err(|e| format!("cannot read {path:?}: {e}"))
 }
 
 #[cfg(test)]
