@@ -63,6 +63,7 @@ impl Shared {
             connect_timeout: cfg.proxy.connect_timeout.0,
             idle_timeout: cfg.proxy.server_idle_timeout.0,
             lifetime: cfg.proxy.server_lifetime.0,
+            keepalive: crate::system::keepalive_settings(&cfg.proxy),
         }
     }
 
