@@ -35,6 +35,7 @@ mod differential;
 mod drivers;
 mod failover;
 mod harness_smoke;
+mod hostile_limits;
 mod isolation;
 mod isolation_settings;
 mod metrics_promtool;
