@@ -75,7 +75,7 @@ pub fn raise_open_files(needed: u64) -> Option<u64> {
             tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-file limit");
         }
     }
-    let soft = lim.rlim_cur as u64;
+    let soft: u64 = lim.rlim_cur;
     if soft < needed {
         tracing::warn!(
             limit = soft,
@@ -106,7 +106,7 @@ mod tests {
             rlim_max: 0,
         };
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-        assert_eq!((soft, lim.rlim_cur), (lim.rlim_max as u64, lim.rlim_max));
+        assert_eq!((soft, lim.rlim_cur), (lim.rlim_max, lim.rlim_max));
     }
 
     #[test]
