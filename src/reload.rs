@@ -78,10 +78,11 @@ pub fn loaded_at_start(shared: &Shared, path: &Path) {
 
 /// Keys (and tables) that keep their running value until a restart: the
 /// ones `apply` keeps. SHOW CONFIG calls them not changeable.
-pub const RESTART_ONLY: [&str; 9] = [
+pub const RESTART_ONLY: [&str; 10] = [
     "proxy.listen",
     "listeners",
     "admin.listen",
+    "admin.metrics_listen",
     "proxy.max_client_connections",
     // The subscriber is built once; `log.log_queries` is read per transaction.
     "log.level",
@@ -119,6 +120,8 @@ pub fn apply(shared: &Shared, mut new: Config) -> Vec<String> {
     keep!("listeners", listeners);
     keep!("admin.listen", admin.listen);
     keep!("admin.listen", admin_addr);
+    keep!("admin.metrics_listen", admin.metrics_listen);
+    keep!("admin.metrics_listen", metrics_addr);
     keep!("proxy.max_client_connections", proxy.max_client_connections);
     keep!("log.level", log.level);
     keep!("log.format", log.format);

@@ -111,6 +111,8 @@ struct Session {
     pin_on: Vec<PinFeature>,
     /// `[log] log_queries` as of the last config this session saw.
     log_queries: bool,
+    /// The idle and query timeouts as of the last config this session saw.
+    timeouts: timers::Timeouts,
     shutdown: watch::Receiver<bool>,
     /// This client in `Shared::clients` (state for the admin console, KILL).
     registered: Registered,
@@ -185,6 +187,7 @@ impl Session {
             pinned: None,
             pin_on: Vec::new(),
             log_queries: false,
+            timeouts: timers::Timeouts::default(),
             shutdown,
             registered,
         }
@@ -197,6 +200,7 @@ impl Session {
         self.prepared.cap = cfg.proxy.prepared_statements_cache_size as usize;
         self.pin_on.clone_from(&cfg.proxy.pin_on);
         self.log_queries = cfg.log.log_queries;
+        self.timeouts = timers::Timeouts::from_config(&cfg.proxy);
     }
 
     /// Session state lives on the server connection (session mode, or a
@@ -228,7 +232,7 @@ impl Session {
             max_message_size: cfg.proxy.max_message_size.0 as usize,
             role: 0,
             counters: relay::Counters::new(&self.shared.metrics),
-            timeouts: timers::Timeouts::from_config(&cfg.proxy),
+            timeouts: timers::Timeouts::default(),
             cancel_key: None,
         };
         self.adopt_config();
@@ -237,7 +241,7 @@ impl Session {
                 self.registered.info.set_state(ClientState::Idle);
                 let idle =
                     timers::detached_wait(self.deferred_begin.is_some() || self.deferred_aborted);
-                let idle = opts.timeouts.of(idle).map(|d| (idle, d));
+                let idle = self.timeouts.of(idle).map(|d| (idle, d));
                 let typ = match self.next_message(opts.max_message_size, idle).await {
                     Ok(Some(t)) => t,
                     Ok(None) => return "client closed the connection",
@@ -321,6 +325,7 @@ impl Session {
             opts.release_on_idle = mode == PoolMode::Transaction && self.pinned.is_none();
             opts.role = usize::from(!self.on_primary);
             opts.cancel_key = Some(server.key.clone());
+            opts.timeouts = self.timeouts;
             let track = (mode == PoolMode::Transaction).then_some(Track {
                 prepared: &mut self.prepared,
                 conn: &mut server.statements,
