@@ -703,3 +703,52 @@ port = {}
         assert!(!logged.contains(secret), "the log shows a secret");
     }
 }
+
+/// The kernel's timer for a TCP socket (`/proc/net/tcp`'s `tr`: 2 is the
+/// keepalive timer) by its local and remote ports.
+fn tcp_timer(local_port: u16, remote_port: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+        (port(f[1])? == local_port && port(f[2])? == remote_port)
+            .then(|| u8::from_str_radix(f[5].split(':').next()?, 16).ok())
+            .flatten()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_keepalive_on_client_and_server_sockets() {
+    for (keepalive, timer) in [(true, 2), (false, 0)] {
+        let proxy = format!("pool_mode = \"session\"\ntcp_keepalive = {keepalive}");
+        let p = start(&config(pg_port(), &proxy, "")).await;
+        let c = app(p.local_addr()).await;
+        // Session mode: this server connection stays the client's.
+        let server_port: u16 = one_row(&c, "SELECT inet_client_port()")
+            .await
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            wait_until(WAIT, || async {
+                tcp_timer(server_port, pg_port()) == Some(timer)
+            })
+            .await,
+            "keepalive {keepalive}: server socket timer {:?}",
+            tcp_timer(server_port, pg_port())
+        );
+        // The client's socket, as pgkeel accepted it.
+        let client = TcpStream::connect(p.local_addr()).await.unwrap();
+        let port = client.local_addr().unwrap().port();
+        assert!(
+            wait_until(WAIT, || async {
+                tcp_timer(p.local_addr().port(), port) == Some(timer)
+            })
+            .await,
+            "keepalive {keepalive}: client socket timer {:?}",
+            tcp_timer(p.local_addr().port(), port)
+        );
+        drop((c, client));
+        p.shutdown().await;
+    }
+}
