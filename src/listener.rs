@@ -89,7 +89,8 @@ async fn serve_connection(
                 shared.metrics.auth_failure_delayed.inc();
                 tokio::time::sleep(delay).await;
                 shared.metrics.auth_failure_delayed.dec();
-                deadline = deadline.max(Instant::now()) + delay;
+                // Past the login deadline now: one write that does not wait.
+                deadline = deadline.min(Instant::now());
             }
             (refusal.sqlstate().to_owned(), refusal.encode().to_vec())
         }
@@ -245,5 +246,23 @@ pub async fn run(
             "shutdown_timeout reached; closing remaining sessions"
         );
         sessions.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that never reads cannot hold a write past its deadline, even
+    /// one far larger than the socket buffers.
+    #[tokio::test]
+    async fn writes_to_a_peer_that_never_reads_end_at_the_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut ours, _) = l.accept().await.unwrap();
+        let big = vec![0u8; 64 << 20];
+        write_before(&mut ours, &big, Instant::now() + Duration::from_millis(200)).await;
+        // Past the deadline: one attempt, no wait.
+        write_before(&mut ours, &big, Instant::now()).await;
     }
 }

@@ -223,6 +223,7 @@ pub async fn pump(
                         // query and answers 57014; the stream goes on.
                         if let Some(key) = opts.cancel_key.clone() {
                             counters.query_timeouts.inc();
+                            tracing::info!(server = %key.addr, timeout = ?opts.timeouts.query, "query_timeout reached: cancelling the request on its server");
                             tokio::spawn(async move {
                                 if let Err(e) = crate::backend::send_cancel(&key).await {
                                     tracing::warn!(error = %e, server = %key.addr, "cannot cancel a query past query_timeout");
