@@ -109,7 +109,8 @@ pub fn apply(shared: &Shared, mut new: Config) -> Vec<String> {
     let mut pending = Vec::new();
     macro_rules! keep {
         ($name:expr, $($field:tt)+) => {
-            if format!("{:?}", new.$($field)+) != format!("{:?}", old.$($field)+) {
+            // Compared in their serde form: Debug output hides passwords.
+            if serde_json::to_value(&new.$($field)+).ok() != serde_json::to_value(&old.$($field)+).ok() {
                 pending.push($name.to_string());
                 new.$($field)+ = old.$($field)+.clone();
             }

@@ -280,7 +280,7 @@ impl Default for LogConfig {
 }
 
 /// Credentials and cadence of pgkeel's own health checks (`pg_is_in_recovery()`).
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Defaults to the first `[[users]]` entry's server user and password.
@@ -376,7 +376,7 @@ fn notify_timeout() -> Dur {
 }
 
 /// Follow a Patroni cluster through etcd (v3 API) instead of `[[servers]]`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EtcdConfig {
     pub endpoints: Vec<String>,
@@ -399,6 +399,32 @@ impl Default for EtcdConfig {
             password: None,
             dial_timeout: d(2),
         }
+    }
+}
+
+// Never print passwords, not even in debug output.
+impl fmt::Debug for HealthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthConfig")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.database)
+            .field("interval", &self.interval)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("namespace", &self.namespace)
+            .field("scope", &self.scope)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dial_timeout", &self.dial_timeout)
+            .finish()
     }
 }
 

@@ -579,4 +579,57 @@ mod tests {
         let e = Config::from_toml_str(&src).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("users[0].password"));
     }
+
+    #[test]
+    fn passwords_come_from_exactly_one_of_text_env_and_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"from-file\n").unwrap();
+        let src = format!(
+            "[[users]]\nname = \"a\"\npassword_file = \"{}\"\n[[servers]]\nhost = \"h\"\n",
+            file.path().display()
+        );
+        let c = Config::from_toml_str(&src).unwrap();
+        assert_eq!(c.users[0].secret.plain(), Some("from-file"));
+        // PATH is set in any test environment; its value is the password.
+        let path = std::env::var("PATH").unwrap();
+        let src = "[[users]]\nname = \"a\"\npassword_env = \"PATH\"\n[[servers]]\nhost = \"h\"\n";
+        let c = Config::from_toml_str(src).unwrap();
+        assert_eq!(c.users[0].secret.plain(), Some(path.as_str()));
+        for (users, key) in [
+            (
+                "password_env = \"PGKEEL_NO_SUCH_VARIABLE_X\"",
+                "users[0].password_env",
+            ),
+            (
+                "password_file = \"/nonexistent/pgkeel\"",
+                "users[0].password_file",
+            ),
+            (
+                "password = \"a\"\npassword_env = \"PATH\"",
+                "users[0].password",
+            ),
+            ("pool_size = 3", "users[0].password"),
+        ] {
+            let src = format!("[[users]]\nname = \"a\"\n{users}\n[[servers]]\nhost = \"h\"\n");
+            let e = Config::from_toml_str(&src).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{users}: {e}");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let src = "[admin]\nhttp_token = \"tok-secret-1\"\n[health]\nuser = \"u\"\npassword = \"health-secret-2\"\n[etcd]\nscope = \"s\"\nusername = \"e\"\npassword = \"etcd-secret-3\"\n[[users]]\nname = \"a\"\npassword = \"user-secret-4\"\nserver_password = \"server-secret-5\"\n";
+        let c = Config::from_toml_str(src).unwrap();
+        let shown = format!("{c:?}");
+        for secret in [
+            "tok-secret",
+            "health-secret",
+            "etcd-secret",
+            "user-secret",
+            "server-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(c.admin_token.unwrap().matches(b"tok-secret-1"));
+    }
 }
