@@ -18,6 +18,7 @@ pub mod dbstats;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod import;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
@@ -33,6 +34,7 @@ pub mod session;
 pub mod shared;
 pub mod statements;
 pub mod stats_page;
+pub mod system;
 pub mod topology;
 
 pub use proxy::{Proxy, ProxyHandle};

@@ -1,8 +1,10 @@
-//! Accepts client connections and spawns a session for each; enforces
-//! `max_client_connections` across all listeners; on shutdown stops
-//! accepting and lets sessions finish up to `shutdown_timeout`, then aborts
-//! what is left. Each listener has a route: the main one splits reads from
-//! writes, `[[listeners]]` may pin everything to the primary or replicas.
+//! Accepts client connections and spawns a session for each; admits them
+//! through the login budget (`max_login_connections`,
+//! `max_logins_per_address`: `limits.rs`) before their handshake; on
+//! shutdown stops accepting and lets sessions finish up to
+//! `shutdown_timeout`, then aborts what is left. Each listener has a route:
+//! the main one splits reads from writes, `[[listeners]]` may pin
+//! everything to the primary or replicas.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,58 +13,102 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::config::ListenerRoute;
 use crate::console;
+use crate::limits::{Limit, LoginCaps, LoginPermit};
 use crate::protocol::{self, sqlstate, Severity};
 use crate::session::{self, startup, startup::Handshake};
 use crate::shared::Shared;
 
 type Accepted = (TcpStream, SocketAddr, ListenerRoute);
 
+/// How long a failed accept (EMFILE, ENFILE, ENOBUFS) waits before the next
+/// try: the error repeats at once otherwise, and the loop would spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Writes what a peer not yet logged in is owed, but never past `deadline`:
+/// a peer that does not read must not keep its slot. Past the deadline,
+/// one attempt that does not wait (a FATAL fits in the socket buffer of
+/// any peer that reads at all).
+pub async fn write_before(stream: &mut TcpStream, bytes: &[u8], deadline: Instant) {
+    if Instant::now() < deadline {
+        let _ = tokio::time::timeout_at(deadline, stream.write_all(bytes)).await;
+    } else {
+        let _ = stream.try_write(bytes);
+    }
+}
+
 /// One accepted connection: its handshake (bounded by
-/// `client_login_timeout`), then a session, or the admin console for an
-/// admin login.
+/// `client_login_timeout`, every write included), then a session, or the
+/// admin console for an admin login. `login` is its place in the login
+/// budget, given back once it is logged in or refused.
 async fn serve_connection(
     shared: Arc<Shared>,
     mut stream: TcpStream,
     peer: SocketAddr,
     route: ListenerRoute,
+    login: InLogin,
 ) {
     let _ = stream.set_nodelay(true);
     let cfg = shared.config.load_full();
-    let login = tokio::time::timeout(
-        cfg.proxy.client_login_timeout.0,
-        startup::handshake(&shared, &cfg, &mut stream),
-    )
-    .await;
-    let refusal = match login {
+    crate::system::set_keepalive(
+        &stream,
+        crate::system::keepalive_settings(&cfg.proxy).as_ref(),
+    );
+    let mut deadline = Instant::now() + cfg.proxy.client_login_timeout.0;
+    let handshake =
+        tokio::time::timeout_at(deadline, startup::handshake(&shared, &cfg, &mut stream)).await;
+    let refusal = match handshake {
         Ok(Ok(Handshake::Login(l))) => {
-            return session::serve(shared, stream, peer, *l, route).await
+            drop(login);
+            return session::serve(shared, stream, peer, *l, route).await;
         }
         Ok(Ok(Handshake::Admin(a))) => {
+            drop(login);
             tracing::info!(%peer, user = %a.user.name, "admin console connected");
             console::serve(shared, stream, peer, route, *a).await;
             tracing::info!(%peer, "admin console disconnected");
             return;
         }
-        Ok(Ok(Handshake::Done)) => return,
+        Ok(Ok(Handshake::Done)) => {
+            drop(login);
+            return;
+        }
         Ok(Err(refusal)) => {
             tracing::info!(%peer, sqlstate = refusal.sqlstate(), reason = refusal.message(), "login refused");
+            let delay = cfg.proxy.auth_failure_delay.0;
+            if refusal.sqlstate() == sqlstate::INVALID_PASSWORD && !delay.is_zero() {
+                // auth_delay, as PostgreSQL's extension: this connection
+                // waits, holding its place in the login budget (so one
+                // address gets at most max_logins_per_address guesses per
+                // delay), and no lock.
+                shared.metrics.auth_failure_delayed.inc();
+                tokio::time::sleep(delay).await;
+                shared.metrics.auth_failure_delayed.dec();
+                // Past the login deadline now: one write that does not wait.
+                deadline = deadline.min(Instant::now());
+            }
             (refusal.sqlstate().to_owned(), refusal.encode().to_vec())
         }
         Err(_) => {
             tracing::info!(%peer, "login timed out (client_login_timeout)");
+            shared
+                .metrics
+                .limit_refusals_total
+                .with_label_values(&[Limit::LoginTimeout.setting()])
+                .inc();
             let mut out = BytesMut::new();
             protocol::put_error(
                 &mut out,
                 Severity::Fatal,
-                sqlstate::PROTOCOL_VIOLATION,
-                "canceling authentication due to timeout (client_login_timeout)",
+                Limit::LoginTimeout.sqlstate(),
+                &Limit::LoginTimeout.message("", ""),
             );
-            (sqlstate::PROTOCOL_VIOLATION.to_owned(), out.to_vec())
+            (Limit::LoginTimeout.sqlstate().to_owned(), out.to_vec())
         }
     };
     shared
@@ -70,7 +116,31 @@ async fn serve_connection(
         .client_login_failures_total
         .with_label_values(&[&refusal.0])
         .inc();
-    let _ = stream.write_all(&refusal.1).await;
+    write_before(&mut stream, &refusal.1, deadline).await;
+    drop(login);
+}
+
+/// A connection's place in the login budget and in the
+/// `pgkeel_login_connections` gauge, both given back on drop.
+struct InLogin {
+    _permit: LoginPermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl InLogin {
+    fn new(permit: LoginPermit, gauge: &prometheus::IntGauge) -> InLogin {
+        gauge.inc();
+        InLogin {
+            _permit: permit,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for InLogin {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// Accepts on one listener until the channel closes.
@@ -86,7 +156,7 @@ async fn accept(listener: TcpListener, route: ListenerRoute, to: mpsc::Sender<Ac
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
             _ = to.closed() => return,
@@ -94,13 +164,32 @@ async fn accept(listener: TcpListener, route: ListenerRoute, to: mpsc::Sender<Ac
     }
 }
 
+/// Refuses a connection the login budget has no room for: one FATAL, not
+/// waited for, then close.
+fn refuse_at_accept(shared: &Shared, stream: TcpStream, peer: SocketAddr, limit: Limit) {
+    tracing::warn!(%peer, limit = limit.setting(), "client refused at accept");
+    let m = &shared.metrics;
+    m.limit_refusals_total
+        .with_label_values(&[limit.setting()])
+        .inc();
+    m.client_login_failures_total
+        .with_label_values(&[limit.sqlstate()])
+        .inc();
+    let mut out = BytesMut::new();
+    protocol::put_error(
+        &mut out,
+        Severity::Fatal,
+        limit.sqlstate(),
+        &limit.message("", ""),
+    );
+    let _ = stream.try_write(&out);
+}
+
 pub async fn run(
     shared: Arc<Shared>,
     listeners: Vec<(TcpListener, ListenerRoute)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let max_clients = shared.config.load().proxy.max_client_connections as usize;
-    let slots = Arc::new(Semaphore::new(max_clients));
     let mut sessions = JoinSet::new();
     let (tx, mut accepted) = mpsc::channel::<Accepted>(64);
     let acceptors: Vec<_> = listeners
@@ -111,24 +200,24 @@ pub async fn run(
     loop {
         tokio::select! {
             r = accepted.recv() => {
-                let Some((mut stream, peer, route)) = r else { break };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, max_clients, "client refused: max_client_connections reached");
-                    shared.metrics.client_login_failures_total.with_label_values(&[sqlstate::TOO_MANY_CONNECTIONS]).inc();
-                    tokio::spawn(async move {
-                        let mut out = BytesMut::new();
-                        protocol::put_error(&mut out, Severity::Fatal, sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already (max_client_connections)");
-                        let _ = stream.write_all(&out).await;
-                    });
-                    continue;
+                let Some((stream, peer, route)) = r else { break };
+                let caps = {
+                    let p = &shared.config.load().proxy;
+                    LoginCaps { total: p.max_login_connections, per_address: p.max_logins_per_address }
+                };
+                let login = match shared.limits.login(peer.ip(), caps) {
+                    Ok(l) => InLogin::new(l, &shared.metrics.login_connections),
+                    Err(limit) => {
+                        refuse_at_accept(&shared, stream, peer, limit);
+                        continue;
+                    }
                 };
                 let shared = shared.clone();
                 shared.metrics.client_connections_total.inc();
                 shared.metrics.clients_connected.inc();
                 sessions.spawn(async move {
-                    serve_connection(shared.clone(), stream, peer, route).await;
+                    serve_connection(shared.clone(), stream, peer, route, login).await;
                     shared.metrics.clients_connected.dec();
-                    drop(slot);
                 });
             }
             // Reap finished sessions so the set does not grow.
@@ -157,5 +246,23 @@ pub async fn run(
             "shutdown_timeout reached; closing remaining sessions"
         );
         sessions.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that never reads cannot hold a write past its deadline, even
+    /// one far larger than the socket buffers.
+    #[tokio::test]
+    async fn writes_to_a_peer_that_never_reads_end_at_the_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut ours, _) = l.accept().await.unwrap();
+        let big = vec![0u8; 64 << 20];
+        write_before(&mut ours, &big, Instant::now() + Duration::from_millis(200)).await;
+        // Past the deadline: one attempt, no wait.
+        write_before(&mut ours, &big, Instant::now()).await;
     }
 }

@@ -81,6 +81,14 @@ pub struct Metrics {
     /// 0 after a reload found the file invalid, until a valid one is loaded.
     pub config_last_reload_successful: IntGauge,
     pub build_info: IntGaugeVec,
+    /// Connections refused or ended by a limit or timeout, by the setting's name.
+    pub limit_refusals_total: IntCounterVec,
+    /// Connections still logging in (the `max_login_connections` budget in use).
+    pub login_connections: IntGauge,
+    /// Failed logins waiting out `auth_failure_delay` now.
+    pub auth_failure_delayed: IntGauge,
+    /// Admin HTTP requests refused for a missing or wrong token.
+    pub http_unauthorized_total: IntCounter,
 }
 
 /// `route` labels of `pgkeel_routed_total`, in `config::Route` order.
@@ -465,6 +473,29 @@ impl Metrics {
                 &["version"],
             )
             .unwrap(),
+            limit_refusals_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_limit_refusals_total",
+                    "Connections refused or ended by a limit or timeout, by setting",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            login_connections: IntGauge::new(
+                "pgkeel_login_connections",
+                "Connections still logging in (startup and authentication)",
+            )
+            .unwrap(),
+            auth_failure_delayed: IntGauge::new(
+                "pgkeel_auth_failure_delayed",
+                "Failed logins waiting out auth_failure_delay",
+            )
+            .unwrap(),
+            http_unauthorized_total: IntCounter::new(
+                "pgkeel_http_unauthorized_total",
+                "Admin HTTP requests refused for a missing or wrong bearer token",
+            )
+            .unwrap(),
             registry,
         };
         let mut m = m;
@@ -515,6 +546,16 @@ impl Metrics {
         }
         r.register(Box::new(m.server_errors_total.clone())).unwrap();
         r.register(Box::new(m.build_info.clone())).unwrap();
+        r.register(Box::new(m.limit_refusals_total.clone()))
+            .unwrap();
+        r.register(Box::new(m.login_connections.clone())).unwrap();
+        r.register(Box::new(m.auth_failure_delayed.clone()))
+            .unwrap();
+        r.register(Box::new(m.http_unauthorized_total.clone()))
+            .unwrap();
+        for l in crate::limits::Limit::ALL {
+            m.limit_refusals_total.with_label_values(&[l.setting()]);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

@@ -39,6 +39,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub lifetime: Duration,
+    /// TCP keepalive for new server connections (`[proxy] tcp_keepalive`).
+    pub keepalive: Option<socket2::TcpKeepalive>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -367,6 +369,7 @@ impl Pool {
         .await
         {
             Ok(conn) => {
+                crate::system::set_keepalive(&conn.stream, s.keepalive.as_ref());
                 self.stats.total_connections.fetch_add(1, Ordering::Relaxed);
                 self.metrics.server_connections.inc();
                 if self.welcome.load().is_none() {

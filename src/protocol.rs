@@ -179,6 +179,9 @@ pub mod sqlstate {
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+    pub const QUERY_CANCELED: &str = "57014";
 }
 
 /// Appends an ErrorResponse.

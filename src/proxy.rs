@@ -27,6 +27,8 @@ pub struct ProxyHandle {
     /// `[[listeners]]`, bound (port 0 becomes a real port).
     extra_addrs: Vec<(SocketAddr, ListenerRoute)>,
     admin_addr: Option<SocketAddr>,
+    /// `[admin] metrics_listen`, bound.
+    metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
     /// Registration in the fleet (etcd mode): awaited at shutdown, so the
@@ -39,6 +41,13 @@ impl Proxy {
     /// Binds the listeners, starts health checks (waiting for the first
     /// round, so roles are known), and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
+        let pool_slots: u64 = config
+            .users
+            .iter()
+            .map(|u| u64::from(u.pool_size))
+            .sum::<u64>()
+            * config.servers.len().max(3) as u64;
+        crate::system::raise_open_files(crate::system::files_needed(&config.proxy, pool_slots));
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr))?;
@@ -61,6 +70,18 @@ impl Proxy {
             None => None,
         };
         let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+        let metrics_listener = match config.metrics_addr {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {a} (metrics): {e}"))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let metrics = Metrics::new();
         let topology = TopologyHandle::new();
@@ -107,6 +128,8 @@ impl Proxy {
             db_stats: Default::default(),
             disabled: Default::default(),
             stop_requested: Default::default(),
+            limits: Arc::default(),
+            mock_key: Default::default(),
         });
         shared
             .metrics
@@ -116,7 +139,22 @@ impl Proxy {
             )))
             .expect("scrape collector registers once");
         if let Some(l) = admin {
-            tokio::spawn(crate::admin::run(shared.clone(), l, shutdown_rx.clone()));
+            let ep = crate::admin::Endpoints::All;
+            tokio::spawn(crate::admin::run(
+                shared.clone(),
+                l,
+                ep,
+                shutdown_rx.clone(),
+            ));
+        }
+        if let Some(l) = metrics_listener {
+            let ep = crate::admin::Endpoints::MetricsOnly;
+            tokio::spawn(crate::admin::run(
+                shared.clone(),
+                l,
+                ep,
+                shutdown_rx.clone(),
+            ));
         }
         tokio::spawn(maintain_pools(shared.clone(), shutdown_rx.clone()));
         let fleet = fleet_settings.map(|s| {
@@ -133,6 +171,7 @@ impl Proxy {
             local_addr,
             extra_addrs,
             admin_addr,
+            metrics_addr,
             shutdown: shutdown_tx,
             listener,
             fleet,
@@ -176,6 +215,11 @@ impl ProxyHandle {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The `[admin] metrics_listen` address, bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

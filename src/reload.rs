@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, ConfigError};
@@ -33,8 +32,8 @@ pub fn reload_file(shared: &Shared, path: &Path) -> Result<Vec<String>, ConfigEr
         line: None,
         message: format!("cannot read {}: {e}", path.display()),
     });
-    let parsed = text.and_then(|t| Config::from_toml_str(&t).map(|c| (c, t)));
-    let (new, text) = match parsed {
+    let parsed = text.and_then(|t| Config::from_toml_str(&t));
+    let new = match parsed {
         Ok(x) => x,
         Err(e) => {
             shared
@@ -54,7 +53,6 @@ pub fn reload_file(shared: &Shared, path: &Path) -> Result<Vec<String>, ConfigEr
     let mut info = (**shared.config_info.load()).clone();
     info.version += 1;
     info.path = Some(path.display().to_string());
-    info.sha256 = Some(hex(&Sha256::digest(text.as_bytes())));
     info.loaded_at = now();
     info.last_error = None;
     info.pending_restart = pending.clone();
@@ -68,17 +66,11 @@ pub fn reload_file(shared: &Shared, path: &Path) -> Result<Vec<String>, ConfigEr
     Ok(pending)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Records the file loaded at start, for /status.
 pub fn loaded_at_start(shared: &Shared, path: &Path) {
-    let sha = std::fs::read(path).ok().map(|b| hex(&Sha256::digest(&b)));
     shared.config_info.store(Arc::new(ConfigInfo {
         version: 1,
         path: Some(path.display().to_string()),
-        sha256: sha,
         loaded_at: now(),
         ..ConfigInfo::default()
     }));
@@ -86,10 +78,11 @@ pub fn loaded_at_start(shared: &Shared, path: &Path) {
 
 /// Keys (and tables) that keep their running value until a restart: the
 /// ones `apply` keeps. SHOW CONFIG calls them not changeable.
-pub const RESTART_ONLY: [&str; 9] = [
+pub const RESTART_ONLY: [&str; 10] = [
     "proxy.listen",
     "listeners",
     "admin.listen",
+    "admin.metrics_listen",
     "proxy.max_client_connections",
     // The subscriber is built once; `log.log_queries` is read per transaction.
     "log.level",
@@ -116,7 +109,8 @@ pub fn apply(shared: &Shared, mut new: Config) -> Vec<String> {
     let mut pending = Vec::new();
     macro_rules! keep {
         ($name:expr, $($field:tt)+) => {
-            if format!("{:?}", new.$($field)+) != format!("{:?}", old.$($field)+) {
+            // Compared in their serde form: Debug output hides passwords.
+            if serde_json::to_value(&new.$($field)+).ok() != serde_json::to_value(&old.$($field)+).ok() {
                 pending.push($name.to_string());
                 new.$($field)+ = old.$($field)+.clone();
             }
@@ -127,6 +121,8 @@ pub fn apply(shared: &Shared, mut new: Config) -> Vec<String> {
     keep!("listeners", listeners);
     keep!("admin.listen", admin.listen);
     keep!("admin.listen", admin_addr);
+    keep!("admin.metrics_listen", admin.metrics_listen);
+    keep!("admin.metrics_listen", metrics_addr);
     keep!("proxy.max_client_connections", proxy.max_client_connections);
     keep!("log.level", log.level);
     keep!("log.format", log.format);

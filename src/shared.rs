@@ -29,7 +29,8 @@ pub struct Shared {
     pub router: ArcSwap<crate::router::Router>,
     /// Bumped by every reload, so sessions notice cheaply.
     pub config_version: std::sync::atomic::AtomicU64,
-    /// Version, file hash and last reload error, for /status.
+    /// Version, reload time and last reload error, for /status (no hash of
+    /// the file: it may hold passwords, and a hash is a guessing oracle).
     pub config_info: ArcSwap<ConfigInfo>,
     /// Connected clients (SHOW CLIENTS, KILL).
     pub clients: Arc<crate::clients::ClientRegistry>,
@@ -48,6 +49,10 @@ pub struct Shared {
     pub disabled: crate::clients::Disabled,
     /// The console's SHUTDOWN asks whoever runs the proxy to stop it.
     pub stop_requested: tokio::sync::Notify,
+    /// Logins in flight and logged-in clients, for the connection limits.
+    pub limits: Arc<crate::limits::Limits>,
+    /// The secret unknown roles' mock SCRAM exchanges are derived from.
+    pub mock_key: crate::auth::mock::MockKey,
 }
 
 impl Shared {
@@ -66,6 +71,7 @@ impl Shared {
             connect_timeout: cfg.proxy.connect_timeout.0,
             idle_timeout: cfg.proxy.server_idle_timeout.0,
             lifetime: cfg.proxy.server_lifetime.0,
+            keepalive: crate::system::keepalive_settings(&cfg.proxy),
         }
     }
 
@@ -117,8 +123,6 @@ pub struct ConfigInfo {
     /// Bumped by every successful reload (1 at start).
     pub version: u64,
     pub path: Option<String>,
-    /// SHA-256 of the file last loaded.
-    pub sha256: Option<String>,
     /// Seconds since the Unix epoch.
     pub loaded_at: f64,
     pub last_error: Option<String>,

@@ -2,6 +2,7 @@
 //! a server (to clients) and as a client (to PostgreSQL).
 
 pub mod md5;
+pub mod mock;
 pub mod scram;
 
 use std::fmt;
@@ -57,6 +58,35 @@ impl Secret {
             Secret::Plain(_, v) | Secret::Scram(v) => Some(v),
             Secret::Md5(_) => None,
         }
+    }
+}
+
+/// A secret string from the config (a token): compared in constant time,
+/// never printed, never serialized back.
+#[derive(Clone, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(String);
+
+impl Redacted {
+    pub fn new(s: String) -> Redacted {
+        Redacted(s)
+    }
+
+    /// Whether `given` is this secret, in constant time.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        ct_eq(self.0.as_bytes(), given)
+    }
+}
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl serde::Serialize for Redacted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
     }
 }
 

@@ -148,6 +148,36 @@ pub struct ProxyConfig {
     /// Session features that pin a transaction-mode client to its server
     /// connection for the rest of its session; the others are refused.
     pub pin_on: Vec<PinFeature>,
+
+    // Limits and timeouts (README "Limits and timeouts"). A 0 turns a
+    // timeout or a cap off.
+    /// Connections still logging in (startup and authentication), across
+    /// all listeners; more are closed at accept. Apart from
+    /// `max_client_connections`, so unauthenticated peers cannot fill it.
+    pub max_login_connections: u32,
+    /// Connections still logging in from one source address.
+    pub max_logins_per_address: u32,
+    /// Logged-in clients per `[[users]]` name (53300 beyond it).
+    pub max_user_connections: u32,
+    /// Logged-in clients per database (53300 beyond it).
+    pub max_db_connections: u32,
+    /// Admin console logins allowed beyond `max_client_connections`.
+    pub admin_reserved_connections: u32,
+    /// A client idle outside a transaction this long is closed (57P05).
+    pub client_idle_timeout: Dur,
+    /// A client idle inside a transaction this long is closed (25P03), its
+    /// server connection closed rather than returned to the pool.
+    pub idle_transaction_timeout: Dur,
+    /// A request running this long is cancelled on the server (57014).
+    pub query_timeout: Dur,
+    /// A failed password is answered only after this delay (per
+    /// connection; no shared lock is held while waiting).
+    pub auth_failure_delay: Dur,
+    /// TCP keepalive on client and server sockets.
+    pub tcp_keepalive: bool,
+    pub tcp_keepalive_idle: Dur,
+    pub tcp_keepalive_interval: Dur,
+    pub tcp_keepalive_count: u32,
 }
 
 impl Default for ProxyConfig {
@@ -170,6 +200,19 @@ impl Default for ProxyConfig {
             prepared_statements: true,
             prepared_statements_cache_size: 500,
             pin_on: PinFeature::ALL.to_vec(),
+            max_login_connections: 1000,
+            max_logins_per_address: 100,
+            max_user_connections: 0,
+            max_db_connections: 0,
+            admin_reserved_connections: 3,
+            client_idle_timeout: d(0),
+            idle_transaction_timeout: d(0),
+            query_timeout: d(0),
+            auth_failure_delay: d(0),
+            tcp_keepalive: true,
+            tcp_keepalive_idle: d(60),
+            tcp_keepalive_interval: d(10),
+            tcp_keepalive_count: 6,
         }
     }
 }
@@ -187,6 +230,21 @@ pub struct AdminConfig {
     /// `[[users]]` names allowed in the admin console read-only (PgBouncer's
     /// `stats_users`): SHOW works, commands that change anything get 42501.
     pub stats_users: Vec<String>,
+
+    // Admin HTTP hardening (README "Admin endpoints").
+    /// Bearer token required for /status and /metrics (`Authorization:
+    /// Bearer <token>`); /health and /ready stay open. Unset: no token.
+    pub http_token: Option<crate::auth::Redacted>,
+    /// A file holding the token (trailing newline ignored), instead of `http_token`.
+    pub http_token_file: Option<String>,
+    /// Serve /metrics without the token (for a Prometheus without credentials).
+    pub metrics_open: bool,
+    /// A second HTTP address serving only /metrics, without the token; "" for none.
+    pub metrics_listen: String,
+    /// How long a client may take to send its request headers.
+    pub http_header_timeout: Dur,
+    /// HTTP connections open at once; more are closed at accept.
+    pub max_http_connections: u32,
 }
 
 impl Default for AdminConfig {
@@ -196,6 +254,12 @@ impl Default for AdminConfig {
             database: "pgkeel".into(),
             users: Vec::new(),
             stats_users: Vec::new(),
+            http_token: None,
+            http_token_file: None,
+            metrics_open: false,
+            metrics_listen: String::new(),
+            http_header_timeout: d(5),
+            max_http_connections: 64,
         }
     }
 }
@@ -220,7 +284,7 @@ impl Default for LogConfig {
 }
 
 /// Credentials and cadence of pgkeel's own health checks (`pg_is_in_recovery()`).
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Defaults to the first `[[users]]` entry's server user and password.
@@ -243,12 +307,17 @@ impl Default for HealthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
     /// Plain text, a SCRAM-SHA-256 verifier (`SCRAM-SHA-256$...`) or an md5 hash (`md5...`).
-    pub password: String,
+    /// Exactly one of `password`, `password_env` and `password_file`.
+    pub password: Option<String>,
+    /// The name of an environment variable holding the password (any form above).
+    pub password_env: Option<String>,
+    /// A file holding the password (any form above; a trailing newline is ignored).
+    pub password_file: Option<String>,
     /// The role used on the server; defaults to `name`.
     pub server_user: Option<String>,
     /// The server password; defaults to `password` (when it is plain text).
@@ -311,7 +380,7 @@ fn notify_timeout() -> Dur {
 }
 
 /// Follow a Patroni cluster through etcd (v3 API) instead of `[[servers]]`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EtcdConfig {
     pub endpoints: Vec<String>,
@@ -348,6 +417,32 @@ impl Default for EtcdConfig {
             instance_ttl: d(10),
             instance_prefix: "/pgkeel/".into(),
         }
+    }
+}
+
+// Never print passwords, not even in debug output.
+impl fmt::Debug for HealthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthConfig")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.database)
+            .field("interval", &self.interval)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("namespace", &self.namespace)
+            .field("scope", &self.scope)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dial_timeout", &self.dial_timeout)
+            .finish()
     }
 }
 
@@ -601,10 +696,26 @@ pub struct Config {
     pub query_rules: Vec<QueryRule>,
     pub listen_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// `[admin] metrics_listen`, parsed.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The admin HTTP token, from `http_token` or `http_token_file`.
+    pub admin_token: Option<crate::auth::Redacted>,
+}
+
+// Never print passwords, not even in debug output.
+impl fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
+            .field("server_user", &self.server_user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A configured user with its secret prepared for authentication.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct User {
     pub name: String,
     pub secret: Secret,
@@ -613,6 +724,19 @@ pub struct User {
     pub server_password: Option<String>,
     pub pool_size: u32,
     pub pool_mode: PoolMode,
+}
+
+// The secret redacts itself; the server password is left out.
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("secret", &self.secret)
+            .field("server_user", &self.server_user)
+            .field("pool_size", &self.pool_size)
+            .field("pool_mode", &self.pool_mode)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {

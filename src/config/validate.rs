@@ -88,6 +88,47 @@ pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError>
             )
         })?)
     };
+    let metrics_addr = if raw.admin.metrics_listen.is_empty() {
+        None
+    } else {
+        Some(raw.admin.metrics_listen.parse().map_err(|_| {
+            err(
+                "admin",
+                0,
+                "metrics_listen",
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:9931\"",
+                    raw.admin.metrics_listen
+                ),
+            )
+        })?)
+    };
+    let admin_token = match (&raw.admin.http_token, &raw.admin.http_token_file) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "admin",
+                0,
+                "http_token_file",
+                "give http_token or http_token_file, not both".into(),
+            ))
+        }
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(path)) => Some(crate::auth::Redacted::new(
+            read_secret_file(path).map_err(|m| err("admin", 0, "http_token_file", m))?,
+        )),
+        (None, None) => None,
+    };
+    if admin_token.as_ref().is_some_and(|t| t.matches(b"")) {
+        return Err(err("admin", 0, "http_token", "must not be empty".into()));
+    }
+    if raw.admin.max_http_connections == 0 {
+        return Err(err(
+            "admin",
+            0,
+            "max_http_connections",
+            "must be at least 1".into(),
+        ));
+    }
     if p.pool_size == 0 {
         return Err(err("proxy", 0, "pool_size", "must be at least 1".into()));
     }
@@ -278,7 +319,8 @@ pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError>
                 format!("user {:?} is defined twice", u.name),
             ));
         }
-        let secret = Secret::parse(&u.password).map_err(|m| err("users", i, "password", m))?;
+        let (key, text) = password_text(u).map_err(|(k, m)| err("users", i, k, m))?;
+        let secret = Secret::parse(&text).map_err(|m| err("users", i, key, m))?;
         if p.auth_method == AuthMethod::Md5 && matches!(secret, Secret::Scram(_)) {
             return Err(err("users", i, "password", "a SCRAM verifier cannot check md5 logins; give the plain password or an md5 hash, or use auth_method = \"scram-sha-256\"".into()));
         }
@@ -413,7 +455,39 @@ pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError>
         query_rules: raw.query_rules,
         listen_addr,
         admin_addr,
+        metrics_addr,
+        admin_token,
     })
+}
+
+/// A user's password text, from the one of `password`, `password_env` and
+/// `password_file` that is set; the key it came from, for messages.
+fn password_text(u: &super::UserConfig) -> Result<(&'static str, String), (&'static str, String)> {
+    match (&u.password, &u.password_env, &u.password_file) {
+        (Some(p), None, None) => Ok(("password", p.clone())),
+        (None, Some(var), None) => std::env::var(var)
+            .map(|v| ("password_env", v))
+            .map_err(|_| {
+                (
+                    "password_env",
+                    format!("environment variable {var:?} is not set (or not UTF-8)"),
+                )
+            }),
+        (None, None, Some(path)) => read_secret_file(path)
+            .map(|v| ("password_file", v))
+            .map_err(|m| ("password_file", m)),
+        _ => Err((
+            "password",
+            "give exactly one of password, password_env and password_file".into(),
+        )),
+    }
+}
+
+/// A secret kept in a file: its text without the trailing newline.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+        .map_err(|e| format!("cannot read {path:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -524,5 +598,58 @@ mod tests {
         let src = format!("[proxy]\nauth_method = \"md5\"\n[[users]]\nname = \"a\"\npassword = \"{v}\"\n[[servers]]\nhost = \"h\"\n");
         let e = Config::from_toml_str(&src).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("users[0].password"));
+    }
+
+    #[test]
+    fn passwords_come_from_exactly_one_of_text_env_and_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"from-file\n").unwrap();
+        let src = format!(
+            "[[users]]\nname = \"a\"\npassword_file = \"{}\"\n[[servers]]\nhost = \"h\"\n",
+            file.path().display()
+        );
+        let c = Config::from_toml_str(&src).unwrap();
+        assert_eq!(c.users[0].secret.plain(), Some("from-file"));
+        // PATH is set in any test environment; its value is the password.
+        let path = std::env::var("PATH").unwrap();
+        let src = "[[users]]\nname = \"a\"\npassword_env = \"PATH\"\n[[servers]]\nhost = \"h\"\n";
+        let c = Config::from_toml_str(src).unwrap();
+        assert_eq!(c.users[0].secret.plain(), Some(path.as_str()));
+        for (users, key) in [
+            (
+                "password_env = \"PGKEEL_NO_SUCH_VARIABLE_X\"",
+                "users[0].password_env",
+            ),
+            (
+                "password_file = \"/nonexistent/pgkeel\"",
+                "users[0].password_file",
+            ),
+            (
+                "password = \"a\"\npassword_env = \"PATH\"",
+                "users[0].password",
+            ),
+            ("pool_size = 3", "users[0].password"),
+        ] {
+            let src = format!("[[users]]\nname = \"a\"\n{users}\n[[servers]]\nhost = \"h\"\n");
+            let e = Config::from_toml_str(&src).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{users}: {e}");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let src = "[admin]\nhttp_token = \"tok-secret-1\"\n[health]\nuser = \"u\"\npassword = \"health-secret-2\"\n[etcd]\nscope = \"s\"\nusername = \"e\"\npassword = \"etcd-secret-3\"\n[[users]]\nname = \"a\"\npassword = \"user-secret-4\"\nserver_password = \"server-secret-5\"\n";
+        let c = Config::from_toml_str(src).unwrap();
+        let shown = format!("{c:?}");
+        for secret in [
+            "tok-secret",
+            "health-secret",
+            "etcd-secret",
+            "user-secret",
+            "server-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(c.admin_token.unwrap().matches(b"tok-secret-1"));
     }
 }

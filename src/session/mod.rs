@@ -14,6 +14,7 @@ pub mod prepared;
 mod recovery;
 pub mod relay;
 pub mod startup;
+pub mod timers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -112,6 +113,8 @@ struct Session {
     pin_on: Vec<PinFeature>,
     /// `[log] log_queries` as of the last config this session saw.
     log_queries: bool,
+    /// The idle and query timeouts as of the last config this session saw.
+    timeouts: timers::Timeouts,
     shutdown: watch::Receiver<bool>,
     /// This client in `Shared::clients` (state for the admin console, KILL).
     registered: Registered,
@@ -187,6 +190,7 @@ impl Session {
             pinned: None,
             pin_on: Vec::new(),
             log_queries: false,
+            timeouts: timers::Timeouts::default(),
             shutdown,
             registered,
         }
@@ -199,6 +203,7 @@ impl Session {
         self.prepared.cap = cfg.proxy.prepared_statements_cache_size as usize;
         self.pin_on.clone_from(&cfg.proxy.pin_on);
         self.log_queries = cfg.log.log_queries;
+        self.timeouts = timers::Timeouts::from_config(&cfg.proxy);
     }
 
     /// Session state lives on the server connection (session mode, or a
@@ -230,12 +235,17 @@ impl Session {
             max_message_size: cfg.proxy.max_message_size.0 as usize,
             role: 0,
             counters: relay::Counters::new(&self.shared.metrics).for_database(self.db.clone()),
+            timeouts: timers::Timeouts::default(),
+            cancel_key: None,
         };
         self.adopt_config();
         loop {
             if self.server.is_none() {
                 self.registered.info.set_state(ClientState::Idle);
-                let typ = match self.next_message(opts.max_message_size).await {
+                let idle =
+                    timers::detached_wait(self.deferred_begin.is_some() || self.deferred_aborted);
+                let idle = self.timeouts.of(idle).map(|d| (idle, d));
+                let typ = match self.next_message(opts.max_message_size, idle).await {
                     Ok(Some(t)) => t,
                     Ok(None) => return "client closed the connection",
                     Err(Ended::Killed) => {
@@ -254,6 +264,7 @@ impl Session {
                         self.send_fatal(sqlstate::PROTOCOL_VIOLATION, &m).await;
                         return "protocol violation";
                     }
+                    Err(Ended::Idle(limit)) => return self.timed_out(limit).await,
                 };
                 if self.skip_until_sync
                     || matches!(
@@ -316,6 +327,8 @@ impl Session {
             let server = self.server.as_mut().expect("attached above").conn();
             opts.release_on_idle = mode == PoolMode::Transaction && self.pinned.is_none();
             opts.role = usize::from(!self.on_primary);
+            opts.cancel_key = Some(server.key.clone());
+            opts.timeouts = self.timeouts;
             let track = (mode == PoolMode::Transaction).then_some(Track {
                 prepared: &mut self.prepared,
                 conn: &mut server.statements,
@@ -394,13 +407,42 @@ impl Session {
                         return "server protocol error mid-message";
                     }
                 }
+                Outcome::Idle(limit) => return self.timed_out(limit).await,
             }
         }
     }
 
+    /// Ends a client idle past `client_idle_timeout` or
+    /// `idle_transaction_timeout`, as PostgreSQL does (FATAL 57P05 or
+    /// 25P03). Its server connection goes back only rolled back with proof
+    /// (`cleanup_server`), else it is closed.
+    async fn timed_out(&mut self, limit: crate::limits::Limit) -> &'static str {
+        self.cleanup_server().await;
+        self.shared
+            .metrics
+            .limit_refusals_total
+            .with_label_values(&[limit.setting()])
+            .inc();
+        tracing::info!(peer = %self.peer, user = %self.user.name, timeout = limit.setting(), "closing an idle client");
+        let msg = limit.message(&self.user.name, &self.database);
+        self.send_fatal(limit.sqlstate(), &msg).await;
+        match limit {
+            crate::limits::Limit::IdleTransaction => {
+                "idle in transaction past idle_transaction_timeout"
+            }
+            _ => "idle past client_idle_timeout",
+        }
+    }
+
     /// Waits until `from_client` holds a whole message; returns its type, or
-    /// `None` when the client closed the connection.
-    async fn next_message(&mut self, max: usize) -> Result<Option<u8>, Ended> {
+    /// `None` when the client closed the connection. `idle`: how long the
+    /// client may stay silent, and which timeout that is.
+    async fn next_message(
+        &mut self,
+        max: usize,
+        idle: Option<(crate::limits::Limit, std::time::Duration)>,
+    ) -> Result<Option<u8>, Ended> {
+        let deadline = idle.map(|(l, d)| (l, tokio::time::Instant::now() + d));
         loop {
             if let Some(h) = protocol::header(&self.att.bufs.from_client) {
                 let (typ, len) =
@@ -443,6 +485,9 @@ impl Session {
                 },
                 _ = self.shutdown.changed() => return Err(Ended::Shutdown),
                 _ = self.registered.kill.changed() => return Err(Ended::Killed),
+                _ = sleep_until(deadline.map(|(_, at)| at)), if deadline.is_some() => {
+                    return Err(Ended::Idle(deadline.expect("checked").0));
+                }
             }
         }
     }
@@ -500,4 +545,14 @@ enum Ended {
     /// KILL from the admin console.
     Killed,
     Protocol(String),
+    /// Silent past a timeout (`client_idle_timeout`, `idle_transaction_timeout`).
+    Idle(crate::limits::Limit),
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

@@ -19,6 +19,9 @@ use tokio::sync::watch;
 use super::attachment::{ensure_room, Attachment, ClientStep, Release, ServerStep, State, Track};
 use super::clock::RequestClock;
 use crate::dbstats::DbCounters;
+use super::timers::{attached_wait, Timeouts};
+use crate::cancel::ServerKey;
+use crate::limits::Limit;
 
 /// Read granularity: large enough that a big result moves in few syscalls.
 const READ_CHUNK: usize = 32 * 1024;
@@ -40,6 +43,9 @@ pub enum Outcome {
     ClientProtocol(String),
     /// The server sent something that is not the protocol.
     ServerProtocol(String),
+    /// The client sat idle past `client_idle_timeout` or
+    /// `idle_transaction_timeout` (the `Limit` says which).
+    Idle(Limit),
 }
 
 pub struct Options {
@@ -49,6 +55,9 @@ pub struct Options {
     /// The attached server's role, as the metrics index it: 0 primary, 1 other.
     pub role: usize,
     pub counters: Counters,
+    pub timeouts: Timeouts,
+    /// Where a `query_timeout` cancel goes: the attached server.
+    pub cancel_key: Option<std::sync::Arc<ServerKey>>,
 }
 
 /// The metrics the pump updates itself, as bytes move: a session-mode pump
@@ -65,6 +74,8 @@ pub struct Counters {
     pub server_errors: IntCounterVec,
     /// The client's database's counters (SHOW STATS), when there is one.
     pub db: Option<Arc<DbCounters>>,
+    /// `pgkeel_limit_refusals_total{reason="query_timeout"}`.
+    pub query_timeouts: IntCounter,
 }
 
 impl Counters {
@@ -77,6 +88,9 @@ impl Counters {
             query_seconds: m.query_seconds.clone(),
             server_errors: m.server_errors_total.clone(),
             db: None,
+            query_timeouts: m
+                .limit_refusals_total
+                .with_label_values(&[Limit::Query.setting()]),
         }
     }
 
@@ -121,6 +135,12 @@ pub async fn pump(
     let counters = &opts.counters;
     let query_seconds = &counters.query_seconds[opts.role];
     let mut clock = RequestClock::default();
+    // One timer, re-armed only when what the session waits on changes
+    // (a new wait, or one more or one fewer answer owed).
+    let mut waiting: Option<(Limit, u32)> = None;
+    let mut armed = false;
+    let timer = tokio::time::sleep(std::time::Duration::ZERO);
+    tokio::pin!(timer);
     loop {
         if lost.is_some() && att.bufs.to_client.is_empty() {
             return Outcome::ServerLost(lost.take().expect("checked"));
@@ -153,6 +173,17 @@ pub async fn pump(
                 Release::Pinned(_) if opts.release_on_idle => return Outcome::Pinned,
                 Release::Pinned(_) => return Outcome::Released,
                 Release::NotYet(_) => {}
+            }
+        }
+        let buffered = !att.bufs.to_client.is_empty() || !att.bufs.to_server.is_empty();
+        let wait =
+            attached_wait(att.st.pending, att.st.status, buffered).map(|w| (w, att.st.pending));
+        if wait != waiting {
+            waiting = wait;
+            let d = wait.and_then(|(w, _)| opts.timeouts.of(w));
+            armed = d.is_some();
+            if let Some(d) = d {
+                timer.as_mut().reset(tokio::time::Instant::now() + d);
             }
         }
         att.bufs.shrink();
@@ -208,6 +239,26 @@ pub async fn pump(
                 let _ = r;
                 closing = true;
                 release_on_idle = true;
+            },
+            _ = &mut timer, if armed => {
+                armed = false;
+                match waiting.map(|(w, _)| w) {
+                    Some(Limit::Query) => {
+                        // As statement_timeout: the server cancels the
+                        // query and answers 57014; the stream goes on.
+                        if let Some(key) = opts.cancel_key.clone() {
+                            counters.query_timeouts.inc();
+                            tracing::info!(server = %key.addr, timeout = ?opts.timeouts.query, "query_timeout reached: cancelling the request on its server");
+                            tokio::spawn(async move {
+                                if let Err(e) = crate::backend::send_cancel(&key).await {
+                                    tracing::warn!(error = %e, server = %key.addr, "cannot cancel a query past query_timeout");
+                                }
+                            });
+                        }
+                    }
+                    Some(idle) => return Outcome::Idle(idle),
+                    None => {}
+                }
             },
         }
     }

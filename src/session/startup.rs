@@ -16,6 +16,7 @@ use crate::auth::{ct_eq, md5};
 use crate::backend::BackendError;
 use crate::cancel::Registration;
 use crate::config::{AuthMethod, Config, User};
+use crate::limits::{ClientCaps, ClientPermit, Kind};
 use crate::pool::PoolError;
 use crate::protocol::{self, sqlstate};
 use crate::shared::Shared;
@@ -31,6 +32,8 @@ pub struct Login {
     /// The session parameters the client wants (server defaults, overridden
     /// by its startup packet).
     pub want: crate::params::Params,
+    /// Its place under the client caps (`limits.rs`), for the session's life.
+    pub permit: ClientPermit,
 }
 
 /// A login to the admin console database (`[admin] database`).
@@ -39,6 +42,8 @@ pub struct AdminLogin {
     pub params: Vec<(String, String)>,
     /// Bytes the client sent after its last auth message.
     pub pending: BytesMut,
+    /// Its place under `max_client_connections` + `admin_reserved_connections`.
+    pub permit: ClientPermit,
 }
 
 pub enum Handshake {
@@ -253,15 +258,13 @@ pub async fn handshake(
         .filter(|d| !d.is_empty())
         .unwrap_or(user_name)
         .to_owned();
-    let Some(user) = cfg.user(user_name).cloned() else {
-        return Err(Refusal::new(
-            sqlstate::INVALID_AUTHORIZATION,
-            format!("role \"{user_name}\" is not known to pgkeel (no [[users]] entry)"),
-        ));
-    };
-
     let mut buf = BytesMut::with_capacity(256);
-    authenticate(shared, cfg, stream, &user, &mut buf).await?;
+    let Some(user) = cfg.user(user_name).cloned() else {
+        // The same exchange as for a known role, failing the same way.
+        authenticate(shared, cfg, stream, user_name, None, &mut buf).await?;
+        return Err(failed(user_name));
+    };
+    authenticate(shared, cfg, stream, &user.name, Some(&user), &mut buf).await?;
     if database == cfg.admin.database {
         // Checked after the password, as PostgreSQL checks CONNECT privilege.
         if !cfg.admin.users.contains(&user.name) && !cfg.admin.stats_users.contains(&user.name) {
@@ -273,12 +276,15 @@ pub async fn handshake(
                 ),
             ));
         }
+        let permit = admit(shared, cfg, &user.name, &database, Kind::Admin)?;
         return Ok(Handshake::Admin(Box::new(AdminLogin {
             user,
             params,
             pending: buf,
+            permit,
         })));
     }
+    let permit = admit(shared, cfg, &user.name, &database, Kind::Session)?;
 
     if shared.disabled.is_disabled(&database) {
         // PostgreSQL's answer for a database that allows no connections.
@@ -329,7 +335,30 @@ pub async fn handshake(
         cancel,
         pending: buf,
         want,
+        permit,
     })))
+}
+
+/// A place under the client caps, or the refusal (53300) naming the cap.
+fn admit(
+    shared: &Shared,
+    cfg: &Config,
+    user: &str,
+    database: &str,
+    kind: Kind,
+) -> Result<ClientPermit, Refusal> {
+    let caps = ClientCaps::from_config(&cfg.proxy);
+    shared
+        .limits
+        .client(user, database, kind, caps)
+        .map_err(|limit| {
+            shared
+                .metrics
+                .limit_refusals_total
+                .with_label_values(&[limit.setting()])
+                .inc();
+            Refusal::new(limit.sqlstate(), limit.message(user, database))
+        })
 }
 
 async fn send_auth(stream: &mut TcpStream, msg: Authentication) -> Result<(), Refusal> {
@@ -391,18 +420,22 @@ pub(crate) fn parse_sasl_initial(body: &[u8]) -> Result<(&[u8], &[u8]), Refusal>
     Ok((mech, data))
 }
 
-fn failed(user: &User) -> Refusal {
+/// A wrong password, and an unknown role (the same words for both).
+fn failed(user: &str) -> Refusal {
     Refusal::new(
         sqlstate::INVALID_PASSWORD,
-        format!("password authentication failed for user \"{}\"", user.name),
+        format!("password authentication failed for user \"{user}\""),
     )
 }
 
+/// Authenticates `name`: a configured `user`, or (`None`) an unknown role,
+/// which gets the same messages in the same order and always fails.
 async fn authenticate(
     shared: &Arc<Shared>,
     cfg: &Config,
     stream: &mut TcpStream,
-    user: &User,
+    name: &str,
+    user: Option<&User>,
     buf: &mut BytesMut,
 ) -> Result<(), Refusal> {
     match cfg.proxy.auth_method {
@@ -412,14 +445,22 @@ async fn authenticate(
             send_auth(stream, Authentication::MD5Password(salt.to_vec())).await?;
             let body = read_password_message(stream, buf).await?;
             let pw = parse_password(&body)?;
-            let expected = md5::expected_response(&user.secret, &user.name, &salt)
-                .ok_or_else(|| failed(user))?;
+            let expected = user
+                .and_then(|u| md5::expected_response(&u.secret, &u.name, &salt))
+                .ok_or_else(|| failed(name))?;
             if !ct_eq(expected.as_bytes(), pw) {
-                return Err(failed(user));
+                return Err(failed(name));
             }
         }
         AuthMethod::ScramSha256 => {
-            let verifier = user.secret.scram_verifier().ok_or_else(|| failed(user))?;
+            let mock;
+            let verifier = match user.and_then(|u| u.secret.scram_verifier()) {
+                Some(v) => v,
+                None => {
+                    mock = shared.mock_key.verifier(name);
+                    &mock
+                }
+            };
             send_auth(stream, Authentication::SASL(vec![scram::MECHANISM.into()])).await?;
             let body = read_password_message(stream, buf).await?;
             let (mech, data) = parse_sasl_initial(&body)?;
@@ -433,7 +474,7 @@ async fn authenticate(
                 ));
             }
             let scram_err = |e: ScramError| match e {
-                ScramError::BadProof => failed(user),
+                ScramError::BadProof => failed(name),
                 e => Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
             };
             let (exchange, server_first) =
@@ -445,6 +486,10 @@ async fn authenticate(
             .await?;
             let fin = read_password_message(stream, buf).await?;
             let (server_final, keys) = exchange.finish(&fin).map_err(scram_err)?;
+            let Some(user) = user else {
+                // A mock verifier's proof cannot match; never reached.
+                return Err(failed(name));
+            };
             send_auth(stream, Authentication::SASLFinal(Bytes::from(server_final))).await?;
             if user.server_password.is_none() {
                 shared.remember_scram_keys(&user.name, keys);

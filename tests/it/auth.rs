@@ -60,10 +60,11 @@ async fn wrong_password_unknown_user_unknown_database() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "28P01", "{e}");
+    // An unknown role fails as a wrong password does (no enumeration).
     let e = connect(p.local_addr(), "mallory", "x", "appdb")
         .await
         .unwrap_err();
-    assert_eq!(sqlstate(&e), "28000", "{e}");
+    assert_eq!(sqlstate(&e), "28P01", "{e}");
     let e = connect(p.local_addr(), "app", "app_password", "no_such_db")
         .await
         .unwrap_err();

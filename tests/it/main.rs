@@ -41,6 +41,7 @@ mod fleet;
 mod harness_smoke;
 mod hostile_frames;
 mod import;
+mod hostile_limits;
 mod isolation;
 mod isolation_settings;
 mod metrics_promtool;

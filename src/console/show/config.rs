@@ -17,7 +17,7 @@ const MASK: &str = "********";
 /// Never show a password: keys named like one, and passwords inside URLs.
 fn mask(key: &str, v: Option<String>) -> Option<String> {
     let last = key.rsplit('.').next().unwrap_or(key);
-    if last.contains("password") || last.contains("secret") {
+    if last.contains("password") || last.contains("secret") || last.ends_with("_token") {
         return v.map(|_| MASK.to_owned());
     }
     v.map(|s| mask_url_password(&s))
