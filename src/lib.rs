@@ -28,6 +28,7 @@ pub mod scrape;
 pub mod session;
 pub mod shared;
 pub mod statements;
+pub mod tls;
 pub mod topology;
 
 pub use proxy::{Proxy, ProxyHandle};

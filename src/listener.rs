@@ -19,6 +19,7 @@ use crate::console;
 use crate::protocol::{self, sqlstate, Severity};
 use crate::session::{self, startup, startup::Handshake};
 use crate::shared::Shared;
+use crate::tls::Stream;
 
 type Accepted = (TcpStream, SocketAddr, ListenerRoute);
 
@@ -27,11 +28,12 @@ type Accepted = (TcpStream, SocketAddr, ListenerRoute);
 /// admin login.
 async fn serve_connection(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     route: ListenerRoute,
 ) {
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = Stream::plain(tcp);
     let cfg = shared.config.load_full();
     let login = tokio::time::timeout(
         cfg.proxy.client_login_timeout.0,
@@ -70,7 +72,9 @@ async fn serve_connection(
         .client_login_failures_total
         .with_label_values(&[&refusal.0])
         .inc();
-    let _ = stream.write_all(&refusal.1).await;
+    if stream.write_all(&refusal.1).await.is_ok() {
+        let _ = stream.flush().await;
+    }
 }
 
 /// Accepts on one listener until the channel closes.

@@ -244,6 +244,12 @@ pub fn put_backend_key(buf: &mut BytesMut, pid: i32, secret: i32) {
 }
 
 /// Appends a CancelRequest packet (sent to a server on a fresh connection).
+/// Appends an SSLRequest (pgkeel asking a server for TLS).
+pub fn put_ssl_request(buf: &mut BytesMut) {
+    buf.put_i32(8);
+    buf.put_i32(SSL_REQUEST_CODE);
+}
+
 pub fn put_cancel_request(buf: &mut BytesMut, pid: i32, secret: i32) {
     buf.put_i32(16);
     buf.put_i32(CANCEL_REQUEST_CODE);

@@ -40,6 +40,8 @@ pub struct Shared {
     pub(crate) scram_keys: Mutex<HashMap<String, ScramKeys>>,
     /// Named prepared statements of all clients, by content.
     pub statements: Arc<crate::statements::StatementCache>,
+    /// TLS built from `[tls]`: swapped by a reload whose certificates load.
+    pub tls: ArcSwap<crate::tls::Tls>,
 }
 
 impl Shared {
@@ -58,6 +60,7 @@ impl Shared {
             connect_timeout: cfg.proxy.connect_timeout.0,
             idle_timeout: cfg.proxy.server_idle_timeout.0,
             lifetime: cfg.proxy.server_lifetime.0,
+            server_tls: self.tls.load().server.clone(),
         }
     }
 

@@ -391,9 +391,62 @@ pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError>
         routing: raw.routing,
         listeners,
         query_rules: raw.query_rules,
+        tls: validate_tls(raw.tls, &err)?,
         listen_addr,
         admin_addr,
     })
+}
+
+/// `[tls]`: pairs that go together, and modes that need a certificate.
+/// The files themselves are read by `tls::Tls::build` (at start, at reload
+/// and by `--check-config`).
+fn validate_tls(
+    t: TlsConfig,
+    err: &impl Fn(&str, usize, &str, String) -> ConfigError,
+) -> Result<TlsConfig, ConfigError> {
+    if t.cert.is_some() != t.key.is_some() {
+        let missing = if t.cert.is_some() { "key" } else { "cert" };
+        return Err(err(
+            "tls",
+            0,
+            missing,
+            "cert and key go together: set both or neither".into(),
+        ));
+    }
+    if t.client_mode() != ClientTlsMode::Disable && t.cert.is_none() {
+        return Err(err(
+            "tls",
+            0,
+            "client_tls_mode",
+            "TLS to clients needs a certificate: set cert and key".into(),
+        ));
+    }
+    if t.server_cert.is_some() != t.server_key.is_some() {
+        let missing = if t.server_cert.is_some() {
+            "server_key"
+        } else {
+            "server_cert"
+        };
+        return Err(err(
+            "tls",
+            0,
+            missing,
+            "server_cert and server_key go together: set both or neither".into(),
+        ));
+    }
+    if matches!(
+        t.server_tls_mode,
+        ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull
+    ) && t.server_ca.is_none()
+    {
+        return Err(err(
+            "tls",
+            0,
+            "server_ca",
+            "verify-ca and verify-full check the server against server_ca: set it".into(),
+        ));
+    }
+    Ok(t)
 }
 
 #[cfg(test)]

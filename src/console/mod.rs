@@ -13,13 +13,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::tls::Stream;
 use bytes::{BufMut, BytesMut};
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 use pgwire::messages::response::{CommandComplete, EmptyQueryResponse, NoticeResponse};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::Message;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::clients::{ClientSpec, ClientState, Registered};
@@ -271,7 +271,7 @@ fn words(stmt: &str) -> Result<Vec<String>, Failure> {
 /// One admin console connection.
 struct Console {
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     registered: Registered,
     cancel: crate::cancel::Registration,
@@ -284,7 +284,7 @@ struct Console {
 /// Serves an admin console login to the end.
 pub async fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     listener: ListenerRoute,
     login: AdminLogin,

@@ -18,9 +18,9 @@ pub mod startup;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::tls::Stream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::clients::{ClientState, Registered};
@@ -40,7 +40,7 @@ use startup::Login;
 /// the listener dispatches between sessions and the admin console).
 pub async fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     login: Login,
     listener: ListenerRoute,
@@ -56,7 +56,7 @@ pub async fn serve(
 
 struct Session {
     shared: Arc<Shared>,
-    client: TcpStream,
+    client: Stream,
     peer: SocketAddr,
     user: User,
     database: String,
@@ -121,7 +121,7 @@ pub(crate) const KILLED: &str =
 impl Session {
     fn new(
         shared: Arc<Shared>,
-        client: TcpStream,
+        client: Stream,
         peer: SocketAddr,
         mut login: Login,
         listener: ListenerRoute,

@@ -1,4 +1,5 @@
-//! A client's first moments: SSL/GSS negotiation, the StartupMessage or a
+//! A client's first moments: TLS negotiation (SSLRequest, or PostgreSQL
+//! 17's direct TLS), GSSENCRequest (refused), the StartupMessage or a
 //! CancelRequest, authentication, and the welcome (ParameterStatus,
 //! BackendKeyData, ReadyForQuery).
 
@@ -9,16 +10,16 @@ use pgwire::messages::startup::{Authentication, NegotiateProtocolVersion};
 use pgwire::messages::Message;
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::auth::scram::{self, ScramError, ServerExchange};
+use crate::auth::scram::{self, Binding, ScramError, ServerExchange};
 use crate::auth::{ct_eq, md5};
 use crate::backend::BackendError;
 use crate::cancel::Registration;
-use crate::config::{AuthMethod, Config, User};
+use crate::config::{AuthMethod, ClientTlsMode, Config, User};
 use crate::pool::PoolError;
 use crate::protocol::{self, sqlstate};
 use crate::shared::Shared;
+use crate::tls::{Stream, Tls};
 
 /// A client that logged in.
 pub struct Login {
@@ -138,7 +139,7 @@ async fn welcome_params(
 }
 
 /// Reads an untyped startup-phase packet (length, then body).
-async fn read_startup_packet(stream: &mut TcpStream) -> Result<Option<BytesMut>, Refusal> {
+async fn read_startup_packet(stream: &mut Stream) -> Result<Option<BytesMut>, Refusal> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
         Ok(_) => {}
@@ -158,12 +159,77 @@ async fn read_startup_packet(stream: &mut TcpStream) -> Result<Option<BytesMut>,
     Ok(Some(body))
 }
 
+/// The answers to an SSLRequest.
+const TLS_YES: u8 = b'S';
+const TLS_NO: u8 = b'N';
+
+/// What this connection negotiated already: one SSLRequest and one
+/// GSSENCRequest each, as PostgreSQL allows.
+#[derive(Default)]
+struct Negotiated {
+    ssl: bool,
+    gss: bool,
+}
+
+fn offers_tls(tls: &Tls) -> bool {
+    tls.acceptor.is_some() && tls.client_mode != ClientTlsMode::Disable
+}
+
+/// A client that starts with a TLS ClientHello (PostgreSQL 17's
+/// `sslnegotiation=direct`) rather than a startup packet, when pgkeel
+/// offers TLS. A peek: the bytes stay for whoever reads them.
+async fn direct_tls(stream: &Stream) -> bool {
+    let Some(tcp) = stream.tcp() else {
+        return false;
+    };
+    let mut first = [0u8; 1];
+    matches!(tcp.peek(&mut first).await, Ok(1) if first[0] == crate::tls::TLS_HANDSHAKE_RECORD)
+}
+
+/// The server side of the TLS handshake; false (logged) when it failed or
+/// pgkeel has no certificate: the connection is then unusable.
+async fn accept_tls(tls: &Tls, stream: &mut Stream) -> bool {
+    let Some(acceptor) = tls.acceptor.as_ref().filter(|_| offers_tls(tls)) else {
+        tracing::info!("a client started TLS directly, but TLS to clients is off");
+        return false;
+    };
+    match stream.accept_tls(&acceptor.tls).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!(error = %e, "client TLS handshake failed");
+            false
+        }
+    }
+}
+
 /// Runs the startup phase. Bounded by `client_login_timeout` by the caller.
 pub async fn handshake(
     shared: &Arc<Shared>,
     cfg: &Config,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
 ) -> Result<Handshake, Refusal> {
+    // One certificate (and its channel binding) for the whole login, even
+    // if a reload swaps it meanwhile.
+    let tls = shared.tls.load_full();
+    let mut negotiated = Negotiated::default();
+    if direct_tls(stream).await {
+        if !accept_tls(&tls, stream).await {
+            return Ok(Handshake::Done);
+        }
+        negotiated.ssl = true;
+        if stream
+            .tls_common()
+            .and_then(|c| c.alpn_protocol())
+            .is_none_or(|p| p != crate::tls::ALPN_POSTGRESQL)
+        {
+            // PostgreSQL refuses direct TLS without ALPN, so that a
+            // connection meant for another protocol is not taken for one.
+            return Err(Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "direct TLS negotiation requires ALPN protocol \"postgresql\"",
+            ));
+        }
+    }
     let params = loop {
         let Some(mut body) = read_startup_packet(stream).await? else {
             return Ok(Handshake::Done);
@@ -171,8 +237,33 @@ pub async fn handshake(
         let code = body.get_i32();
         match code {
             protocol::SSL_REQUEST_CODE | protocol::GSSENC_REQUEST_CODE => {
-                // No TLS or GSS encryption yet: "N" tells libpq to go on in plain text.
-                stream.write_all(b"N").await?;
+                let ssl = code == protocol::SSL_REQUEST_CODE;
+                let done = if ssl {
+                    &mut negotiated.ssl
+                } else {
+                    &mut negotiated.gss
+                };
+                if std::mem::replace(done, true) {
+                    // PostgreSQL accepts one of each: more is a client
+                    // looping (or a peer probing), not a negotiation.
+                    return Err(Refusal::new(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!(
+                            "{} received twice on one connection",
+                            if ssl { "SSLRequest" } else { "GSSENCRequest" }
+                        ),
+                    ));
+                }
+                if ssl && offers_tls(&tls) {
+                    stream.write_all(&[TLS_YES]).await?;
+                    if !accept_tls(&tls, stream).await {
+                        return Ok(Handshake::Done);
+                    }
+                } else {
+                    // No GSS encryption (nor TLS, when off): "N" tells libpq
+                    // to go on as it is.
+                    stream.write_all(&[TLS_NO]).await?;
+                }
             }
             protocol::CANCEL_REQUEST_CODE => {
                 if body.len() >= 8 {
@@ -194,6 +285,12 @@ pub async fn handshake(
                 return Ok(Handshake::Done);
             }
             v if v >> 16 == 3 => {
+                if tls.client_mode == ClientTlsMode::Require && !stream.is_tls() {
+                    return Err(Refusal::new(
+                        sqlstate::INVALID_AUTHORIZATION,
+                        "pgkeel requires TLS for every login (client_tls_mode = require): connect with sslmode=require",
+                    ));
+                }
                 let params = protocol::parse_startup_params(&body)
                     .map_err(|m| Refusal::new(sqlstate::PROTOCOL_VIOLATION, m))?;
                 let unsupported: Vec<String> = params
@@ -248,7 +345,14 @@ pub async fn handshake(
     };
 
     let mut buf = BytesMut::with_capacity(256);
-    authenticate(shared, cfg, stream, &user, &mut buf).await?;
+    let binding = match (&tls.acceptor, stream.is_tls()) {
+        (Some(a), true) => match &a.end_point {
+            Some(e) => Binding::EndPoint(e),
+            None => Binding::Unused,
+        },
+        _ => Binding::None,
+    };
+    authenticate(shared, cfg, stream, &user, &mut buf, binding).await?;
     if database == cfg.admin.database {
         // Checked after the password, as PostgreSQL checks CONNECT privilege.
         if !cfg.admin.users.contains(&user.name) {
@@ -312,7 +416,7 @@ pub async fn handshake(
     })))
 }
 
-async fn send_auth(stream: &mut TcpStream, msg: Authentication) -> Result<(), Refusal> {
+async fn send_auth(stream: &mut Stream, msg: Authentication) -> Result<(), Refusal> {
     let mut out = BytesMut::new();
     msg.encode(&mut out)
         .map_err(|e| Refusal::new(sqlstate::INTERNAL_ERROR, e.to_string()))?;
@@ -323,7 +427,7 @@ async fn send_auth(stream: &mut TcpStream, msg: Authentication) -> Result<(), Re
 /// Reads a password-family message ('p'). Its variants are parsed by hand,
 /// with every length checked: this is untrusted input before login.
 async fn read_password_message(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> Result<BytesMut, Refusal> {
     let (typ, body) = protocol::read_message(stream, buf, protocol::MAX_STARTUP_PACKET).await?;
@@ -381,9 +485,10 @@ fn failed(user: &User) -> Refusal {
 async fn authenticate(
     shared: &Arc<Shared>,
     cfg: &Config,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     user: &User,
     buf: &mut BytesMut,
+    binding: Binding<'_>,
 ) -> Result<(), Refusal> {
     match cfg.proxy.auth_method {
         AuthMethod::Md5 => {
@@ -400,10 +505,20 @@ async fn authenticate(
         }
         AuthMethod::ScramSha256 => {
             let verifier = user.secret.scram_verifier().ok_or_else(|| failed(user))?;
-            send_auth(stream, Authentication::SASL(vec![scram::MECHANISM.into()])).await?;
+            // As PostgreSQL: -PLUS first, and only where it can bind.
+            let mut mechanisms = Vec::with_capacity(2);
+            if let Binding::EndPoint(_) = binding {
+                mechanisms.push(scram::MECHANISM_PLUS.into());
+            }
+            mechanisms.push(scram::MECHANISM.into());
+            send_auth(stream, Authentication::SASL(mechanisms)).await?;
             let body = read_password_message(stream, buf).await?;
             let (mech, data) = parse_sasl_initial(&body)?;
-            if mech != scram::MECHANISM.as_bytes() {
+            let plus = if mech == scram::MECHANISM.as_bytes() {
+                false
+            } else if mech == scram::MECHANISM_PLUS.as_bytes() {
+                true
+            } else {
                 return Err(Refusal::new(
                     sqlstate::PROTOCOL_VIOLATION,
                     format!(
@@ -411,13 +526,16 @@ async fn authenticate(
                         String::from_utf8_lossy(mech)
                     ),
                 ));
-            }
+            };
             let scram_err = |e: ScramError| match e {
                 ScramError::BadProof => failed(user),
+                ScramError::ChannelBinding(_) => {
+                    Refusal::new(sqlstate::INVALID_AUTHORIZATION, e.to_string())
+                }
                 e => Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
             };
             let (exchange, server_first) =
-                ServerExchange::start(verifier, data).map_err(scram_err)?;
+                ServerExchange::start(verifier, data, plus, binding).map_err(scram_err)?;
             send_auth(
                 stream,
                 Authentication::SASLContinue(Bytes::from(server_first)),

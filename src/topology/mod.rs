@@ -310,6 +310,7 @@ pub async fn spawn(
     config: &Config,
     handle: Arc<TopologyHandle>,
     metrics: Metrics,
+    server_tls: Arc<crate::tls::ServerTls>,
     notify: mpsc::Sender<crate::notify::Event>,
     shutdown: watch::Receiver<bool>,
     first_round: Duration,
@@ -320,6 +321,7 @@ pub async fn spawn(
         password,
         database: config.health.database.clone(),
         timeout: config.health.timeout.0,
+        tls: crate::tls::postgres::MakeRustls::new(server_tls),
     };
     let source = match &config.etcd {
         Some(e) => {
