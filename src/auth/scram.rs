@@ -473,4 +473,108 @@ mod tests {
             Some(ScramError::SaltMismatch)
         );
     }
+
+    /// One exchange with channel binding as each side sees it.
+    fn bound(
+        client: Binding<'_>,
+        server: Binding<'_>,
+        plus: bool,
+    ) -> Result<ScramKeys, ScramError> {
+        let v = ScramVerifier::from_password("pw");
+        let (mut c, first) = ClientExchange::start(client);
+        let (s, server_first) = ServerExchange::start(&v, first.as_bytes(), plus, server)?;
+        let fin = c.respond(server_first.as_bytes(), ClientCredential::Password("pw"))?;
+        let (server_final, keys) = s.finish(fin.as_bytes())?;
+        c.verify(server_final.as_bytes())?;
+        Ok(keys)
+    }
+
+    #[test]
+    fn plus_binds_to_the_certificate_hash() {
+        let ours = [7u8; 32];
+        bound(Binding::EndPoint(&ours), Binding::EndPoint(&ours), true).unwrap();
+        // A man in the middle terminates TLS with another certificate.
+        let theirs = [8u8; 32];
+        assert!(matches!(
+            bound(Binding::EndPoint(&theirs), Binding::EndPoint(&ours), true),
+            Err(ScramError::ChannelBinding(_))
+        ));
+    }
+
+    #[test]
+    fn binding_negotiation_follows_postgres() {
+        let ours = [7u8; 32];
+        // Plaintext, or TLS without -PLUS: "n" and "y" log in.
+        bound(Binding::None, Binding::None, false).unwrap();
+        bound(Binding::Unused, Binding::Unused, false).unwrap();
+        bound(Binding::None, Binding::EndPoint(&ours), false).unwrap();
+        // "y" although -PLUS was offered: the list was tampered with.
+        assert!(matches!(
+            bound(Binding::Unused, Binding::EndPoint(&ours), false),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        // "p=" over plaintext (-PLUS never offered), or with plain SCRAM.
+        assert!(matches!(
+            bound(Binding::EndPoint(&ours), Binding::None, true),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        assert!(matches!(
+            bound(Binding::EndPoint(&ours), Binding::None, false),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        // -PLUS chosen, but the client sent "n".
+        assert!(matches!(
+            bound(Binding::None, Binding::EndPoint(&ours), true),
+            Err(ScramError::ChannelBinding(_))
+        ));
+    }
+
+    #[test]
+    fn forged_server_final_is_refused() {
+        let v = ScramVerifier::from_password("pw");
+        let (mut c, first) = ClientExchange::start(Binding::None);
+        let (s, server_first) =
+            ServerExchange::start(&v, first.as_bytes(), false, Binding::None).unwrap();
+        let fin = c
+            .respond(server_first.as_bytes(), ClientCredential::Password("pw"))
+            .unwrap();
+        let (genuine, _) = s.finish(fin.as_bytes()).unwrap();
+        c.verify(genuine.as_bytes()).unwrap();
+        // A server that does not know the password can only guess v=.
+        let forged = format!("v={}", B64.encode([0u8; 32]));
+        assert_eq!(
+            c.verify(forged.as_bytes()),
+            Err(ScramError::BadServerSignature)
+        );
+        assert!(c.verify(b"e=other-error").is_err());
+        // A client that never got server-first has nothing to compare with.
+        let (fresh, _) = ClientExchange::start(Binding::None);
+        assert_eq!(
+            fresh.verify(genuine.as_bytes()),
+            Err(ScramError::BadServerSignature)
+        );
+    }
+
+    #[test]
+    fn passwords_are_saslprepped_like_postgres() {
+        // U+2168 ROMAN NUMERAL NINE normalises (NFKC) to "IX"; U+00AD SOFT
+        // HYPHEN maps to nothing. PostgreSQL hashes all three alike.
+        let v = ScramVerifier::from_password("IX");
+        run(&v, ClientCredential::Password("\u{2168}")).unwrap();
+        run(&v, ClientCredential::Password("I\u{00AD}X")).unwrap();
+        // The verifier PostgreSQL's client library makes agrees.
+        let pg = ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(
+            "\u{2168}".as_bytes(),
+        ))
+        .unwrap();
+        run(&pg, ClientCredential::Password("IX")).unwrap();
+        // SASLprep refuses a prohibited character (U+0007): the raw
+        // bytes are used, as PostgreSQL does, so the password still works.
+        let raw = ScramVerifier::from_password("a\u{7}b");
+        run(&raw, ClientCredential::Password("a\u{7}b")).unwrap();
+        assert_eq!(
+            run(&raw, ClientCredential::Password("ab")).err(),
+            Some(ScramError::BadProof)
+        );
+    }
 }
