@@ -558,4 +558,28 @@ mod tests {
         let e = Config::from_toml_str(&src).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("users[0].password"));
     }
+
+    #[test]
+    fn tls_pairs_and_modes_are_checked() {
+        let with = |tls: &str| Config::from_toml_str(&format!("{MIN}\n[tls]\n{tls}\n"));
+        let c = with("").unwrap();
+        assert_eq!(c.tls.client_mode(), ClientTlsMode::Disable);
+        assert_eq!(
+            c.tls.server_auth_allow,
+            vec![ServerAuth::ScramSha256, ServerAuth::Md5]
+        );
+        let c = with("cert = \"c.pem\"\nkey = \"k.pem\"").unwrap();
+        assert_eq!(c.tls.client_mode(), ClientTlsMode::Prefer);
+        for (bad, key) in [
+            ("cert = \"c.pem\"", "tls.key"),
+            ("client_tls_mode = \"require\"", "tls.client_tls_mode"),
+            ("server_tls_mode = \"verify-full\"", "tls.server_ca"),
+            ("server_key = \"k.pem\"", "tls.server_cert"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{bad}: {e}");
+        }
+        assert!(with("server_tls_mode = \"verify-everything\"").is_err());
+        assert!(with("server_auth_allow = [\"kerberos\"]").is_err());
+    }
 }

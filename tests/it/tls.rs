@@ -97,6 +97,26 @@ impl Pki {
     }
 }
 
+/// Megabytes each way through TLS: the relay's writes to a full socket
+/// must still be flushed (nothing may wait behind records rustls kept).
+async fn big_both_ways(c: &tokio_postgres::Client) {
+    let rows = c
+        .query(
+            "SELECT repeat('x', 1000) FROM generate_series(1, 8000)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 8000);
+    let big = "y".repeat(4 << 20);
+    let n: i32 = c
+        .query_one("SELECT length($1::text)", &[&big])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n as usize, big.len());
+}
+
 /// A driver error's server message (its Display says only "db error").
 fn error_text(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
@@ -237,6 +257,7 @@ async fn clients_over_tls_psql_plus_direct_and_reload() {
     tokio::spawn(conn);
     let n: i32 = c.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
     assert_eq!(n, 42);
+    big_both_ways(&c).await;
     drop(c);
 
     // Direct TLS (PostgreSQL 17's sslnegotiation=direct): a ClientHello
@@ -593,6 +614,7 @@ async fn server_that_accepts_only_hostssl() {
         .unwrap()
         .get(0);
     assert!(ssl, "the server connection is TLS");
+    big_both_ways(&c).await;
     drop(c);
     p.shutdown().await;
 
