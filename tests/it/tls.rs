@@ -281,6 +281,34 @@ async fn clients_over_tls_psql_plus_direct_and_reload() {
     assert_eq!(s, "direct");
     drop(c);
 
+    // Direct TLS without ALPN: FATAL 08P01 (inside TLS), as PostgreSQL.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            pki.ca.der().to_vec(),
+        ))
+        .unwrap();
+    let no_alpn = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(no_alpn))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut buf = BytesMut::new();
+    let (t, body) = pgkeel::protocol::read_message(&mut tls, &mut buf, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(t, b'E');
+    let f = pgkeel::protocol::parse_error_fields(&body);
+    assert_eq!(pgkeel::protocol::error_field(&f, b'C'), Some("08P01"));
+
     // A second SSLRequest inside TLS: FATAL 08P01, as PostgreSQL.
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let mut req = BytesMut::new();
