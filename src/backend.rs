@@ -174,7 +174,10 @@ impl ServerConn {
                                 "the server ended the SCRAM exchange without proving it knows the password (no server signature)".into(),
                             ));
                         }
-                        0 if !challenged && !tls.allows(ServerAuth::Trust) => {
+                        0 if !challenged
+                            && !tls.allows(ServerAuth::Trust)
+                            && !tls.cert_login(stream.is_tls()) =>
+                        {
                             return Err(refuse("no authentication at all (trust)", "trust"));
                         }
                         0 => {}

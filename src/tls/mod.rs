@@ -48,6 +48,8 @@ pub struct ServerTls {
     /// Built unless the mode is `disable`.
     pub connector: Option<tokio_rustls::TlsConnector>,
     pub auth_allow: Vec<ServerAuth>,
+    /// `server_cert` is set: pgkeel presents a client certificate.
+    pub client_cert: bool,
 }
 
 impl fmt::Debug for ServerTls {
@@ -65,6 +67,7 @@ impl Default for ServerTls {
             mode: ServerTlsMode::Disable,
             connector: None,
             auth_allow: TlsConfig::default().server_auth_allow,
+            client_cert: false,
         }
     }
 }
@@ -72,6 +75,19 @@ impl Default for ServerTls {
 impl ServerTls {
     pub fn allows(&self, auth: ServerAuth) -> bool {
         self.auth_allow.contains(&auth)
+    }
+
+    /// An AuthenticationOk without a challenge is a `cert` login, not
+    /// `trust`, when pgkeel showed its client certificate to a server whose
+    /// own certificate it verified: the server is the right one, and it
+    /// authenticated pgkeel by the certificate.
+    pub fn cert_login(&self, over_tls: bool) -> bool {
+        over_tls
+            && self.client_cert
+            && matches!(
+                self.mode,
+                ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull
+            )
     }
 }
 
@@ -124,6 +140,7 @@ impl Tls {
                 mode: cfg.server_tls_mode,
                 connector,
                 auth_allow: cfg.server_auth_allow.clone(),
+                client_cert: cfg.server_cert.is_some(),
             }),
         })
     }

@@ -520,13 +520,14 @@ fn start_hostssl_pg(pki: &Pki) -> HostsslPg {
     );
     std::fs::write(
         data.join("pg_hba.conf"),
-        "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        "local all all trust\nhostssl all tls_certuser 127.0.0.1/32 cert\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
     )
     .unwrap();
     pki.issue("pg", "localhost", false);
     for (from, to) in [
         (pki.cert("pg"), data.join("server.crt")),
         (pki.key("pg"), data.join("server.key")),
+        (pki.ca(), data.join("root.crt")),
     ] {
         std::fs::copy(&from, &to).unwrap();
         common::chown(&to);
@@ -554,6 +555,8 @@ fn start_hostssl_pg(pki: &Pki) -> HostsslPg {
             "-c",
             "ssl=on",
             "-c",
+            "ssl_ca_file=root.crt",
+            "-c",
             "fsync=off",
             "-c",
             "shared_buffers=16MB",
@@ -576,6 +579,7 @@ fn start_hostssl_pg(pki: &Pki) -> HostsslPg {
             .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
             .args(["-c", "CREATE ROLE tls_app LOGIN PASSWORD 'tls_password'"])
             .args(["-c", "CREATE DATABASE tls_db OWNER tls_app"])
+            .args(["-c", "CREATE ROLE tls_certuser LOGIN"])
             .output()
             .unwrap();
         if out.status.success() {
@@ -706,4 +710,90 @@ async fn server_that_accepts_only_hostssl() {
     )
     .await
     .expect("verify-full with the certificate's name");
+
+    // A client certificate (`hostssl ... cert`): no challenge, and that is
+    // a cert login, not trust, once the server's certificate is verified.
+    pki.issue("client", "tls_certuser", false);
+    let with_cert = |mode| {
+        pgkeel::tls::Tls::build(&TlsConfig {
+            server_tls_mode: mode,
+            server_ca: Some(pki.ca()),
+            server_cert: Some(pki.cert("client")),
+            server_key: Some(pki.key("client")),
+            ..TlsConfig::default()
+        })
+        .unwrap()
+        .server
+    };
+    let cert_creds = pgkeel::backend::ServerCredentials {
+        user: "tls_certuser".into(),
+        ..Default::default()
+    };
+    let port = pg.port;
+    let connect = |tls: Arc<pgkeel::tls::ServerTls>, creds: pgkeel::backend::ServerCredentials| async move {
+        pgkeel::backend::ServerConn::connect(
+            "localhost",
+            port,
+            "tls_db",
+            &creds,
+            &tls,
+            Duration::from_secs(5),
+        )
+        .await
+    };
+    connect(with_cert(ServerTlsMode::VerifyFull), cert_creds.clone())
+        .await
+        .expect("a client certificate logs pgkeel in");
+    let e = connect(with_cert(ServerTlsMode::Require), cert_creds.clone())
+        .await
+        .err()
+        .expect("unverified server letting pgkeel in unchallenged");
+    assert!(e.to_string().contains("trust"), "{e}");
+    let e = connect(tls.server.clone(), cert_creds)
+        .await
+        .err()
+        .expect("no client certificate");
+    assert!(e.to_string().contains("certificate"), "{e}");
+}
+
+#[tokio::test]
+async fn server_tls_prefer_falls_back_require_does_not() {
+    let pg = common::shared_pg();
+    let creds = pgkeel::backend::ServerCredentials {
+        user: "app".into(),
+        password: Some("app_password".into()),
+        ..Default::default()
+    };
+    let build = |mode| {
+        pgkeel::tls::Tls::build(&TlsConfig {
+            server_tls_mode: mode,
+            ..TlsConfig::default()
+        })
+        .unwrap()
+        .server
+    };
+    // The shared server has ssl off: it answers the SSLRequest with N.
+    let conn = pgkeel::backend::ServerConn::connect(
+        "127.0.0.1",
+        pg.port,
+        "appdb",
+        &creds,
+        &build(ServerTlsMode::Prefer),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("prefer goes on in plaintext");
+    assert!(!conn.stream.is_tls());
+    let e = pgkeel::backend::ServerConn::connect(
+        "127.0.0.1",
+        pg.port,
+        "appdb",
+        &creds,
+        &build(ServerTlsMode::Require),
+        Duration::from_secs(5),
+    )
+    .await
+    .err()
+    .expect("require refuses a server without TLS");
+    assert!(e.to_string().contains("does not accept TLS"), "{e}");
 }
