@@ -171,6 +171,49 @@ struct Negotiated {
     gss: bool,
 }
 
+/// An encryption request before the startup packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encryption {
+    /// SSLRequest.
+    Tls,
+    /// GSSENCRequest.
+    Gss,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum EncryptionAnswer {
+    /// `S`: the TLS handshake follows.
+    Yes,
+    /// `N`: go on as it is (GSS encryption is never offered).
+    No,
+}
+
+impl Negotiated {
+    /// The answer to `request`, or why the connection must end: a second
+    /// request of a kind is a client looping (or a peer probing), not a
+    /// negotiation (PostgreSQL accepts one of each).
+    fn answer(
+        &mut self,
+        request: Encryption,
+        offers_tls: bool,
+    ) -> Result<EncryptionAnswer, &'static str> {
+        let (done, twice) = match request {
+            Encryption::Tls => (&mut self.ssl, "SSLRequest received twice on one connection"),
+            Encryption::Gss => (
+                &mut self.gss,
+                "GSSENCRequest received twice on one connection",
+            ),
+        };
+        if std::mem::replace(done, true) {
+            return Err(twice);
+        }
+        Ok(match request {
+            Encryption::Tls if offers_tls => EncryptionAnswer::Yes,
+            _ => EncryptionAnswer::No,
+        })
+    }
+}
+
 fn offers_tls(tls: &Tls) -> bool {
     tls.acceptor.is_some() && tls.client_mode != ClientTlsMode::Disable
 }
@@ -237,32 +280,21 @@ pub async fn handshake(
         let code = body.get_i32();
         match code {
             protocol::SSL_REQUEST_CODE | protocol::GSSENC_REQUEST_CODE => {
-                let ssl = code == protocol::SSL_REQUEST_CODE;
-                let done = if ssl {
-                    &mut negotiated.ssl
+                let request = if code == protocol::SSL_REQUEST_CODE {
+                    Encryption::Tls
                 } else {
-                    &mut negotiated.gss
+                    Encryption::Gss
                 };
-                if std::mem::replace(done, true) {
-                    // PostgreSQL accepts one of each: more is a client
-                    // looping (or a peer probing), not a negotiation.
-                    return Err(Refusal::new(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        format!(
-                            "{} received twice on one connection",
-                            if ssl { "SSLRequest" } else { "GSSENCRequest" }
-                        ),
-                    ));
-                }
-                if ssl && offers_tls(&tls) {
-                    stream.write_all(&[TLS_YES]).await?;
-                    if !accept_tls(&tls, stream).await {
-                        return Ok(Handshake::Done);
+                match negotiated.answer(request, offers_tls(&tls)) {
+                    Err(m) => return Err(Refusal::new(sqlstate::PROTOCOL_VIOLATION, m)),
+                    Ok(EncryptionAnswer::Yes) => {
+                        stream.write_all(&[TLS_YES]).await?;
+                        if !accept_tls(&tls, stream).await {
+                            return Ok(Handshake::Done);
+                        }
                     }
-                } else {
-                    // No GSS encryption (nor TLS, when off): "N" tells libpq
-                    // to go on as it is.
-                    stream.write_all(&[TLS_NO]).await?;
+                    // "N" tells libpq to go on as it is.
+                    Ok(EncryptionAnswer::No) => stream.write_all(&[TLS_NO]).await?,
                 }
             }
             protocol::CANCEL_REQUEST_CODE => {
@@ -555,6 +587,24 @@ async fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_encryption_request_of_each_kind() {
+        let mut n = Negotiated::default();
+        assert_eq!(n.answer(Encryption::Gss, true), Ok(EncryptionAnswer::No));
+        assert_eq!(n.answer(Encryption::Tls, true), Ok(EncryptionAnswer::Yes));
+        assert!(n.answer(Encryption::Tls, true).is_err());
+        assert!(n.answer(Encryption::Gss, true).is_err());
+        let mut off = Negotiated::default();
+        assert_eq!(off.answer(Encryption::Tls, false), Ok(EncryptionAnswer::No));
+        assert!(off.answer(Encryption::Tls, false).is_err());
+        // Direct TLS counts as the SSLRequest.
+        let mut direct = Negotiated {
+            ssl: true,
+            gss: false,
+        };
+        assert!(direct.answer(Encryption::Tls, true).is_err());
+    }
 
     #[test]
     fn password_family_parsers_reject_short_and_odd_input() {
