@@ -117,6 +117,83 @@ async fn big_both_ways(c: &tokio_postgres::Client) {
     assert_eq!(n as usize, big.len());
 }
 
+/// A SCRAM login by hand over `stream` with mechanism `mech` and the
+/// client's idea of the binding; returns the SQLSTATE of the refusal, or
+/// `None` when pgkeel let it in.
+async fn scram_login<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    mech: &str,
+    binding: pgkeel::auth::scram::Binding<'_>,
+) -> Option<String> {
+    use pgkeel::auth::scram::{ClientCredential, ClientExchange};
+    stream
+        .write_all(&Raw::startup_packet(&[
+            ("user", "app"),
+            ("database", "appdb"),
+        ]))
+        .await
+        .unwrap();
+    let mut buf = BytesMut::new();
+    let mut ex = None;
+    loop {
+        let (t, body) = pgkeel::protocol::read_message(stream, &mut buf, 1 << 20)
+            .await
+            .unwrap();
+        let mut out = BytesMut::new();
+        match (
+            t,
+            body.get(..4)
+                .map(|c| i32::from_be_bytes(c.try_into().unwrap())),
+        ) {
+            (b'E', _) => {
+                let f = pgkeel::protocol::parse_error_fields(&body);
+                return pgkeel::protocol::error_field(&f, b'C').map(str::to_owned);
+            }
+            (b'Z', _) => return None,
+            (b'R', Some(10)) => {
+                let (e, first) = ClientExchange::start(binding);
+                ex = Some(e);
+                let mut m = BytesMut::new();
+                m.put_slice(mech.as_bytes());
+                m.put_u8(0);
+                m.put_i32(first.len() as i32);
+                m.put_slice(first.as_bytes());
+                out.put_u8(b'p');
+                out.put_i32(m.len() as i32 + 4);
+                out.put_slice(&m);
+            }
+            (b'R', Some(11)) => {
+                let fin = ex
+                    .as_mut()
+                    .unwrap()
+                    .respond(&body[4..], ClientCredential::Password("app_password"))
+                    .unwrap();
+                out.put_u8(b'p');
+                out.put_i32(fin.len() as i32 + 4);
+                out.put_slice(fin.as_bytes());
+            }
+            _ => {}
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await.unwrap();
+        }
+    }
+}
+
+/// An SSLRequest, `S`, and the TLS handshake to `addr`.
+async fn tls_to(pki: &Pki, addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut req = BytesMut::new();
+    req.put_i32(8);
+    req.put_i32(80_877_103);
+    tcp.write_all(&req).await.unwrap();
+    let mut s = [0u8; 1];
+    tcp.read_exact(&mut s).await.unwrap();
+    assert_eq!(s[0], b'S');
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    pki.connector().connect(name, tcp).await.unwrap()
+}
+
 /// A driver error's server message (its Display says only "db error").
 fn error_text(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
@@ -329,6 +406,33 @@ async fn clients_over_tls_psql_plus_direct_and_reload() {
     let f = pgkeel::protocol::parse_error_fields(&body);
     assert_eq!(pgkeel::protocol::error_field(&f, b'C'), Some("08P01"));
 
+    // Channel binding by hand: the hash of the certificate pgkeel serves
+    // logs in; any other (a man in the middle's) is 28000.
+    use pgkeel::auth::scram::Binding;
+    let end_point = pgkeel::tls::channel_binding::server_end_point(&first).unwrap();
+    let mut tls = tls_to(&pki, addr).await;
+    let plus = "SCRAM-SHA-256-PLUS";
+    assert_eq!(
+        scram_login(&mut tls, plus, Binding::EndPoint(&end_point)).await,
+        None
+    );
+    let mut tls = tls_to(&pki, addr).await;
+    let wrong = vec![0u8; end_point.len()];
+    assert_eq!(
+        scram_login(&mut tls, plus, Binding::EndPoint(&wrong))
+            .await
+            .as_deref(),
+        Some("28000")
+    );
+    // "y" (client could bind, thinks pgkeel cannot) although -PLUS was offered.
+    let mut tls = tls_to(&pki, addr).await;
+    assert_eq!(
+        scram_login(&mut tls, "SCRAM-SHA-256", Binding::Unused)
+            .await
+            .as_deref(),
+        Some("28000")
+    );
+
     // Certificate reload: new files, SIGHUP, and new logins see the new
     // certificate; a broken file on the next reload keeps it.
     assert_eq!(served_cert(&pki, addr).await.as_deref(), Some(&first[..]));
@@ -396,6 +500,21 @@ async fn one_ssl_request_per_connection_and_tls_off() {
     let mut raw = Raw::connect(p.local_addr()).await;
     raw.send(&[0x16, 3, 1, 0, 4, 1, 0, 0, 0]).await;
     assert!(raw.closed().await);
+    // Channel binding asked for over plaintext: 28000.
+    use pgkeel::auth::scram::Binding;
+    let mut tcp = TcpStream::connect(p.local_addr()).await.unwrap();
+    let fake = [1u8; 32];
+    assert_eq!(
+        scram_login(&mut tcp, "SCRAM-SHA-256-PLUS", Binding::EndPoint(&fake))
+            .await
+            .as_deref(),
+        Some("28000")
+    );
+    let mut tcp = TcpStream::connect(p.local_addr()).await.unwrap();
+    assert_eq!(
+        scram_login(&mut tcp, "SCRAM-SHA-256", Binding::None).await,
+        None
+    );
     // Plaintext logins are fine here.
     support::app(p.local_addr()).await;
     p.shutdown().await;
