@@ -916,3 +916,35 @@ async fn server_tls_prefer_falls_back_require_does_not() {
     .expect("require refuses a server without TLS");
     assert!(e.to_string().contains("does not accept TLS"), "{e}");
 }
+
+#[test]
+fn check_config_reads_the_certificates() {
+    let pki = Pki::new();
+    pki.issue("pgkeel", "localhost", true);
+    let dir = tempfile::tempdir().unwrap();
+    let check = |cert: &std::path::Path| {
+        let cfg = support::config(5432, "", "").replace(
+            "[tls]\n",
+            &format!("[tls]\ncert = {cert:?}\nkey = {:?}\n", pki.key("pgkeel")),
+        );
+        let file = dir.path().join("pgkeel.toml");
+        std::fs::write(&file, cfg).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_pgkeel"))
+            .arg("--check-config")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = check(&pki.cert("pgkeel"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another certificate than the key's: named, exit 2.
+    pki.issue("other", "localhost", true);
+    let out = check(&pki.cert("other"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[tls] cert/key"), "{err}");
+}
