@@ -10,6 +10,7 @@ mod begin;
 mod cleanup;
 mod clock;
 mod hold;
+mod negotiate;
 pub mod prepared;
 mod recovery;
 pub mod relay;
