@@ -215,20 +215,19 @@ impl ServerConn {
                         }
                         10 => {
                             let mechs: Vec<&[u8]> = b.split(|&c| c == 0).collect();
-                            let plus = mechs.contains(&scram::MECHANISM_PLUS.as_bytes());
-                            if !mechs.contains(&scram::MECHANISM.as_bytes()) && !plus {
-                                return Err(BackendError::Auth(
+                            let (mech, binding) = scram::choose_mechanism(
+                                &mechs,
+                                end_point.as_deref(),
+                                stream.is_tls(),
+                            )
+                            .ok_or_else(|| {
+                                BackendError::Auth(
                                     "the server offers no SASL mechanism pgkeel supports".into(),
-                                ));
-                            }
+                                )
+                            })?;
                             if creds.password.is_none() && creds.scram_keys.is_none() {
                                 return Err(no_password(creds, "SCRAM"));
                             }
-                            let (mech, binding) = match (&end_point, plus) {
-                                (Some(e), true) => (scram::MECHANISM_PLUS, Binding::EndPoint(e)),
-                                _ if stream.is_tls() => (scram::MECHANISM, Binding::Unused),
-                                _ => (scram::MECHANISM, Binding::None),
-                            };
                             let (ex, first) = ClientExchange::start(binding);
                             scram = Some(ex);
                             SASLInitialResponse::new(mech.into(), Some(Bytes::from(first)))

@@ -188,6 +188,24 @@ pub struct ServerExchange<'a> {
     channel: String,
 }
 
+/// The mechanism a client picks from a server's list, and its binding:
+/// -PLUS whenever the server offers it and the connection has binding
+/// data (as libpq with `channel_binding=prefer`); over TLS without it, "y"
+/// (so a server that would have bound sees the downgrade); else "n".
+pub fn choose_mechanism<'a>(
+    offered: &[&[u8]],
+    end_point: Option<&'a [u8]>,
+    tls: bool,
+) -> Option<(&'static str, Binding<'a>)> {
+    let has = |m: &str| offered.contains(&m.as_bytes());
+    match end_point {
+        Some(e) if tls && has(MECHANISM_PLUS) => Some((MECHANISM_PLUS, Binding::EndPoint(e))),
+        _ if !has(MECHANISM) => None,
+        _ if tls => Some((MECHANISM, Binding::Unused)),
+        _ => Some((MECHANISM, Binding::None)),
+    }
+}
+
 /// The server's view of a client's gs2 flag (as PostgreSQL's
 /// `read_client_first_message`): the channel binding data the client must
 /// echo, or why the negotiation fails.
@@ -576,5 +594,25 @@ mod tests {
             run(&raw, ClientCredential::Password("ab")).err(),
             Some(ScramError::BadProof)
         );
+    }
+
+    #[test]
+    fn client_picks_plus_when_it_can() {
+        let both: [&[u8]; 2] = [b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256"];
+        let plain: [&[u8]; 1] = [b"SCRAM-SHA-256"];
+        let only_plus: [&[u8]; 1] = [b"SCRAM-SHA-256-PLUS"];
+        let e = [1u8; 32];
+        let pick = |offered: &[&[u8]], ep: Option<&[u8]>, tls| {
+            choose_mechanism(offered, ep, tls).map(|(m, b)| (m, format!("{b:?}")))
+        };
+        assert_eq!(pick(&both, Some(&e), true).unwrap().0, MECHANISM_PLUS);
+        assert_eq!(pick(&both, None, true), Some((MECHANISM, "Unused".into())));
+        assert_eq!(
+            pick(&plain, Some(&e), true),
+            Some((MECHANISM, "Unused".into()))
+        );
+        assert_eq!(pick(&plain, None, false), Some((MECHANISM, "None".into())));
+        assert_eq!(pick(&only_plus, None, true), None);
+        assert_eq!(pick(&[b"GSSAPI"], None, false), None);
     }
 }
