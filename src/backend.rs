@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::md5;
-use crate::auth::scram::{self, Binding, ClientCredential, ClientExchange, ScramKeys};
+use crate::auth::scram::{self, ClientCredential, ClientExchange, ScramKeys};
 use crate::cancel::ServerKey;
 use crate::config::{ServerAuth, ServerTlsMode};
 use crate::protocol::{self, error_field, parse_error_fields};
