@@ -19,10 +19,7 @@ use crate::cancel::ServerKey;
 use crate::config::{ServerAuth, ServerTlsMode};
 use crate::protocol::{self, error_field, parse_error_fields};
 use crate::tls::{ServerTls, Stream};
-
-/// The server's answers to an SSLRequest.
-const TLS_YES: u8 = b'S';
-const TLS_NO: u8 = b'N';
+use protocol::{ENCRYPTION_NO as TLS_NO, ENCRYPTION_YES as TLS_YES};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 

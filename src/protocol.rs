@@ -17,6 +17,10 @@ pub const HEADER_LEN: usize = 5;
 pub const SSL_REQUEST_CODE: i32 = 80_877_103;
 pub const GSSENC_REQUEST_CODE: i32 = 80_877_104;
 pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
+/// The one-byte answers to an SSLRequest (and a GSSENCRequest): `S`, the
+/// TLS handshake follows; `N`, go on unencrypted.
+pub const ENCRYPTION_YES: u8 = b'S';
+pub const ENCRYPTION_NO: u8 = b'N';
 pub const PROTOCOL_3_0: i32 = 196_608;
 
 /// Startup packets are small; PostgreSQL caps them at 10000 bytes too.

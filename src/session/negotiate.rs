@@ -5,9 +5,7 @@
 use crate::config::ClientTlsMode;
 use crate::tls::{Stream, Tls};
 
-/// The answers to an SSLRequest.
-pub(super) const TLS_YES: u8 = b'S';
-pub(super) const TLS_NO: u8 = b'N';
+pub(super) use crate::protocol::{ENCRYPTION_NO as TLS_NO, ENCRYPTION_YES as TLS_YES};
 
 /// What this connection negotiated already: one SSLRequest and one
 /// GSSENCRequest each, as PostgreSQL allows.
