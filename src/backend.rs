@@ -16,7 +16,10 @@ use tokio::net::TcpStream;
 use crate::auth::md5;
 use crate::auth::scram::{self, ClientCredential, ClientExchange, ScramKeys};
 use crate::cancel::ServerKey;
+use crate::config::{ServerAuth, ServerTlsMode};
 use crate::protocol::{self, error_field, parse_error_fields};
+use crate::tls::{ServerTls, Stream};
+use protocol::{ENCRYPTION_NO as TLS_NO, ENCRYPTION_YES as TLS_YES};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -63,7 +66,7 @@ impl BackendError {
 
 /// One authenticated connection to a PostgreSQL server.
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub id: u64,
     pub key: Arc<ServerKey>,
     /// ParameterStatus values the server sent at startup.
@@ -82,10 +85,12 @@ impl ServerConn {
         port: u16,
         database: &str,
         creds: &ServerCredentials,
+        tls: &ServerTls,
         timeout: Duration,
     ) -> Result<ServerConn, BackendError> {
         let addr = format!("{host}:{port}");
-        match tokio::time::timeout(timeout, Self::connect_inner(&addr, database, creds)).await {
+        let fut = Self::connect_inner(&addr, host, database, creds, tls);
+        match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(BackendError::Timeout(addr)),
         }
@@ -93,16 +98,33 @@ impl ServerConn {
 
     async fn connect_inner(
         addr: &str,
+        host: &str,
         database: &str,
         creds: &ServerCredentials,
+        tls: &ServerTls,
     ) -> Result<ServerConn, BackendError> {
         let io = |source| BackendError::Io {
             addr: addr.to_owned(),
             source,
         };
-        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
-        let peer: SocketAddr = stream.peer_addr().map_err(io)?;
+        let tcp = TcpStream::connect(addr).await.map_err(io)?;
+        tcp.set_nodelay(true).map_err(io)?;
+        let peer: SocketAddr = tcp.peer_addr().map_err(io)?;
+        let mut stream = Stream::plain(tcp);
+        if let Some(connector) = &tls.connector {
+            negotiate_tls(&mut stream, host, tls.mode, connector)
+                .await
+                .map_err(|e| match e {
+                    TlsRefused::Io(e) => io(e),
+                    TlsRefused::Other(e) => e,
+                })?;
+        }
+        // tls-server-end-point data of the server's certificate, for -PLUS.
+        let end_point = stream
+            .tls_common()
+            .and_then(|c| c.peer_certificates())
+            .and_then(|c| c.first())
+            .and_then(|c| crate::tls::channel_binding::server_end_point(c));
 
         let mut startup = Startup::new();
         startup.parameters.insert("user".into(), creds.user.clone());
@@ -114,11 +136,21 @@ impl ServerConn {
             .encode(&mut out)
             .map_err(|e| BackendError::Protocol(e.to_string()))?;
         stream.write_all(&out).await.map_err(io)?;
+        stream.flush().await.map_err(io)?;
 
         let mut buf = BytesMut::with_capacity(1024);
         let mut params = Vec::new();
         let mut key = None;
         let mut scram: Option<ClientExchange> = None;
+        // Whether the server asked for anything before AuthenticationOk,
+        // and whether a SCRAM exchange ended with its signature checked.
+        let mut challenged = false;
+        let mut scram_verified = false;
+        let refuse = |what: &str, auth: &str| {
+            BackendError::Auth(format!(
+                "the server asks for {what}, which server_auth_allow does not list (add \"{auth}\" to [tls] server_auth_allow to accept it)"
+            ))
+        };
         loop {
             let (typ, body) = protocol::read_message(&mut stream, &mut buf, 1 << 20)
                 .await
@@ -134,7 +166,27 @@ impl ServerConn {
                     let code = b.get_i32();
                     out.clear();
                     match code {
+                        0 if scram.is_some() && !scram_verified => {
+                            return Err(BackendError::Auth(
+                                "the server ended the SCRAM exchange without proving it knows the password (no server signature)".into(),
+                            ));
+                        }
+                        0 if !challenged
+                            && !tls.allows(ServerAuth::Trust)
+                            && !tls.cert_login(stream.is_tls()) =>
+                        {
+                            return Err(refuse("no authentication at all (trust)", "trust"));
+                        }
                         0 => {}
+                        3 if !tls.allows(ServerAuth::Password) => {
+                            return Err(refuse("a cleartext password", "password"));
+                        }
+                        5 if !tls.allows(ServerAuth::Md5) => {
+                            return Err(refuse("an md5 password", "md5"));
+                        }
+                        10 if !tls.allows(ServerAuth::ScramSha256) => {
+                            return Err(refuse("SCRAM-SHA-256", "scram-sha-256"));
+                        }
                         3 => {
                             let pw = creds
                                 .password
@@ -160,22 +212,24 @@ impl ServerConn {
                         }
                         10 => {
                             let mechs: Vec<&[u8]> = b.split(|&c| c == 0).collect();
-                            if !mechs.contains(&scram::MECHANISM.as_bytes()) {
-                                return Err(BackendError::Auth(
+                            let (mech, binding) = scram::choose_mechanism(
+                                &mechs,
+                                end_point.as_deref(),
+                                stream.is_tls(),
+                            )
+                            .ok_or_else(|| {
+                                BackendError::Auth(
                                     "the server offers no SASL mechanism pgkeel supports".into(),
-                                ));
-                            }
+                                )
+                            })?;
                             if creds.password.is_none() && creds.scram_keys.is_none() {
                                 return Err(no_password(creds, "SCRAM"));
                             }
-                            let (ex, first) = ClientExchange::start();
+                            let (ex, first) = ClientExchange::start(binding);
                             scram = Some(ex);
-                            SASLInitialResponse::new(
-                                scram::MECHANISM.into(),
-                                Some(Bytes::from(first)),
-                            )
-                            .encode(&mut out)
-                            .map_err(proto)?;
+                            SASLInitialResponse::new(mech.into(), Some(Bytes::from(first)))
+                                .encode(&mut out)
+                                .map_err(proto)?;
                         }
                         11 => {
                             let ex = scram.as_mut().ok_or_else(|| {
@@ -199,13 +253,18 @@ impl ServerConn {
                             })?;
                             ex.verify(b)
                                 .map_err(|e| BackendError::Auth(e.to_string()))?;
+                            scram_verified = true;
                         }
                         other => {
                             return Err(BackendError::Auth(format!("the server asks for an authentication method pgkeel does not support (code {other})")));
                         }
                     }
+                    if code != 0 {
+                        challenged = true;
+                    }
                     if !out.is_empty() {
                         stream.write_all(&out).await.map_err(io)?;
+                        stream.flush().await.map_err(io)?;
                     }
                 }
                 b'E' => return Err(BackendError::Server(parse_error_fields(&body))),
@@ -283,6 +342,7 @@ impl ServerConn {
                 .write_all(&out)
                 .await
                 .map_err(|e| e.to_string())?;
+            self.stream.flush().await.map_err(|e| e.to_string())?;
             let mut buf = BytesMut::with_capacity(256);
             let mut value = None;
             let mut failed = None;
@@ -316,8 +376,74 @@ impl ServerConn {
     /// (a FATAL on shutdown, a notification) while it sat idle. Such a
     /// connection is not handed to a client.
     pub fn is_stale(&self) -> bool {
-        let mut b = [0u8; 1];
-        !matches!(self.stream.try_read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        !self.stream.tcp().is_some_and(socket_quiet)
+    }
+}
+
+/// The socket has nothing to read and is not closed: one non-blocking
+/// `recv(MSG_PEEK)` asked of the kernel (the runtime's readiness flags lag
+/// a close by up to a reactor turn). A peek, so TLS records stay intact.
+pub fn socket_quiet(stream: &TcpStream) -> bool {
+    let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // The runtime's sockets are non-blocking, so the peek never waits.
+    matches!(
+        socket2::SockRef::from(stream).peek(&mut b),
+        Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
+}
+
+enum TlsRefused {
+    Io(std::io::Error),
+    Other(BackendError),
+}
+
+/// SSLRequest, then the TLS handshake if the server says `S`. `prefer`
+/// goes on in plaintext when it says `N`; the other modes fail.
+async fn negotiate_tls(
+    stream: &mut Stream,
+    host: &str,
+    mode: ServerTlsMode,
+    connector: &tokio_rustls::TlsConnector,
+) -> Result<(), TlsRefused> {
+    let mut req = BytesMut::with_capacity(8);
+    protocol::put_ssl_request(&mut req);
+    stream.write_all(&req).await.map_err(TlsRefused::Io)?;
+    // One byte, read from the socket itself: anything the server sent
+    // after it belongs to the TLS handshake (CVE-2021-23222).
+    let mut answer = [0u8; 1];
+    stream
+        .read_exact(&mut answer)
+        .await
+        .map_err(TlsRefused::Io)?;
+    match answer[0] {
+        TLS_YES => {
+            let name = crate::tls::server_name(host)
+                .map_err(|e| TlsRefused::Other(BackendError::Protocol(e)))?;
+            stream.connect_tls(connector, name).await.map_err(|e| {
+                TlsRefused::Other(BackendError::Auth(format!(
+                    "TLS handshake with the server failed (server_tls_mode = {}): {e}",
+                    mode_name(mode)
+                )))
+            })
+        }
+        TLS_NO if mode == ServerTlsMode::Prefer => Ok(()),
+        TLS_NO => Err(TlsRefused::Other(BackendError::Auth(format!(
+            "the server does not accept TLS, and server_tls_mode = {} requires it",
+            mode_name(mode)
+        )))),
+        other => Err(TlsRefused::Other(BackendError::Protocol(format!(
+            "unexpected answer to SSLRequest: {other:#04x}"
+        )))),
+    }
+}
+
+fn mode_name(mode: ServerTlsMode) -> &'static str {
+    match mode {
+        ServerTlsMode::Disable => "disable",
+        ServerTlsMode::Prefer => "prefer",
+        ServerTlsMode::Require => "require",
+        ServerTlsMode::VerifyCa => "verify-ca",
+        ServerTlsMode::VerifyFull => "verify-full",
     }
 }
 

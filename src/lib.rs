@@ -35,6 +35,7 @@ pub mod shared;
 pub mod statements;
 pub mod stats_page;
 pub mod system;
+pub mod tls;
 pub mod topology;
 
 pub use proxy::{Proxy, ProxyHandle};

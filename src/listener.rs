@@ -23,6 +23,7 @@ use crate::limits::{Limit, LoginCaps, LoginPermit};
 use crate::protocol::{self, sqlstate, Severity};
 use crate::session::{self, startup, startup::Handshake};
 use crate::shared::Shared;
+use crate::tls::Stream;
 
 type Accepted = (TcpStream, SocketAddr, ListenerRoute);
 
@@ -34,11 +35,16 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// a peer that does not read must not keep its slot. Past the deadline,
 /// one attempt that does not wait (a FATAL fits in the socket buffer of
 /// any peer that reads at all).
-pub async fn write_before(stream: &mut TcpStream, bytes: &[u8], deadline: Instant) {
+pub async fn write_before(stream: &mut Stream, bytes: &[u8], deadline: Instant) {
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
     if Instant::now() < deadline {
-        let _ = tokio::time::timeout_at(deadline, stream.write_all(bytes)).await;
+        let _ = tokio::time::timeout_at(deadline, write).await;
     } else {
-        let _ = stream.try_write(bytes);
+        // Past the deadline: one attempt that does not wait.
+        let _ = futures_util::FutureExt::now_or_never(write);
     }
 }
 
@@ -48,12 +54,13 @@ pub async fn write_before(stream: &mut TcpStream, bytes: &[u8], deadline: Instan
 /// budget, given back once it is logged in or refused.
 async fn serve_connection(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     route: ListenerRoute,
     login: InLogin,
 ) {
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = Stream::plain(tcp);
     let cfg = shared.config.load_full();
     crate::system::set_keepalive(
         &stream,
@@ -259,7 +266,8 @@ mod tests {
     async fn writes_to_a_peer_that_never_reads_end_at_the_deadline() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (mut ours, _) = l.accept().await.unwrap();
+        let (ours, _) = l.accept().await.unwrap();
+        let mut ours = Stream::plain(ours);
         let big = vec![0u8; 64 << 20];
         write_before(&mut ours, &big, Instant::now() + Duration::from_millis(200)).await;
         // Past the deadline: one attempt, no wait.

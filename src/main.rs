@@ -66,7 +66,17 @@ fn main() -> ExitCode {
         };
     }
     if let Some(path) = cli.check_config {
-        return match Config::from_file(&path) {
+        // The certificates and keys `[tls]` names are read too.
+        let checked = Config::from_file(&path).and_then(|c| {
+            pgkeel::tls::Tls::build(&c.tls)
+                .map(|_| c)
+                .map_err(|message| pgkeel::config::ConfigError {
+                    key: Some("tls".into()),
+                    line: None,
+                    message,
+                })
+        });
+        return match checked {
             Ok(_) => {
                 println!("{}: configuration is valid", path.display());
                 ExitCode::SUCCESS

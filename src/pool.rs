@@ -41,6 +41,8 @@ pub struct PoolSettings {
     pub lifetime: Duration,
     /// TCP keepalive for new server connections (`[proxy] tcp_keepalive`).
     pub keepalive: Option<socket2::TcpKeepalive>,
+    /// `server_tls_mode` and `server_auth_allow`, as of the last reload.
+    pub server_tls: Arc<crate::tls::ServerTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -364,6 +366,7 @@ impl Pool {
             self.key.port,
             &self.key.database,
             &creds,
+            &s.server_tls,
             s.connect_timeout,
         )
         .await
@@ -436,17 +439,10 @@ impl Pool {
     }
 }
 
-/// The socket has nothing to read and is not closed: the server neither
-/// ended the connection nor sent anything unasked. One non-blocking
-/// `recv(MSG_PEEK)`, asked of the kernel itself: the runtime's readiness
-/// flags lag a close by up to a reactor turn.
-fn quiet(stream: &tokio::net::TcpStream) -> bool {
-    let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    // The runtime's sockets are non-blocking, so the peek never waits.
-    matches!(
-        socket2::SockRef::from(stream).peek(&mut b),
-        Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
-    )
+/// The connection's socket has nothing to read and is not closed: the
+/// server neither ended the connection nor sent anything unasked.
+fn quiet(stream: &crate::tls::Stream) -> bool {
+    stream.tcp().is_some_and(crate::backend::socket_quiet)
 }
 
 /// All pools. Looked up once per client login and cached by the session.
@@ -539,7 +535,7 @@ impl Pools {
 
 #[cfg(test)]
 mod tests {
-    use super::quiet;
+    use crate::backend::socket_quiet as quiet;
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
 

@@ -17,6 +17,10 @@ pub const HEADER_LEN: usize = 5;
 pub const SSL_REQUEST_CODE: i32 = 80_877_103;
 pub const GSSENC_REQUEST_CODE: i32 = 80_877_104;
 pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
+/// The one-byte answers to an SSLRequest (and a GSSENCRequest): `S`, the
+/// TLS handshake follows; `N`, go on unencrypted.
+pub const ENCRYPTION_YES: u8 = b'S';
+pub const ENCRYPTION_NO: u8 = b'N';
 pub const PROTOCOL_3_0: i32 = 196_608;
 
 /// Startup packets are small; PostgreSQL caps them at 10000 bytes too.
@@ -248,6 +252,12 @@ pub fn put_backend_key(buf: &mut BytesMut, pid: i32, secret: i32) {
 }
 
 /// Appends a CancelRequest packet (sent to a server on a fresh connection).
+/// Appends an SSLRequest (pgkeel asking a server for TLS).
+pub fn put_ssl_request(buf: &mut BytesMut) {
+    buf.put_i32(8);
+    buf.put_i32(SSL_REQUEST_CODE);
+}
+
 pub fn put_cancel_request(buf: &mut BytesMut, pid: i32, secret: i32) {
     buf.put_i32(16);
     buf.put_i32(CANCEL_REQUEST_CODE);

@@ -89,11 +89,13 @@ impl Proxy {
         if let Some(e) = &config.etcd {
             first_round += e.dial_timeout.0;
         }
+        let tls = crate::tls::Tls::build(&config.tls).map_err(|e| anyhow::anyhow!("{e}"))?;
         let notify = crate::notify::spawn(config.notify.clone());
         topology::spawn(
             &config,
             topology.clone(),
             metrics.clone(),
+            tls.server.clone(),
             notify,
             shutdown_rx.clone(),
             first_round,
@@ -122,6 +124,7 @@ impl Proxy {
             shutdown: shutdown_rx.clone(),
             scram_keys: Default::default(),
             statements: Arc::default(),
+            tls: ArcSwap::from_pointee(tls),
             clients: Arc::default(),
             pause: crate::clients::Pause::default(),
             fleet: fleet.clone(),

@@ -32,8 +32,18 @@ pub fn reload_file(shared: &Shared, path: &Path) -> Result<Vec<String>, ConfigEr
         line: None,
         message: format!("cannot read {}: {e}", path.display()),
     });
-    let parsed = text.and_then(|t| Config::from_toml_str(&t));
-    let new = match parsed {
+    // The certificates are read again too (rotated files are picked up); a
+    // file that does not load keeps the running certificates.
+    let parsed = text.and_then(|t| {
+        let c = Config::from_toml_str(&t)?;
+        let tls = crate::tls::Tls::build(&c.tls).map_err(|message| ConfigError {
+            key: Some("tls".into()),
+            line: None,
+            message,
+        })?;
+        Ok((c, tls))
+    });
+    let (new, tls) = match parsed {
         Ok(x) => x,
         Err(e) => {
             shared
@@ -49,6 +59,8 @@ pub fn reload_file(shared: &Shared, path: &Path) -> Result<Vec<String>, ConfigEr
             return Err(e);
         }
     };
+    // Before `apply`, so pools take the new server side with their settings.
+    shared.tls.store(Arc::new(tls));
     let pending = apply(shared, new);
     let mut info = (**shared.config_info.load()).clone();
     info.version += 1;

@@ -53,6 +53,8 @@ pub struct Shared {
     pub limits: Arc<crate::limits::Limits>,
     /// The secret unknown roles' mock SCRAM exchanges are derived from.
     pub mock_key: crate::auth::mock::MockKey,
+    /// TLS built from `[tls]`: swapped by a reload whose certificates load.
+    pub tls: ArcSwap<crate::tls::Tls>,
 }
 
 impl Shared {
@@ -72,6 +74,7 @@ impl Shared {
             idle_timeout: cfg.proxy.server_idle_timeout.0,
             lifetime: cfg.proxy.server_lifetime.0,
             keepalive: crate::system::keepalive_settings(&cfg.proxy),
+            server_tls: self.tls.load().server.clone(),
         }
     }
 

@@ -1,4 +1,8 @@
-//! SCRAM-SHA-256 (RFC 5802/7677) as PostgreSQL uses it, without channel binding.
+//! SCRAM-SHA-256 (RFC 5802/7677) as PostgreSQL uses it, and
+//! SCRAM-SHA-256-PLUS: channel binding `tls-server-end-point` (RFC 5929),
+//! whose data the caller takes from the TLS connection. Passwords are
+//! SASLprep-normalised (RFC 4013) as PostgreSQL does, the raw bytes used
+//! when that fails.
 //!
 //! Both sides live here: `ServerExchange` checks a client's proof against a
 //! verifier; `client_exchange_*` logs in to PostgreSQL. The client side can work
@@ -15,6 +19,17 @@ use sha2::{Digest, Sha256};
 type HmacSha256 = Hmac<Sha256>;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+/// With channel binding: offered only over TLS.
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The gs2 header of a channel-bound exchange (the only type PostgreSQL uses).
+const GS2_PLUS: &str = "p=tls-server-end-point,,";
+
+/// The password SCRAM hashes: SASLprep'd, as PostgreSQL does (it falls back
+/// to the raw bytes when SASLprep refuses the string, e.g. for prohibited
+/// or unassigned characters).
+fn prepared_password(password: &str) -> std::borrow::Cow<'_, str> {
+    stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password))
+}
 const DEFAULT_ITERATIONS: u32 = 4096;
 
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
@@ -124,8 +139,7 @@ pub struct ScramKeys {
 
 impl ScramKeys {
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
-        // PostgreSQL runs SASLprep on the password; for ASCII it is the identity.
-        let sp = salted_password(password.as_bytes(), salt, iterations);
+        let sp = salted_password(prepared_password(password).as_bytes(), salt, iterations);
         ScramKeys {
             client_key: hmac(&sp, b"Client Key"),
             server_key: hmac(&sp, b"Server Key"),
@@ -145,6 +159,22 @@ pub enum ScramError {
     BadServerSignature,
     #[error("the server's SCRAM salt differs from the configured verifier; set server_password for this user")]
     SaltMismatch,
+    /// Channel binding negotiation or check failed (PostgreSQL: 28000
+    /// "SCRAM channel binding check failed" and its negotiation errors).
+    #[error("SCRAM channel binding: {0}")]
+    ChannelBinding(&'static str),
+}
+
+/// How a SCRAM login is bound to its TLS connection, on either side.
+#[derive(Clone, Copy, Debug)]
+pub enum Binding<'a> {
+    /// Plaintext: nothing to bind to.
+    None,
+    /// TLS, but the peer does not do -PLUS (client: the server did not
+    /// offer it; server: the certificate gives no binding data).
+    Unused,
+    /// TLS with `tls-server-end-point` data.
+    EndPoint(&'a [u8]),
 }
 
 /// One client login checked against a verifier.
@@ -153,24 +183,84 @@ pub struct ServerExchange<'a> {
     client_first_bare: String,
     server_first: String,
     nonce: String,
-    gs2_header: String,
+    /// The `c=` value the client-final must carry: base64 of the gs2
+    /// header and, when bound, the channel binding data.
+    channel: String,
+}
+
+/// The mechanism a client picks from a server's list, and its binding:
+/// -PLUS whenever the server offers it and the connection has binding
+/// data (as libpq with `channel_binding=prefer`); over TLS without it, "y"
+/// (so a server that would have bound sees the downgrade); else "n".
+pub fn choose_mechanism<'a>(
+    offered: &[&[u8]],
+    end_point: Option<&'a [u8]>,
+    tls: bool,
+) -> Option<(&'static str, Binding<'a>)> {
+    let has = |m: &str| offered.contains(&m.as_bytes());
+    match end_point {
+        Some(e) if tls && has(MECHANISM_PLUS) => Some((MECHANISM_PLUS, Binding::EndPoint(e))),
+        _ if !has(MECHANISM) => None,
+        _ if tls => Some((MECHANISM, Binding::Unused)),
+        _ => Some((MECHANISM, Binding::None)),
+    }
+}
+
+/// The server's view of a client's gs2 flag (as PostgreSQL's
+/// `read_client_first_message`): the channel binding data the client must
+/// echo, or why the negotiation fails.
+fn server_binding<'b>(
+    flag: &str,
+    plus: bool,
+    binding: Binding<'b>,
+) -> Result<&'b [u8], ScramError> {
+    let offered = match binding {
+        Binding::EndPoint(d) => Some(d),
+        _ => None,
+    };
+    match (flag, plus, offered) {
+        ("n", false, _) => Ok(&[]),
+        // The client thinks the server cannot bind: true unless -PLUS was
+        // offered, in which case someone removed it on the way.
+        ("y", false, None) => Ok(&[]),
+        ("y", false, Some(_)) => Err(ScramError::ChannelBinding(
+            "the client supports channel binding but thinks the server does not; the mechanism list was altered",
+        )),
+        (p, true, Some(d)) if p == &GS2_PLUS[..GS2_PLUS.len() - 2] => Ok(d),
+        (p, true, Some(_)) if p.starts_with("p=") => Err(ScramError::ChannelBinding(
+            "unsupported channel binding type (only tls-server-end-point)",
+        )),
+        (_, true, Some(_)) => Err(ScramError::ChannelBinding(
+            "SCRAM-SHA-256-PLUS selected without channel binding data",
+        )),
+        (_, true, None) => Err(ScramError::ChannelBinding(
+            "SCRAM-SHA-256-PLUS is only offered over TLS",
+        )),
+        (p, false, _) if p.starts_with("p=") => Err(ScramError::ChannelBinding(
+            "the client requires channel binding, but selected SCRAM-SHA-256 (over plaintext, or without -PLUS)",
+        )),
+        _ => Err(ScramError::Protocol("bad gs2 channel binding flag")),
+    }
 }
 
 impl<'a> ServerExchange<'a> {
-    /// Takes the client-first message; returns the exchange and the server-first message.
+    /// Takes the client-first message of mechanism `plus` (-PLUS or not)
+    /// over a connection bound as `binding` (`EndPoint` means -PLUS was
+    /// offered); returns the exchange and the server-first message.
     pub fn start(
         verifier: &'a ScramVerifier,
         client_first: &[u8],
+        plus: bool,
+        binding: Binding<'_>,
     ) -> Result<(Self, String), ScramError> {
         let msg =
             std::str::from_utf8(client_first).map_err(|_| ScramError::Protocol("not UTF-8"))?;
-        // gs2-header: "n,," or "y,,"; "p=" means channel binding, which we do not offer.
+        // gs2-header: "n,," (client does no binding), "y,," (client does,
+        // thinks the server does not), "p=<type>,," (bound).
         let (cb, rest) = msg
             .split_once(',')
             .ok_or(ScramError::Protocol("no gs2 header"))?;
-        if cb != "n" && cb != "y" {
-            return Err(ScramError::Protocol("channel binding is not supported"));
-        }
+        let cb_data = server_binding(cb, plus, binding)?;
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(ScramError::Protocol("no gs2 header"))?;
@@ -193,7 +283,7 @@ impl<'a> ServerExchange<'a> {
             client_first_bare: bare.to_owned(),
             server_first: server_first.clone(),
             nonce,
-            gs2_header: format!("{cb},,"),
+            channel: B64.encode([format!("{cb},,").as_bytes(), cb_data].concat()),
         };
         Ok((ex, server_first))
     }
@@ -215,8 +305,8 @@ impl<'a> ServerExchange<'a> {
                 nonce = Some(v);
             }
         }
-        if channel != Some(B64.encode(&self.gs2_header).as_str()) {
-            return Err(ScramError::Protocol("channel binding data does not match"));
+        if !channel.is_some_and(|c| super::ct_eq(c.as_bytes(), self.channel.as_bytes())) {
+            return Err(ScramError::ChannelBinding("channel binding check failed"));
         }
         if nonce != Some(self.nonce.as_str()) {
             return Err(ScramError::Protocol("nonce does not match"));
@@ -256,19 +346,29 @@ pub enum ClientCredential<'a> {
 pub struct ClientExchange {
     client_first_bare: String,
     cnonce: String,
+    /// The `c=` value: base64 of the gs2 header (and binding data).
+    channel: String,
     expected_server_signature: Option<[u8; 32]>,
 }
 
 impl ClientExchange {
-    /// Returns the exchange and the client-first message.
-    pub fn start() -> (ClientExchange, String) {
+    /// Returns the exchange and the client-first message. `EndPoint` binds
+    /// it (mechanism SCRAM-SHA-256-PLUS); `Unused` says "y" (TLS, but the
+    /// server offered no -PLUS), `None` "n".
+    pub fn start(binding: Binding<'_>) -> (ClientExchange, String) {
         let cnonce = nonce();
         let bare = format!("n=,r={cnonce}");
-        let first = format!("n,,{bare}");
+        let (gs2, data): (&str, &[u8]) = match binding {
+            Binding::None => ("n,,", &[]),
+            Binding::Unused => ("y,,", &[]),
+            Binding::EndPoint(d) => (GS2_PLUS, d),
+        };
+        let first = format!("{gs2}{bare}");
         (
             ClientExchange {
                 client_first_bare: bare,
                 cnonce,
+                channel: B64.encode([gs2.as_bytes(), data].concat()),
                 expected_server_signature: None,
             },
             first,
@@ -320,7 +420,7 @@ impl ClientExchange {
                 k
             }
         };
-        let without_proof = format!("c=biws,r={nonce}");
+        let without_proof = format!("c={},r={nonce}", self.channel);
         let auth_message = format!("{},{},{}", self.client_first_bare, msg, without_proof);
         let stored_key = sha256(&keys.client_key);
         let proof = xor(
@@ -352,8 +452,9 @@ mod tests {
     use super::*;
 
     fn run(verifier: &ScramVerifier, cred: ClientCredential<'_>) -> Result<ScramKeys, ScramError> {
-        let (mut client, first) = ClientExchange::start();
-        let (server, server_first) = ServerExchange::start(verifier, first.as_bytes())?;
+        let (mut client, first) = ClientExchange::start(Binding::None);
+        let (server, server_first) =
+            ServerExchange::start(verifier, first.as_bytes(), false, Binding::None)?;
         let client_final = client.respond(server_first.as_bytes(), cred)?;
         let (server_final, keys) = server.finish(client_final.as_bytes())?;
         client.verify(server_final.as_bytes())?;
@@ -389,5 +490,129 @@ mod tests {
             run(&v2, ClientCredential::Keys(&keys)).err(),
             Some(ScramError::SaltMismatch)
         );
+    }
+
+    /// One exchange with channel binding as each side sees it.
+    fn bound(
+        client: Binding<'_>,
+        server: Binding<'_>,
+        plus: bool,
+    ) -> Result<ScramKeys, ScramError> {
+        let v = ScramVerifier::from_password("pw");
+        let (mut c, first) = ClientExchange::start(client);
+        let (s, server_first) = ServerExchange::start(&v, first.as_bytes(), plus, server)?;
+        let fin = c.respond(server_first.as_bytes(), ClientCredential::Password("pw"))?;
+        let (server_final, keys) = s.finish(fin.as_bytes())?;
+        c.verify(server_final.as_bytes())?;
+        Ok(keys)
+    }
+
+    #[test]
+    fn plus_binds_to_the_certificate_hash() {
+        let ours = [7u8; 32];
+        bound(Binding::EndPoint(&ours), Binding::EndPoint(&ours), true).unwrap();
+        // A man in the middle terminates TLS with another certificate.
+        let theirs = [8u8; 32];
+        assert!(matches!(
+            bound(Binding::EndPoint(&theirs), Binding::EndPoint(&ours), true),
+            Err(ScramError::ChannelBinding(_))
+        ));
+    }
+
+    #[test]
+    fn binding_negotiation_follows_postgres() {
+        let ours = [7u8; 32];
+        // Plaintext, or TLS without -PLUS: "n" and "y" log in.
+        bound(Binding::None, Binding::None, false).unwrap();
+        bound(Binding::Unused, Binding::Unused, false).unwrap();
+        bound(Binding::None, Binding::EndPoint(&ours), false).unwrap();
+        // "y" although -PLUS was offered: the list was tampered with.
+        assert!(matches!(
+            bound(Binding::Unused, Binding::EndPoint(&ours), false),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        // "p=" over plaintext (-PLUS never offered), or with plain SCRAM.
+        assert!(matches!(
+            bound(Binding::EndPoint(&ours), Binding::None, true),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        assert!(matches!(
+            bound(Binding::EndPoint(&ours), Binding::None, false),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        // -PLUS chosen, but the client sent "n".
+        assert!(matches!(
+            bound(Binding::None, Binding::EndPoint(&ours), true),
+            Err(ScramError::ChannelBinding(_))
+        ));
+    }
+
+    #[test]
+    fn forged_server_final_is_refused() {
+        let v = ScramVerifier::from_password("pw");
+        let (mut c, first) = ClientExchange::start(Binding::None);
+        let (s, server_first) =
+            ServerExchange::start(&v, first.as_bytes(), false, Binding::None).unwrap();
+        let fin = c
+            .respond(server_first.as_bytes(), ClientCredential::Password("pw"))
+            .unwrap();
+        let (genuine, _) = s.finish(fin.as_bytes()).unwrap();
+        c.verify(genuine.as_bytes()).unwrap();
+        // A server that does not know the password can only guess v=.
+        let forged = format!("v={}", B64.encode([0u8; 32]));
+        assert_eq!(
+            c.verify(forged.as_bytes()),
+            Err(ScramError::BadServerSignature)
+        );
+        assert!(c.verify(b"e=other-error").is_err());
+        // A client that never got server-first has nothing to compare with.
+        let (fresh, _) = ClientExchange::start(Binding::None);
+        assert_eq!(
+            fresh.verify(genuine.as_bytes()),
+            Err(ScramError::BadServerSignature)
+        );
+    }
+
+    #[test]
+    fn passwords_are_saslprepped_like_postgres() {
+        // U+2168 ROMAN NUMERAL NINE normalises (NFKC) to "IX"; U+00AD SOFT
+        // HYPHEN maps to nothing. PostgreSQL hashes all three alike.
+        let v = ScramVerifier::from_password("IX");
+        run(&v, ClientCredential::Password("\u{2168}")).unwrap();
+        run(&v, ClientCredential::Password("I\u{00AD}X")).unwrap();
+        // The verifier PostgreSQL's client library makes agrees.
+        let pg = ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(
+            "\u{2168}".as_bytes(),
+        ))
+        .unwrap();
+        run(&pg, ClientCredential::Password("IX")).unwrap();
+        // SASLprep refuses a prohibited character (U+0007): the raw
+        // bytes are used, as PostgreSQL does, so the password still works.
+        let raw = ScramVerifier::from_password("a\u{7}b");
+        run(&raw, ClientCredential::Password("a\u{7}b")).unwrap();
+        assert_eq!(
+            run(&raw, ClientCredential::Password("ab")).err(),
+            Some(ScramError::BadProof)
+        );
+    }
+
+    #[test]
+    fn client_picks_plus_when_it_can() {
+        let both: [&[u8]; 2] = [b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256"];
+        let plain: [&[u8]; 1] = [b"SCRAM-SHA-256"];
+        let only_plus: [&[u8]; 1] = [b"SCRAM-SHA-256-PLUS"];
+        let e = [1u8; 32];
+        let pick = |offered: &[&[u8]], ep: Option<&[u8]>, tls| {
+            choose_mechanism(offered, ep, tls).map(|(m, b)| (m, format!("{b:?}")))
+        };
+        assert_eq!(pick(&both, Some(&e), true).unwrap().0, MECHANISM_PLUS);
+        assert_eq!(pick(&both, None, true), Some((MECHANISM, "Unused".into())));
+        assert_eq!(
+            pick(&plain, Some(&e), true),
+            Some((MECHANISM, "Unused".into()))
+        );
+        assert_eq!(pick(&plain, None, false), Some((MECHANISM, "None".into())));
+        assert_eq!(pick(&only_plus, None, true), None);
+        assert_eq!(pick(&[b"GSSAPI"], None, false), None);
     }
 }

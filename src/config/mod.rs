@@ -649,6 +649,101 @@ fn default_pg_port() -> u16 {
     5432
 }
 
+/// How pgkeel answers clients about TLS (`[tls] client_tls_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// SSLRequest answered `N`: plaintext only.
+    Disable,
+    /// TLS when the client asks for it; plaintext accepted.
+    Allow,
+    /// The same as `allow` on this side (a server cannot insist); the
+    /// name matches libpq's default.
+    Prefer,
+    /// Plaintext logins refused with 28000.
+    Require,
+}
+
+/// How pgkeel connects to servers (`[tls] server_tls_mode`), as libpq's sslmode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    Disable,
+    /// TLS when the server offers it, certificate not checked.
+    Prefer,
+    /// TLS or no connection, certificate not checked.
+    Require,
+    /// TLS, the certificate signed by `server_ca`.
+    VerifyCa,
+    /// TLS, signed by `server_ca` and naming the host pgkeel connects to.
+    VerifyFull,
+}
+
+/// Ways a server may ask pgkeel to log in (`[tls] server_auth_allow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum ServerAuth {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    /// A cleartext password request.
+    #[serde(rename = "password")]
+    Password,
+    /// AuthenticationOk with no challenge at all.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// `[tls]`: TLS to clients and to servers, and what server logins accept.
+/// Certificates are read at start and at every reload.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// pgkeel's certificate chain for clients (PEM).
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<std::path::PathBuf>,
+    /// Default: `prefer` with a cert and key, `disable` without.
+    pub client_tls_mode: Option<ClientTlsMode>,
+    pub server_tls_mode: ServerTlsMode,
+    /// CA certificates (PEM) for `verify-ca` / `verify-full`.
+    pub server_ca: Option<std::path::PathBuf>,
+    /// A client certificate and key pgkeel presents to servers (optional).
+    pub server_cert: Option<std::path::PathBuf>,
+    pub server_key: Option<std::path::PathBuf>,
+    /// Server authentication requests pgkeel answers; others fail the
+    /// connection (a server asking for a cleartext password, or trusting
+    /// anyone, may not be the server it should be).
+    pub server_auth_allow: Vec<ServerAuth>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            client_tls_mode: None,
+            server_tls_mode: ServerTlsMode::Disable,
+            server_ca: None,
+            server_cert: None,
+            server_key: None,
+            server_auth_allow: vec![ServerAuth::ScramSha256, ServerAuth::Md5],
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The client mode in force, the default resolved.
+    pub fn client_mode(&self) -> ClientTlsMode {
+        self.client_tls_mode
+            .unwrap_or(if self.cert.is_some() && self.key.is_some() {
+                ClientTlsMode::Prefer
+            } else {
+                ClientTlsMode::Disable
+            })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -675,6 +770,8 @@ struct RawConfig {
     listeners: Vec<ListenerConfig>,
     #[serde(default)]
     query_rules: Vec<QueryRule>,
+    #[serde(default)]
+    tls: TlsConfig,
 }
 
 /// A validated configuration.
@@ -694,6 +791,7 @@ pub struct Config {
     /// Extra listeners with fixed routes, parsed.
     pub listeners: Vec<(SocketAddr, ListenerRoute)>,
     pub query_rules: Vec<QueryRule>,
+    pub tls: TlsConfig,
     pub listen_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     /// `[admin] metrics_listen`, parsed.

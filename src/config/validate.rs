@@ -453,6 +453,7 @@ pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError>
         routing: raw.routing,
         listeners,
         query_rules: raw.query_rules,
+        tls: validate_tls(raw.tls, &err)?,
         listen_addr,
         admin_addr,
         metrics_addr,
@@ -488,6 +489,56 @@ fn read_secret_file(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
         .map_err(|e| format!("cannot read {path:?}: {e}"))
+/// `[tls]`: pairs that go together, and modes that need a certificate.
+/// The files themselves are read by `tls::Tls::build` (at start, at reload
+/// and by `--check-config`).
+fn validate_tls(
+    t: TlsConfig,
+    err: &impl Fn(&str, usize, &str, String) -> ConfigError,
+) -> Result<TlsConfig, ConfigError> {
+    if t.cert.is_some() != t.key.is_some() {
+        let missing = if t.cert.is_some() { "key" } else { "cert" };
+        return Err(err(
+            "tls",
+            0,
+            missing,
+            "cert and key go together: set both or neither".into(),
+        ));
+    }
+    if t.client_mode() != ClientTlsMode::Disable && t.cert.is_none() {
+        return Err(err(
+            "tls",
+            0,
+            "client_tls_mode",
+            "TLS to clients needs a certificate: set cert and key".into(),
+        ));
+    }
+    if t.server_cert.is_some() != t.server_key.is_some() {
+        let missing = if t.server_cert.is_some() {
+            "server_key"
+        } else {
+            "server_cert"
+        };
+        return Err(err(
+            "tls",
+            0,
+            missing,
+            "server_cert and server_key go together: set both or neither".into(),
+        ));
+    }
+    if matches!(
+        t.server_tls_mode,
+        ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull
+    ) && t.server_ca.is_none()
+    {
+        return Err(err(
+            "tls",
+            0,
+            "server_ca",
+            "verify-ca and verify-full check the server against server_ca: set it".into(),
+        ));
+    }
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -651,5 +702,26 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(c.admin_token.unwrap().matches(b"tok-secret-1"));
+    fn tls_pairs_and_modes_are_checked() {
+        let with = |tls: &str| Config::from_toml_str(&format!("{MIN}\n[tls]\n{tls}\n"));
+        let c = with("").unwrap();
+        assert_eq!(c.tls.client_mode(), ClientTlsMode::Disable);
+        assert_eq!(
+            c.tls.server_auth_allow,
+            vec![ServerAuth::ScramSha256, ServerAuth::Md5]
+        );
+        let c = with("cert = \"c.pem\"\nkey = \"k.pem\"").unwrap();
+        assert_eq!(c.tls.client_mode(), ClientTlsMode::Prefer);
+        for (bad, key) in [
+            ("cert = \"c.pem\"", "tls.key"),
+            ("client_tls_mode = \"require\"", "tls.client_tls_mode"),
+            ("server_tls_mode = \"verify-full\"", "tls.server_ca"),
+            ("server_key = \"k.pem\"", "tls.server_cert"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{bad}: {e}");
+        }
+        assert!(with("server_tls_mode = \"verify-everything\"").is_err());
+        assert!(with("server_auth_allow = [\"kerberos\"]").is_err());
     }
 }

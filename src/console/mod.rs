@@ -19,10 +19,10 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use pgwire::messages::response::EmptyQueryResponse;
+use crate::tls::Stream;
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::Message;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 pub(crate) use result::{boolean, num, text, time, ResultSet, Type};
@@ -42,7 +42,7 @@ const NOT_IN_PREREQUISITE_STATE: &str = "55000";
 /// One admin console connection.
 pub(crate) struct Console {
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     registered: Registered,
     cancel: crate::cancel::Registration,
@@ -55,7 +55,7 @@ pub(crate) struct Console {
 /// Serves an admin console login to the end.
 pub async fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     listener: ListenerRoute,
     login: AdminLogin,

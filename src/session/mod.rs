@@ -10,6 +10,7 @@ mod begin;
 mod cleanup;
 mod clock;
 mod hold;
+mod negotiate;
 pub mod prepared;
 mod recovery;
 pub mod relay;
@@ -19,9 +20,9 @@ pub mod timers;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::tls::Stream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::clients::{ClientState, Registered};
@@ -41,7 +42,7 @@ use startup::Login;
 /// the listener dispatches between sessions and the admin console).
 pub async fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     login: Login,
     listener: ListenerRoute,
@@ -57,7 +58,7 @@ pub async fn serve(
 
 struct Session {
     shared: Arc<Shared>,
-    client: TcpStream,
+    client: Stream,
     peer: SocketAddr,
     user: User,
     database: String,
@@ -126,7 +127,7 @@ pub(crate) const KILLED: &str =
 impl Session {
     fn new(
         shared: Arc<Shared>,
-        client: TcpStream,
+        client: Stream,
         peer: SocketAddr,
         mut login: Login,
         listener: ListenerRoute,

@@ -12,8 +12,7 @@
 use std::sync::Arc;
 
 use prometheus::{IntCounter, IntCounterVec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::attachment::{ensure_room, Attachment, ClientStep, Release, ServerStep, State, Track};
@@ -109,17 +108,40 @@ impl Counters {
     }
 }
 
+enum Wrote {
+    Bytes(usize),
+    Flushed,
+}
+
+/// Writes what `buf` holds, or, once it is empty, flushes (a TLS side:
+/// records rustls kept back because the socket was full).
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &mut bytes::BytesMut,
+) -> std::io::Result<Wrote> {
+    if buf.is_empty() {
+        w.flush().await.map(|()| Wrote::Flushed)
+    } else {
+        w.write_buf(buf).await.map(Wrote::Bytes)
+    }
+}
+
 /// Runs until the connection can be released, or one side ends.
 /// `shutdown` turning true makes a session-mode pump release at the next
 /// idle point too.
 pub async fn pump(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
+    client: &mut crate::tls::Stream,
+    server: &mut crate::tls::Stream,
     att: &mut Attachment,
     opts: &Options,
     mut track: Option<Track<'_>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Outcome {
+    // A TLS write may leave records in rustls when the socket is full: a
+    // TLS side is flushed before the pump waits on the other side alone
+    // or gives the connection back (plain TCP needs no flush).
+    let (client_tls, server_tls) = (client.is_tls(), server.is_tls());
+    let (mut client_unflushed, mut server_unflushed) = (false, false);
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
     let mut release_on_idle = opts.release_on_idle;
@@ -142,10 +164,11 @@ pub async fn pump(
     let timer = tokio::time::sleep(std::time::Duration::ZERO);
     tokio::pin!(timer);
     loop {
-        if lost.is_some() && att.bufs.to_client.is_empty() {
+        let flushed = !client_unflushed && !server_unflushed;
+        if lost.is_some() && att.bufs.to_client.is_empty() && !client_unflushed {
             return Outcome::ServerLost(lost.take().expect("checked"));
         }
-        if violation.is_some() && att.bufs.to_client.is_empty() {
+        if violation.is_some() && att.bufs.to_client.is_empty() && !client_unflushed {
             // What the server said before its FATAL has reached the client;
             // the session ends the client with the same FATAL.
             return Outcome::ClientProtocol(violation.take().expect("checked"));
@@ -167,7 +190,7 @@ pub async fn pump(
         if terminated && att.bufs.to_server.is_empty() {
             return Outcome::ClientTerminated;
         }
-        if release_on_idle && lost.is_none() && violation.is_none() {
+        if release_on_idle && lost.is_none() && violation.is_none() && flushed {
             match att.release(track.as_ref()) {
                 Release::Clean => return Outcome::Released,
                 Release::Pinned(_) if opts.release_on_idle => return Outcome::Pinned,
@@ -222,17 +245,23 @@ pub async fn pump(
                     }
                 }
             },
-            r = cw.write_buf(&mut b.to_client), if !b.to_client.is_empty() => match r {
-                Ok(n) => {
+            r = write_or_flush(&mut cw, &mut b.to_client), if !b.to_client.is_empty() || client_unflushed => match r {
+                Ok(Wrote::Bytes(n)) => {
                     counters.client_sent.inc_by(n as u64);
                     if let Some(db) = &counters.db {
                         DbCounters::add(&db.sent, n as u64);
                     }
+                    client_unflushed = client_tls;
                 }
+                Ok(Wrote::Flushed) => client_unflushed = false,
                 Err(_) => return Outcome::ClientGone,
             },
-            r = sw.write_buf(&mut b.to_server), if !b.to_server.is_empty() => match r {
-                Ok(n) => counters.server_sent.inc_by(n as u64),
+            r = write_or_flush(&mut sw, &mut b.to_server), if !b.to_server.is_empty() || server_unflushed => match r {
+                Ok(Wrote::Bytes(n)) => {
+                    counters.server_sent.inc_by(n as u64);
+                    server_unflushed = server_tls;
+                }
+                Ok(Wrote::Flushed) => server_unflushed = false,
                 Err(e) => return Outcome::ServerLost(e),
             },
             r = shutdown.changed(), if !closing => {

@@ -1,4 +1,5 @@
-//! A client's first moments: SSL/GSS negotiation, the StartupMessage or a
+//! A client's first moments: TLS negotiation (SSLRequest, or PostgreSQL
+//! 17's direct TLS), GSSENCRequest (refused), the StartupMessage or a
 //! CancelRequest, authentication, and the welcome (ParameterStatus,
 //! BackendKeyData, ReadyForQuery).
 
@@ -9,17 +10,21 @@ use pgwire::messages::startup::{Authentication, NegotiateProtocolVersion};
 use pgwire::messages::Message;
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::auth::scram::{self, ScramError, ServerExchange};
+use crate::auth::scram::{self, Binding, ScramError, ServerExchange};
 use crate::auth::{ct_eq, md5};
 use crate::backend::BackendError;
 use crate::cancel::Registration;
-use crate::config::{AuthMethod, Config, User};
+use crate::config::{AuthMethod, ClientTlsMode, Config, User};
 use crate::limits::{ClientCaps, ClientPermit, Kind};
 use crate::pool::PoolError;
 use crate::protocol::{self, sqlstate};
 use crate::shared::Shared;
+use crate::tls::Stream;
+
+use super::negotiate::{
+    accept_tls, direct_tls, offers_tls, Encryption, EncryptionAnswer, Negotiated, TLS_NO, TLS_YES,
+};
 
 /// A client that logged in.
 pub struct Login {
@@ -154,7 +159,7 @@ pub(crate) fn startup_packet_body(len: i32) -> Option<usize> {
 }
 
 /// Reads an untyped startup-phase packet (length, then body).
-async fn read_startup_packet(stream: &mut TcpStream) -> Result<Option<BytesMut>, Refusal> {
+async fn read_startup_packet(stream: &mut Stream) -> Result<Option<BytesMut>, Refusal> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
         Ok(_) => {}
@@ -178,8 +183,30 @@ async fn read_startup_packet(stream: &mut TcpStream) -> Result<Option<BytesMut>,
 pub async fn handshake(
     shared: &Arc<Shared>,
     cfg: &Config,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
 ) -> Result<Handshake, Refusal> {
+    // One certificate (and its channel binding) for the whole login, even
+    // if a reload swaps it meanwhile.
+    let tls = shared.tls.load_full();
+    let mut negotiated = Negotiated::default();
+    if direct_tls(stream).await {
+        if !accept_tls(&tls, stream).await {
+            return Ok(Handshake::Done);
+        }
+        negotiated.ssl = true;
+        if stream
+            .tls_common()
+            .and_then(|c| c.alpn_protocol())
+            .is_none_or(|p| p != crate::tls::ALPN_POSTGRESQL)
+        {
+            // PostgreSQL refuses direct TLS without ALPN, so that a
+            // connection meant for another protocol is not taken for one.
+            return Err(Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "direct TLS negotiation requires ALPN protocol \"postgresql\"",
+            ));
+        }
+    }
     let params = loop {
         let Some(mut body) = read_startup_packet(stream).await? else {
             return Ok(Handshake::Done);
@@ -187,8 +214,22 @@ pub async fn handshake(
         let code = body.get_i32();
         match code {
             protocol::SSL_REQUEST_CODE | protocol::GSSENC_REQUEST_CODE => {
-                // No TLS or GSS encryption yet: "N" tells libpq to go on in plain text.
-                stream.write_all(b"N").await?;
+                let request = if code == protocol::SSL_REQUEST_CODE {
+                    Encryption::Tls
+                } else {
+                    Encryption::Gss
+                };
+                match negotiated.answer(request, offers_tls(&tls)) {
+                    Err(m) => return Err(Refusal::new(sqlstate::PROTOCOL_VIOLATION, m)),
+                    Ok(EncryptionAnswer::Yes) => {
+                        stream.write_all(&[TLS_YES]).await?;
+                        if !accept_tls(&tls, stream).await {
+                            return Ok(Handshake::Done);
+                        }
+                    }
+                    // "N" tells libpq to go on as it is.
+                    Ok(EncryptionAnswer::No) => stream.write_all(&[TLS_NO]).await?,
+                }
             }
             protocol::CANCEL_REQUEST_CODE => {
                 if body.len() >= 8 {
@@ -210,6 +251,12 @@ pub async fn handshake(
                 return Ok(Handshake::Done);
             }
             v if v >> 16 == 3 => {
+                if tls.client_mode == ClientTlsMode::Require && !stream.is_tls() {
+                    return Err(Refusal::new(
+                        sqlstate::INVALID_AUTHORIZATION,
+                        "pgkeel requires TLS for every login (client_tls_mode = require): connect with sslmode=require",
+                    ));
+                }
                 let params = protocol::parse_startup_params(&body)
                     .map_err(|m| Refusal::new(sqlstate::PROTOCOL_VIOLATION, m))?;
                 let unsupported: Vec<String> = params
@@ -259,12 +306,19 @@ pub async fn handshake(
         .unwrap_or(user_name)
         .to_owned();
     let mut buf = BytesMut::with_capacity(256);
+    let binding = match (&tls.acceptor, stream.is_tls()) {
+        (Some(a), true) => match &a.end_point {
+            Some(e) => Binding::EndPoint(e),
+            None => Binding::Unused,
+        },
+        _ => Binding::None,
+    };
     let Some(user) = cfg.user(user_name).cloned() else {
         // The same exchange as for a known role, failing the same way.
-        authenticate(shared, cfg, stream, user_name, None, &mut buf).await?;
+        authenticate(shared, cfg, stream, user_name, None, &mut buf, binding).await?;
         return Err(failed(user_name));
     };
-    authenticate(shared, cfg, stream, &user.name, Some(&user), &mut buf).await?;
+    authenticate(shared, cfg, stream, &user.name, Some(&user), &mut buf, binding).await?;
     if database == cfg.admin.database {
         // Checked after the password, as PostgreSQL checks CONNECT privilege.
         if !cfg.admin.users.contains(&user.name) && !cfg.admin.stats_users.contains(&user.name) {
@@ -361,7 +415,7 @@ fn admit(
         })
 }
 
-async fn send_auth(stream: &mut TcpStream, msg: Authentication) -> Result<(), Refusal> {
+async fn send_auth(stream: &mut Stream, msg: Authentication) -> Result<(), Refusal> {
     let mut out = BytesMut::new();
     msg.encode(&mut out)
         .map_err(|e| Refusal::new(sqlstate::INTERNAL_ERROR, e.to_string()))?;
@@ -372,7 +426,7 @@ async fn send_auth(stream: &mut TcpStream, msg: Authentication) -> Result<(), Re
 /// Reads a password-family message ('p'). Its variants are parsed by hand,
 /// with every length checked: this is untrusted input before login.
 async fn read_password_message(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> Result<BytesMut, Refusal> {
     let (typ, body) = protocol::read_message(stream, buf, protocol::MAX_STARTUP_PACKET).await?;
@@ -433,10 +487,11 @@ fn failed(user: &str) -> Refusal {
 async fn authenticate(
     shared: &Arc<Shared>,
     cfg: &Config,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     name: &str,
     user: Option<&User>,
     buf: &mut BytesMut,
+    binding: Binding<'_>,
 ) -> Result<(), Refusal> {
     match cfg.proxy.auth_method {
         AuthMethod::Md5 => {
@@ -461,10 +516,20 @@ async fn authenticate(
                     &mock
                 }
             };
-            send_auth(stream, Authentication::SASL(vec![scram::MECHANISM.into()])).await?;
+            // As PostgreSQL: -PLUS first, and only where it can bind.
+            let mut mechanisms = Vec::with_capacity(2);
+            if let Binding::EndPoint(_) = binding {
+                mechanisms.push(scram::MECHANISM_PLUS.into());
+            }
+            mechanisms.push(scram::MECHANISM.into());
+            send_auth(stream, Authentication::SASL(mechanisms)).await?;
             let body = read_password_message(stream, buf).await?;
             let (mech, data) = parse_sasl_initial(&body)?;
-            if mech != scram::MECHANISM.as_bytes() {
+            let plus = if mech == scram::MECHANISM.as_bytes() {
+                false
+            } else if mech == scram::MECHANISM_PLUS.as_bytes() {
+                true
+            } else {
                 return Err(Refusal::new(
                     sqlstate::PROTOCOL_VIOLATION,
                     format!(
@@ -472,13 +537,16 @@ async fn authenticate(
                         String::from_utf8_lossy(mech)
                     ),
                 ));
-            }
+            };
             let scram_err = |e: ScramError| match e {
                 ScramError::BadProof => failed(name),
+                ScramError::ChannelBinding(_) => {
+                    Refusal::new(sqlstate::INVALID_AUTHORIZATION, e.to_string())
+                }
                 e => Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
             };
             let (exchange, server_first) =
-                ServerExchange::start(verifier, data).map_err(scram_err)?;
+                ServerExchange::start(verifier, data, plus, binding).map_err(scram_err)?;
             send_auth(
                 stream,
                 Authentication::SASLContinue(Bytes::from(server_first)),

@@ -311,6 +311,7 @@ pub async fn spawn(
     config: &Config,
     handle: Arc<TopologyHandle>,
     metrics: Metrics,
+    server_tls: Arc<crate::tls::ServerTls>,
     notify: mpsc::Sender<crate::notify::Event>,
     shutdown: watch::Receiver<bool>,
     first_round: Duration,
@@ -321,6 +322,7 @@ pub async fn spawn(
         password,
         database: config.health.database.clone(),
         timeout: config.health.timeout.0,
+        tls: crate::tls::postgres::MakeRustls::new(server_tls),
     };
     let source = match &config.etcd {
         Some(e) => {

@@ -19,6 +19,8 @@ pub struct ProbeSettings {
     pub password: Option<String>,
     pub database: String,
     pub timeout: Duration,
+    /// `server_tls_mode` (as at start: `[health]` needs a restart too).
+    pub tls: crate::tls::postgres::MakeRustls,
 }
 
 /// What one health check saw.
@@ -56,11 +58,18 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
     ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END";
 
 /// Controls one running prober.
+/// Where and how a probe connects.
+#[derive(Clone)]
+struct Target {
+    pg: tokio_postgres::Config,
+    tls: crate::tls::postgres::MakeRustls,
+}
+
 pub struct Prober {
     pub id: u64,
     interval: watch::Sender<Duration>,
     name: String,
-    pg: tokio_postgres::Config,
+    pg: Target,
     results: mpsc::Sender<ProbeResult>,
 }
 
@@ -121,6 +130,11 @@ pub fn spawn(
     if let Some(p) = &settings.password {
         pg.password(p);
     }
+    pg.ssl_mode(settings.tls.ssl_mode());
+    let pg = Target {
+        pg,
+        tls: settings.tls.clone(),
+    };
     let (tx, rx) = watch::channel(interval);
     tokio::spawn(run(
         name.clone(),
@@ -142,7 +156,7 @@ pub fn spawn(
 async fn run(
     name: String,
     id: u64,
-    pg: tokio_postgres::Config,
+    pg: Target,
     timeout: Duration,
     mut interval: watch::Receiver<Duration>,
     results: mpsc::Sender<ProbeResult>,
@@ -183,12 +197,13 @@ async fn run(
 }
 
 async fn probe_once(
-    pg: &tokio_postgres::Config,
+    pg: &Target,
     client: &mut Option<tokio_postgres::Client>,
 ) -> Result<Probe, String> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
         let (c, conn) = pg
-            .connect(tokio_postgres::NoTls)
+            .pg
+            .connect(pg.tls.clone())
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(async move {

@@ -51,3 +51,4 @@ mod query_log;
 mod reload;
 mod routing;
 mod stats_page;
+mod tls;

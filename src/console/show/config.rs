@@ -250,6 +250,10 @@ fn config_rows(cfg: &Config) -> Vec<Row> {
         section("routing", &cfg.routing),
         section("routing", &crate::config::RoutingConfig::default()),
     );
+    with_defaults(
+        section("tls", &cfg.tls),
+        section("tls", &crate::config::TlsConfig::default()),
+    );
     // The validated users keep only what is needed; their secrets are never shown.
     let users: Vec<Value> = cfg
         .users

@@ -12,6 +12,7 @@ fn publisher(names: &[&str]) -> (Publisher, Arc<TopologyHandle>) {
         password: None,
         database: "postgres".into(),
         timeout: Duration::from_millis(200),
+        tls: crate::tls::postgres::MakeRustls::new(Default::default()),
     };
     let (mut p, _) = Publisher::new(
         handle.clone(),

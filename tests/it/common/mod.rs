@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+pub const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 pub struct PgServer {
     pub port: u16,
@@ -46,14 +46,14 @@ fn postgres_ids() -> Option<(u32, u32)> {
     Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
-fn as_postgres(cmd: &mut Command) -> &mut Command {
+pub fn as_postgres(cmd: &mut Command) -> &mut Command {
     if let Some((uid, gid)) = postgres_ids() {
         cmd.uid(uid).gid(gid).env("HOME", "/tmp");
     }
     cmd
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -61,7 +61,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn chown(path: &Path) {
+pub fn chown(path: &Path) {
     if let Some((uid, gid)) = postgres_ids() {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
     }

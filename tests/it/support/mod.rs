@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
-use pgkeel::auth::scram::{ClientCredential, ClientExchange};
+use pgkeel::auth::scram::{Binding, ClientCredential, ClientExchange};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
@@ -23,6 +23,10 @@ listen = "127.0.0.1:0"
 {proxy}
 [admin]
 listen = "127.0.0.1:0"
+[tls]
+# The shared server trusts trustuser and asks clearuser for a cleartext
+# password: pgkeel refuses both unless told (tests/it/tls.rs tests that).
+server_auth_allow = ["scram-sha-256", "md5", "password", "trust"]
 [health]
 user = "postgres"
 password = "postgres"
@@ -180,7 +184,7 @@ impl Raw {
                     match code {
                         0 => {}
                         10 => {
-                            let (ex, first) = ClientExchange::start();
+                            let (ex, first) = ClientExchange::start(Binding::None);
                             scram = Some(ex);
                             let mut m = BytesMut::new();
                             m.put_slice(b"SCRAM-SHA-256\0");
