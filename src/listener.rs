@@ -36,15 +36,18 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// one attempt that does not wait (a FATAL fits in the socket buffer of
 /// any peer that reads at all).
 pub async fn write_before(stream: &mut Stream, bytes: &[u8], deadline: Instant) {
-    let write = async {
-        stream.write_all(bytes).await?;
-        stream.flush().await
-    };
     if Instant::now() < deadline {
+        let write = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
         let _ = tokio::time::timeout_at(deadline, write).await;
-    } else {
-        // Past the deadline: one attempt that does not wait.
-        let _ = futures_util::FutureExt::now_or_never(write);
+    } else if !stream.is_tls() {
+        // Past the deadline: one attempt that does not wait (a TLS peer gets
+        // the close alone: a record cannot be written halfway).
+        if let Some(tcp) = stream.tcp() {
+            let _ = tcp.try_write(bytes);
+        }
     }
 }
 
@@ -63,7 +66,7 @@ async fn serve_connection(
     let mut stream = Stream::plain(tcp);
     let cfg = shared.config.load_full();
     crate::system::set_keepalive(
-        &stream,
+        stream.tcp().expect("a new connection has its socket"),
         crate::system::keepalive_settings(&cfg.proxy).as_ref(),
     );
     let mut deadline = Instant::now() + cfg.proxy.client_login_timeout.0;

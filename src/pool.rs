@@ -372,7 +372,9 @@ impl Pool {
         .await
         {
             Ok(conn) => {
-                crate::system::set_keepalive(&conn.stream, s.keepalive.as_ref());
+                if let Some(tcp) = conn.stream.tcp() {
+                    crate::system::set_keepalive(tcp, s.keepalive.as_ref());
+                }
                 self.stats.total_connections.fetch_add(1, Ordering::Relaxed);
                 self.metrics.server_connections.inc();
                 if self.welcome.load().is_none() {

@@ -489,6 +489,8 @@ fn read_secret_file(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
         .map_err(|e| format!("cannot read {path:?}: {e}"))
+}
+
 /// `[tls]`: pairs that go together, and modes that need a certificate.
 /// The files themselves are read by `tls::Tls::build` (at start, at reload
 /// and by `--check-config`).
@@ -702,6 +704,9 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(c.admin_token.unwrap().matches(b"tok-secret-1"));
+    }
+
+    #[test]
     fn tls_pairs_and_modes_are_checked() {
         let with = |tls: &str| Config::from_toml_str(&format!("{MIN}\n[tls]\n{tls}\n"));
         let c = with("").unwrap();

@@ -17,9 +17,9 @@ mod show;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::tls::Stream;
 use bytes::BytesMut;
 use pgwire::messages::response::EmptyQueryResponse;
-use crate::tls::Stream;
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::Message;
 use tokio::io::AsyncWriteExt;

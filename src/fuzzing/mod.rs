@@ -127,14 +127,19 @@ pub fn startup(data: &[u8]) {
         return;
     };
     assert!(!mech.contains(&0));
-    let Ok((exchange, server_first)) = ServerExchange::start(&verifier, client_first) else {
+    let Ok((exchange, server_first)) = ServerExchange::start(
+        &verifier,
+        client_first,
+        false,
+        crate::auth::scram::Binding::None,
+    ) else {
         return;
     };
     // A client may answer with any bytes; also try them against a real
     // client-final built on this server-first, with its proof mangled.
     let fin = msgs.next().unwrap_or_default();
     let _ = exchange.finish(fin);
-    let mut client = ClientExchange::start().0;
+    let mut client = ClientExchange::start(crate::auth::scram::Binding::None).0;
     let keys = ScramKeys::from_password("fuzz", b"other", 1);
     let _ = client.respond(server_first.as_bytes(), ClientCredential::Keys(&keys));
     let _ = client.verify(fin);

@@ -17,9 +17,9 @@ use tokio::sync::watch;
 
 use super::attachment::{ensure_room, Attachment, ClientStep, Release, ServerStep, State, Track};
 use super::clock::RequestClock;
-use crate::dbstats::DbCounters;
 use super::timers::{attached_wait, Timeouts};
 use crate::cancel::ServerKey;
+use crate::dbstats::DbCounters;
 use crate::limits::Limit;
 
 /// Read granularity: large enough that a big result moves in few syscalls.

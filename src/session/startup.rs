@@ -318,7 +318,16 @@ pub async fn handshake(
         authenticate(shared, cfg, stream, user_name, None, &mut buf, binding).await?;
         return Err(failed(user_name));
     };
-    authenticate(shared, cfg, stream, &user.name, Some(&user), &mut buf, binding).await?;
+    authenticate(
+        shared,
+        cfg,
+        stream,
+        &user.name,
+        Some(&user),
+        &mut buf,
+        binding,
+    )
+    .await?;
     if database == cfg.admin.database {
         // Checked after the password, as PostgreSQL checks CONNECT privilege.
         if !cfg.admin.users.contains(&user.name) && !cfg.admin.stats_users.contains(&user.name) {

@@ -322,7 +322,7 @@ async fn attempt(
                 codes.push(code);
                 match code {
                     10 => {
-                        let (ex, f) = ClientExchange::start();
+                        let (ex, f) = ClientExchange::start(pgkeel::auth::scram::Binding::None);
                         scram = Some(ex);
                         let mut m = BytesMut::new();
                         m.put_slice(b"SCRAM-SHA-256\0");
@@ -408,7 +408,7 @@ async fn failed_passwords_wait_out_auth_failure_delay_holding_the_address_budget
                     ("database", "appdb"),
                 ]))
                 .await;
-                let (ex, f) = ClientExchange::start();
+                let (ex, f) = ClientExchange::start(pgkeel::auth::scram::Binding::None);
                 let mut ex = ex;
                 raw.recv().await;
                 let mut m = BytesMut::new();
