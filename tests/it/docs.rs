@@ -3,7 +3,9 @@
 //! - Every ```toml block is a config file or a fragment of one; completed
 //!   with a server and a user where it has none, `pgkeel --check-config`
 //!   must accept it (the config denies unknown keys, so a renamed key in
-//!   the docs fails here).
+//!   the docs fails here). Secrets it reads from the environment or from
+//!   files (`password_env`, `password_file`, `http_token_file`) are
+//!   provided.
 //! - Every key of the shipped `config.toml` is documented: named in a
 //!   reference table (`proxy.pool_size`) or shown in a TOML example under
 //!   its section.
@@ -140,6 +142,41 @@ fn completed(example: &str) -> Result<String, String> {
     Ok(toml::to_string(&doc).unwrap())
 }
 
+/// Secrets an example takes from outside the file (`*_env`, `*_file`):
+/// the variables to set and the files to create for `--check-config`,
+/// with the example rewritten to point at the created files.
+fn secrets_for(cfg: &str, dir: &Path) -> (String, Vec<(String, String)>) {
+    let mut doc: toml::Table = cfg.parse().unwrap();
+    let mut env = Vec::new();
+    let mut n = 0;
+    fn walk(v: &mut toml::Value, dir: &Path, env: &mut Vec<(String, String)>, n: &mut usize) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t.iter_mut() {
+                    match (k.as_str(), v.as_str()) {
+                        (k, Some(name)) if k.ends_with("_env") => {
+                            env.push((name.to_owned(), "docs-secret".into()));
+                        }
+                        ("password_file" | "http_token_file", Some(_)) => {
+                            *n += 1;
+                            let f = dir.join(format!("secret{n}"));
+                            std::fs::write(&f, "docs-secret\n").unwrap();
+                            *v = f.display().to_string().into();
+                        }
+                        _ => walk(v, dir, env, n),
+                    }
+                }
+            }
+            toml::Value::Array(a) => a.iter_mut().for_each(|v| walk(v, dir, env, n)),
+            _ => {}
+        }
+    }
+    for (_, v) in doc.iter_mut() {
+        walk(v, dir, &mut env, &mut n);
+    }
+    (toml::to_string(&doc).unwrap(), env)
+}
+
 #[test]
 fn every_toml_example_is_a_valid_config() {
     let mut checked = 0;
@@ -152,11 +189,14 @@ fn every_toml_example_is_a_valid_config() {
                 continue;
             }
         };
-        let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        std::fs::write(file.path(), &cfg).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, env) = secrets_for(&cfg, dir.path());
+        let file = dir.path().join("example.toml");
+        std::fs::write(&file, &cfg).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_pgkeel"))
             .arg("--check-config")
-            .arg(file.path())
+            .arg(&file)
+            .envs(env)
             .output()
             .unwrap();
         if !out.status.success() {

@@ -103,15 +103,20 @@ async fn idle_pre_auth_sockets_do_not_stop_a_normal_login() {
 async fn a_peer_that_never_reads_loses_its_login_slot() {
     let proxy = "max_login_connections = 1\nclient_login_timeout = \"3s\"";
     let p = start(&config(pg_port(), proxy, "")).await;
-    // SSLRequests, each answered with a byte this peer never reads, until
-    // pgkeel's writes block.
-    let flood = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f].repeat(4_000_000);
+    // A startup packet, then nothing: the peer never reads pgkeel's SASL
+    // challenge and never answers it. (PostgreSQL allows one SSLRequest per
+    // connection, as pgkeel does, so a request flood no longer fills the
+    // socket; a write that cannot complete is bounded by the same deadline,
+    // see listener.rs's unit test.)
     let s = TcpSocket::new_v4().unwrap();
     s.set_recv_buffer_size(4096).unwrap();
     let stuck = s.connect(p.local_addr()).await.unwrap();
     let (_read_half, mut write_half) = stuck.into_split();
+    let startup = Raw::startup_packet(&[("user", "app"), ("database", "appdb")]);
     let writer = tokio::spawn(async move {
-        let _ = write_half.write_all(&flood).await;
+        let _ = write_half.write_all(&startup).await;
+        // Held open, silent.
+        std::future::pending::<()>().await;
         write_half
     });
     assert!(wait_until(WAIT, || async { logins(&p) == 1 }).await);
