@@ -178,6 +178,7 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
 }
 
 /// Appends an ErrorResponse.

@@ -253,6 +253,8 @@ impl Session {
         // Elsewhere than the primary, the next request may be a write:
         // forward one at a time.
         self.att.st = State::attached(retry_reads, drop_preamble, !on_primary);
+        let server_pid = self.server.as_ref().expect("attached").server_key().pid;
+        self.att.st.own_pid = Some((server_pid, self.login.cancel.pid));
         self.att.st.log = self.query_log();
         self.att.bufs.replay.clear();
         self.prepared.reset_queue();

@@ -287,6 +287,17 @@ pub async fn handshake(
             k => want.set_startup_extra(k, v),
         }
     }
+    // The server reports an encoding by its own name, whatever spelling the
+    // client used; one it does not know ends the login, as it would there.
+    if let Some(asked) = want.get("client_encoding").map(str::to_owned) {
+        let Some(name) = crate::params::canonical_encoding(&asked) else {
+            return Err(Refusal::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("invalid value for parameter \"client_encoding\": \"{asked}\""),
+            ));
+        };
+        want.set("client_encoding", name);
+    }
     for (k, v) in server_params.iter_mut() {
         if let Some(w) = want.get(k) {
             *v = w.to_owned();

@@ -43,3 +43,4 @@ mod prepared;
 mod query_log;
 mod reload;
 mod routing;
+mod transparency;
