@@ -195,3 +195,82 @@ async fn in_session_mode_a_backend_the_server_ends_ends_the_client_as_postgresql
     assert!(raw.closed().await);
     p.shutdown().await;
 }
+
+/// The process id pgkeel gave the client at login (BackendKeyData).
+fn key_pid(welcome: &[(u8, bytes::BytesMut)]) -> i32 {
+    let (_, b) = welcome.iter().find(|(t, _)| *t == b'K').expect("BackendKeyData");
+    (&b[..4]).get_i32()
+}
+
+/// (process id, channel) of the NotificationResponses among `msgs`.
+fn notifications(msgs: &[(u8, bytes::BytesMut)]) -> Vec<(i32, String)> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'A')
+        .map(|(_, b)| {
+            let mut b = &b[..];
+            let pid = b.get_i32();
+            (pid, pgkeel::protocol::get_cstr(&mut b).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_listening_clients_own_notifications_name_its_backend_pid() {
+    for mode in ["transaction", "session"] {
+        let p = start(&config(
+            pg_port(),
+            &format!("pool_mode = \"{mode}\"\npool_size = 4"),
+            "",
+        ))
+        .await;
+        let (mut raw, welcome) = Raw::login(p.local_addr(), "app", "app_password", "appdb").await;
+        let own = key_pid(&welcome);
+        raw.query("LISTEN transparency_ch").await;
+        raw.until_ready().await;
+        raw.query("NOTIFY transparency_ch, 'mine'").await;
+        let (msgs, _) = raw.until_ready().await;
+        assert_eq!(
+            notifications(&msgs),
+            vec![(own, "transparency_ch".to_owned())],
+            "{mode}: as PQbackendPID says"
+        );
+        // Another client's notification arrives (the listener is pinned)
+        // with that client's server process id, not this client's.
+        let other = app(p.local_addr()).await;
+        other
+            .batch_execute("NOTIFY transparency_ch, 'theirs'")
+            .await
+            .unwrap();
+        let (t, b) = raw.recv().await.expect("the other client's notification");
+        assert_eq!(t, b'A', "{mode}");
+        assert_ne!(notifications(&[(t, b)])[0].0, own, "{mode}");
+        p.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_set_config_whose_name_is_a_parameter_follows_the_client() {
+    // One server connection at a time: the next transaction lands on a
+    // new one (the first is closed: pgkeel could not name the setting).
+    let p = start(&config(pg_port(), "pool_size = 1", "")).await;
+    let c = app(p.local_addr()).await;
+    c.query(
+        "SELECT set_config($1, $2, false)",
+        &[&"default_transaction_isolation", &"serializable"],
+    )
+    .await
+    .unwrap();
+    let r = c
+        .query_one("SHOW default_transaction_isolation", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "serializable");
+    // A second client does not see it.
+    let other = app(p.local_addr()).await;
+    let r = other
+        .query_one("SHOW default_transaction_isolation", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "read committed");
+    p.shutdown().await;
+}
