@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::backend::BackendError;
 use crate::clients::ClientState;
-use crate::config::Route;
+use crate::config::{ListenerRoute, Route, Why};
 use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::{self, field, frontend, sqlstate, TxStatus};
 use crate::querylog::QueryLog;
@@ -82,6 +82,49 @@ impl Session {
             },
             member,
         }))
+    }
+
+    /// A session-mode client's server connection, taken at login so that
+    /// the BackendKeyData still owed names its server process (the
+    /// client's `backend_pid` is `pg_backend_pid()`, and a notification it
+    /// sends carries it, as without pgkeel). Err(why) ends the session:
+    /// no server within `hold_timeout` is a refused login, as PostgreSQL
+    /// refuses one it cannot serve.
+    pub(super) async fn attach_at_login(&mut self) -> Result<(), &'static str> {
+        let (route, why) = match self.listener {
+            ListenerRoute::Replica => (Route::Replica, Why::Listener),
+            ListenerRoute::Primary => (Route::Primary, Why::Listener),
+            ListenerRoute::Auto => (Route::Primary, Why::SessionMode),
+        };
+        self.shared.metrics.routed(route, why).inc();
+        match self.acquire(route).await {
+            Ok((conn, on_primary)) => {
+                let pid = conn.server_key().pid;
+                self.shared.cancels.rekey(&mut self.login.cancel, pid);
+                self.attach(conn, on_primary, false);
+            }
+            Err(u) => {
+                let mut fields = u.fields;
+                for f in fields.iter_mut().filter(|f| f.0 == field::SEVERITY || f.0 == field::SEVERITY_RAW) {
+                    f.1 = "FATAL".into();
+                }
+                let _ = self.reply(|out| protocol::put_error_fields(out, fields)).await;
+                return Err("no server connection at login");
+            }
+        }
+        self.login.key_owed = false;
+        let (pid, secret) = (self.login.cancel.pid, self.login.cancel.secret);
+        if self
+            .reply(|out| {
+                protocol::put_backend_key(out, pid, secret);
+                protocol::put_ready(out, TxStatus::Idle);
+            })
+            .await
+        {
+            Ok(())
+        } else {
+            Err("client gone")
+        }
     }
 
     /// Makes the attached server's session parameters match the client's:

@@ -244,6 +244,11 @@ impl Session {
             counters: relay::Counters::new(&self.shared.metrics),
         };
         self.adopt_config();
+        if self.login.key_owed {
+            if let Err(why) = self.attach_at_login().await {
+                return why;
+            }
+        }
         loop {
             if self.server.is_none() {
                 self.registered.info.set_state(ClientState::Idle);

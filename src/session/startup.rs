@@ -31,6 +31,11 @@ pub struct Login {
     /// The session parameters the client wants (server defaults, overridden
     /// by its startup packet).
     pub want: crate::params::Params,
+    /// BackendKeyData and ReadyForQuery are still owed: a session-mode
+    /// client gets its server connection first, so that its key names that
+    /// server process (`backend_pid` is `pg_backend_pid()`, as without
+    /// pgkeel).
+    pub key_owed: bool,
 }
 
 /// A login to the admin console database (`[admin] database`).
@@ -310,8 +315,11 @@ pub async fn handshake(
     for (k, v) in &server_params {
         protocol::put_parameter_status(&mut out, k, v);
     }
-    protocol::put_backend_key(&mut out, cancel.pid, cancel.secret);
-    protocol::put_ready(&mut out, protocol::TxStatus::Idle);
+    let key_owed = user.pool_mode == crate::config::PoolMode::Session;
+    if !key_owed {
+        protocol::put_backend_key(&mut out, cancel.pid, cancel.secret);
+        protocol::put_ready(&mut out, protocol::TxStatus::Idle);
+    }
     stream.write_all(&out).await?;
     Ok(Handshake::Login(Box::new(Login {
         user,
@@ -320,6 +328,7 @@ pub async fn handshake(
         cancel,
         pending: buf,
         want,
+        key_owed,
     })))
 }
 

@@ -274,3 +274,39 @@ async fn a_set_config_whose_name_is_a_parameter_follows_the_client() {
     assert_eq!(r.get::<_, String>(0), "read committed");
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn in_session_mode_backend_pid_is_the_server_process_and_cancels_reach_it() {
+    let p = start(&config(pg_port(), "pool_mode = \"session\"\npool_size = 4", "")).await;
+    let (mut raw, welcome) = Raw::login(p.local_addr(), "app", "app_password", "appdb").await;
+    let pid = key_pid(&welcome);
+    assert_eq!(backend_pid(&mut raw).await, pid, "PQbackendPID is pg_backend_pid()");
+    let (_, b) = welcome.iter().find(|(t, _)| *t == b'K').unwrap();
+    let secret = (&b[4..8]).get_i32();
+    // A cancel with that key stops the client's query.
+    raw.query("SELECT pg_sleep(60)").await;
+    let su = superuser().await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            su.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        })
+        .await
+    );
+    let mut cancel = tokio::net::TcpStream::connect(p.local_addr()).await.unwrap();
+    let mut req = Vec::new();
+    for v in [16, 80877102, pid, secret] {
+        req.extend_from_slice(&v.to_be_bytes());
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut cancel, &req)
+        .await
+        .unwrap();
+    assert_eq!(next_error(&mut raw).await, ("ERROR".into(), "57014".into()));
+    p.shutdown().await;
+}
