@@ -113,18 +113,14 @@ impl Session {
             }
         }
         self.login.key_owed = false;
-        let (pid, secret) = (self.login.cancel.pid, self.login.cancel.secret);
-        if self
-            .reply(|out| {
-                protocol::put_backend_key(out, pid, secret);
-                protocol::put_ready(out, TxStatus::Idle);
-            })
+        // The rest of the welcome: written as the login's was, not counted
+        // as traffic.
+        let mut out = bytes::BytesMut::new();
+        protocol::put_backend_key(&mut out, self.login.cancel.pid, self.login.cancel.secret);
+        protocol::put_ready(&mut out, TxStatus::Idle);
+        tokio::io::AsyncWriteExt::write_all(&mut self.client, &out)
             .await
-        {
-            Ok(())
-        } else {
-            Err("client gone")
-        }
+            .map_err(|_| "client gone")
     }
 
     /// Makes the attached server's session parameters match the client's:
