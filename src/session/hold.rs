@@ -105,10 +105,15 @@ impl Session {
             }
             Err(u) => {
                 let mut fields = u.fields;
-                for f in fields.iter_mut().filter(|f| f.0 == field::SEVERITY || f.0 == field::SEVERITY_RAW) {
+                for f in fields
+                    .iter_mut()
+                    .filter(|f| f.0 == field::SEVERITY || f.0 == field::SEVERITY_RAW)
+                {
                     f.1 = "FATAL".into();
                 }
-                let _ = self.reply(|out| protocol::put_error_fields(out, fields)).await;
+                let _ = self
+                    .reply(|out| protocol::put_error_fields(out, fields))
+                    .await;
                 return Err("no server connection at login");
             }
         }

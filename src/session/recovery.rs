@@ -70,7 +70,11 @@ impl Session {
     /// the connection ended (else a server's FATAL is the server's own
     /// decision, passed on as it is). Err(why) when the client's
     /// connection ends too.
-    pub(super) async fn server_lost(&mut self, why: &str, failover: bool) -> Result<(), &'static str> {
+    pub(super) async fn server_lost(
+        &mut self,
+        why: &str,
+        failover: bool,
+    ) -> Result<(), &'static str> {
         let server = self.server.take().expect("attached");
         self.login.cancel.slot.detach();
         tracing::warn!(peer = %self.peer, server = %server.pool().key.host, port = server.pool().key.port, error = why, "server connection lost");
@@ -508,7 +512,10 @@ mod tests {
             replay_reads_only: true,
             ..TRANSACTION_MODE
         };
-        assert_eq!(recover(&read, &reads), Recovery::Replay { drop_preamble: 0 });
+        assert_eq!(
+            recover(&read, &reads),
+            Recovery::Replay { drop_preamble: 0 }
+        );
     }
 
     #[test]

@@ -45,7 +45,11 @@ async fn next_error(raw: &mut Raw) -> (String, String) {
         let (t, b) = raw.recv().await.expect("an ErrorResponse, got EOF");
         if t == b'E' {
             let f = pgkeel::protocol::parse_error_fields(&b);
-            let get = |c| pgkeel::protocol::error_field(&f, c).unwrap_or("").to_owned();
+            let get = |c| {
+                pgkeel::protocol::error_field(&f, c)
+                    .unwrap_or("")
+                    .to_owned()
+            };
             return (get(b'S'), get(b'C'));
         }
         assert!(matches!(t, b'T' | b'N' | b'S'), "unexpected {}", t as char);
@@ -158,7 +162,12 @@ async fn a_backend_the_server_ends_is_the_servers_error_not_a_failover() {
 
 #[tokio::test]
 async fn in_session_mode_a_backend_the_server_ends_ends_the_client_as_postgresql_does() {
-    let p = start(&config(pg_port(), "pool_mode = \"session\"\npool_size = 4", "")).await;
+    let p = start(&config(
+        pg_port(),
+        "pool_mode = \"session\"\npool_size = 4",
+        "",
+    ))
+    .await;
     let su = superuser().await;
     let (mut raw, _) = Raw::login(p.local_addr(), "app", "app_password", "appdb").await;
     let pid = backend_pid(&mut raw).await;
@@ -198,7 +207,10 @@ async fn in_session_mode_a_backend_the_server_ends_ends_the_client_as_postgresql
 
 /// The process id pgkeel gave the client at login (BackendKeyData).
 fn key_pid(welcome: &[(u8, bytes::BytesMut)]) -> i32 {
-    let (_, b) = welcome.iter().find(|(t, _)| *t == b'K').expect("BackendKeyData");
+    let (_, b) = welcome
+        .iter()
+        .find(|(t, _)| *t == b'K')
+        .expect("BackendKeyData");
     (&b[..4]).get_i32()
 }
 
@@ -277,10 +289,19 @@ async fn a_set_config_whose_name_is_a_parameter_follows_the_client() {
 
 #[tokio::test]
 async fn in_session_mode_backend_pid_is_the_server_process_and_cancels_reach_it() {
-    let p = start(&config(pg_port(), "pool_mode = \"session\"\npool_size = 4", "")).await;
+    let p = start(&config(
+        pg_port(),
+        "pool_mode = \"session\"\npool_size = 4",
+        "",
+    ))
+    .await;
     let (mut raw, welcome) = Raw::login(p.local_addr(), "app", "app_password", "appdb").await;
     let pid = key_pid(&welcome);
-    assert_eq!(backend_pid(&mut raw).await, pid, "PQbackendPID is pg_backend_pid()");
+    assert_eq!(
+        backend_pid(&mut raw).await,
+        pid,
+        "PQbackendPID is pg_backend_pid()"
+    );
     let (_, b) = welcome.iter().find(|(t, _)| *t == b'K').unwrap();
     let secret = (&b[4..8]).get_i32();
     // A cancel with that key stops the client's query.
@@ -299,7 +320,9 @@ async fn in_session_mode_backend_pid_is_the_server_process_and_cancels_reach_it(
         })
         .await
     );
-    let mut cancel = tokio::net::TcpStream::connect(p.local_addr()).await.unwrap();
+    let mut cancel = tokio::net::TcpStream::connect(p.local_addr())
+        .await
+        .unwrap();
     let mut req = Vec::new();
     for v in [16, 80877102, pid, secret] {
         req.extend_from_slice(&v.to_be_bytes());
