@@ -93,6 +93,22 @@ impl CancelRegistry {
         }
     }
 
+    /// Gives `reg` a key with process id `pid` (a session-mode client's
+    /// server process) and a new secret, keeping its slot.
+    pub fn rekey(&self, reg: &mut Registration, pid: i32) {
+        let mut map = self.map.lock().expect("cancel registry poisoned");
+        map.remove(&(reg.pid, reg.secret));
+        let mut rng = rand::rng();
+        loop {
+            let secret = rng.random::<i32>();
+            if let std::collections::hash_map::Entry::Vacant(e) = map.entry((pid, secret)) {
+                e.insert(reg.slot.clone());
+                (reg.pid, reg.secret) = (pid, secret);
+                return;
+            }
+        }
+    }
+
     /// The slot of the client with key (`pid`, `secret`), if any.
     pub fn slot(&self, pid: i32, secret: i32) -> Option<Arc<CancelSlot>> {
         self.map
@@ -139,5 +155,25 @@ mod tests {
         drop(r);
         assert!(reg.is_empty());
         assert!(reg.lookup(pid, secret).is_none());
+    }
+
+    #[test]
+    fn a_rekeyed_client_keeps_its_slot_under_the_new_key_only() {
+        let reg = Arc::new(CancelRegistry::default());
+        let mut r = reg.register();
+        let old = (r.pid, r.secret);
+        let k = Arc::new(ServerKey {
+            addr: "127.0.0.1:5432".parse().unwrap(),
+            pid: 4242,
+            secret: 9,
+        });
+        r.slot.attach(&k);
+        reg.rekey(&mut r, 4242);
+        assert_eq!(r.pid, 4242);
+        assert!(reg.lookup(old.0, old.1).is_none());
+        assert_eq!(reg.lookup(r.pid, r.secret).unwrap().pid, 4242);
+        assert_eq!(reg.len(), 1);
+        drop(r);
+        assert!(reg.is_empty());
     }
 }

@@ -186,6 +186,7 @@ pub mod sqlstate {
     pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     pub const QUERY_CANCELED: &str = "57014";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
 }
 
 /// Appends an ErrorResponse.

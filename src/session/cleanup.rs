@@ -148,12 +148,15 @@ impl Session {
         let mut clean = true;
         self.want
             .remember_hidden(std::mem::take(&mut self.att.st.hidden_settings));
+        if self.att.st.effects.contains(Effects::SETTINGS) {
+            clean = self.read_settings(server.conn()).await;
+        }
         if self.att.st.effects.contains(Effects::UNTRACKED_STATE) {
             // State nobody can restore or undo by name: closed, never lent
-            // to anyone else (classify/effects.rs says why).
+            // to anyone else (classify/effects.rs says why). What
+            // `pg_settings` shows of it (a `set_config` whose name is a
+            // parameter) was read back above and follows the client.
             clean = false;
-        } else if self.att.st.effects.contains(Effects::SETTINGS) {
-            clean = self.read_settings(server.conn()).await;
         }
         if clean
             && self.on_primary

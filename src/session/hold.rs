@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::backend::BackendError;
 use crate::clients::ClientState;
-use crate::config::Route;
+use crate::config::{ListenerRoute, Route, Why};
 use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::{self, field, frontend, sqlstate, TxStatus};
 use crate::querylog::QueryLog;
@@ -82,6 +82,50 @@ impl Session {
             },
             member,
         }))
+    }
+
+    /// A session-mode client's server connection, taken at login so that
+    /// the BackendKeyData still owed names its server process (the
+    /// client's `backend_pid` is `pg_backend_pid()`, and a notification it
+    /// sends carries it, as without pgkeel). Err(why) ends the session:
+    /// no server within `hold_timeout` is a refused login, as PostgreSQL
+    /// refuses one it cannot serve.
+    pub(super) async fn attach_at_login(&mut self) -> Result<(), &'static str> {
+        let (route, why) = match self.listener {
+            ListenerRoute::Replica => (Route::Replica, Why::Listener),
+            ListenerRoute::Primary => (Route::Primary, Why::Listener),
+            ListenerRoute::Auto => (Route::Primary, Why::SessionMode),
+        };
+        self.shared.metrics.routed(route, why).inc();
+        match self.acquire(route).await {
+            Ok((conn, on_primary)) => {
+                let pid = conn.server_key().pid;
+                self.shared.cancels.rekey(&mut self.login.cancel, pid);
+                self.attach(conn, on_primary, false);
+            }
+            Err(u) => {
+                let mut fields = u.fields;
+                for f in fields
+                    .iter_mut()
+                    .filter(|f| f.0 == field::SEVERITY || f.0 == field::SEVERITY_RAW)
+                {
+                    f.1 = "FATAL".into();
+                }
+                let _ = self
+                    .reply(|out| protocol::put_error_fields(out, fields))
+                    .await;
+                return Err("no server connection at login");
+            }
+        }
+        self.login.key_owed = false;
+        // The rest of the welcome: written as the login's was, not counted
+        // as traffic.
+        let mut out = bytes::BytesMut::new();
+        protocol::put_backend_key(&mut out, self.login.cancel.pid, self.login.cancel.secret);
+        protocol::put_ready(&mut out, TxStatus::Idle);
+        tokio::io::AsyncWriteExt::write_all(&mut self.client, &out)
+            .await
+            .map_err(|_| "client gone")
     }
 
     /// Makes the attached server's session parameters match the client's:
@@ -256,6 +300,8 @@ impl Session {
         // Elsewhere than the primary, the next request may be a write:
         // forward one at a time.
         self.att.st = State::attached(retry_reads, drop_preamble, !on_primary);
+        let server_pid = self.server.as_ref().expect("attached").server_key().pid;
+        self.att.st.own_pid = Some((server_pid, self.login.cancel.pid));
         self.att.st.log = self.query_log();
         self.att.bufs.replay.clear();
         self.prepared.reset_queue();

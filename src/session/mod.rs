@@ -213,6 +213,21 @@ impl Session {
         self.user.pool_mode == PoolMode::Session || self.pinned.is_some()
     }
 
+    /// Whether the topology shows a failover of the attached member: a
+    /// switchover announced, the member down, or (attached to the primary)
+    /// another primary or none.
+    fn failover_seen(&self) -> bool {
+        let Some(key) = self.server.as_ref().map(|s| &s.pool().key) else {
+            return false;
+        };
+        recovery::failover_seen(
+            &self.shared.topology.load(),
+            &key.host,
+            key.port,
+            self.on_primary,
+        )
+    }
+
     fn first_frame_len(&self) -> usize {
         protocol::header(&self.att.bufs.from_client)
             .and_then(Result::ok)
@@ -240,6 +255,11 @@ impl Session {
             cancel_key: None,
         };
         self.adopt_config();
+        if self.login.key_owed {
+            if let Err(why) = self.attach_at_login().await {
+                return why;
+            }
+        }
         loop {
             if self.server.is_none() {
                 self.registered.info.set_state(ClientState::Idle);
@@ -394,18 +414,22 @@ impl Session {
                     return "protocol violation";
                 }
                 Outcome::ServerLost(e) => {
+                    // Read before this session's own suspicion lands: did
+                    // the topology already show a failover?
+                    let failover = self.failover_seen();
                     // Fast suspicion: the member is held out at once and
                     // probed; the publisher decides (never waited for here).
                     if let Some(k) = self.server.as_ref().map(|s| &s.pool().key) {
                         self.shared.topology.suspect(&k.host, k.port);
                     }
-                    if !self.server_lost(&e.to_string()).await {
-                        return "server lost mid-message";
+                    if let Err(why) = self.server_lost(&e.to_string(), failover).await {
+                        return why;
                     }
                 }
                 Outcome::ServerProtocol(m) => {
-                    if !self.server_lost(&m).await {
-                        return "server protocol error mid-message";
+                    let failover = self.failover_seen();
+                    if let Err(why) = self.server_lost(&m, failover).await {
+                        return why;
                     }
                 }
                 Outcome::Idle(limit) => return self.timed_out(limit).await,

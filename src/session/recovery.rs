@@ -4,17 +4,23 @@
 
 use crate::classify::words;
 use crate::protocol::{self, frontend, sqlstate, Severity, TxStatus};
+use crate::topology::{Member, Topology};
 
-use super::attachment::{self, Copy, State};
+use super::attachment::{self, Copy, ServerFatal, State};
 use super::hold::Unavailable;
 use super::Session;
 
 /// What a client learns at its next statement after its server was lost
 /// while it sat idle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Lost {
+    /// Its transaction, in a failover.
     Transaction,
     SessionState,
+    /// Its transaction, ended by the server for a reason of its own (a
+    /// terminated backend, `idle_in_transaction_session_timeout`): the
+    /// server's error, as the client would have read it.
+    Server(ServerFatal),
 }
 
 /// A request is re-run on a new server at most this often.
@@ -49,6 +55,9 @@ impl Session {
                 sqlstate::CONNECTION_FAILURE,
                 format!("the server connection was lost (failover): {SESSION_STATE_LOST}; this statement did not run"),
             ),
+            Lost::Server(f) => {
+                return self.refuse(typ, Unavailable::new(&f.code, f.message)).await;
+            }
         };
         self.failover_error(reason);
         self.refuse(typ, Unavailable::new(code, msg)).await
@@ -57,9 +66,15 @@ impl Session {
     /// The attached server failed. A read-only request nothing was answered
     /// for goes again to another server; otherwise the client is told (now
     /// if it waits for an answer, else at its next statement) and the
-    /// session goes on. False when the client had already seen part of a
-    /// message, so its connection cannot continue.
-    pub(super) async fn server_lost(&mut self, why: &str) -> bool {
+    /// session goes on. `failover`: the topology showed a failover when
+    /// the connection ended (else a server's FATAL is the server's own
+    /// decision, passed on as it is). Err(why) when the client's
+    /// connection ends too.
+    pub(super) async fn server_lost(
+        &mut self,
+        why: &str,
+        failover: bool,
+    ) -> Result<(), &'static str> {
         let server = self.server.take().expect("attached");
         self.login.cancel.slot.detach();
         tracing::warn!(peer = %self.peer, server = %server.pool().key.host, port = server.pool().key.port, error = why, "server connection lost");
@@ -77,6 +92,7 @@ impl Session {
                     Some(&self.prepared).filter(|p| p.enabled),
                 ),
             session_mode: self.keeps_server(),
+            failover,
         };
         let recovery = recover(&st, &facts);
         self.att.bufs.to_server.clear();
@@ -93,7 +109,13 @@ impl Session {
                 // Mid-message (a row over WHOLE_MESSAGE_LIMIT): the client's
                 // stream cannot be put back in step.
                 self.failover_error("mid_message");
-                false
+                Err("server lost mid-message")
+            }
+            Recovery::End { code, message } => {
+                // Session state lived there: the client's connection ends
+                // with the server's, as it would without pgkeel.
+                self.send_fatal(&code, &message).await;
+                Err("the server ended the session's connection")
             }
             Recovery::Replay { drop_preamble } => {
                 // Put the request back in front of whatever the client sent
@@ -105,11 +127,11 @@ impl Session {
                 let mut again = std::mem::take(&mut self.att.bufs.replay);
                 again.extend_from_slice(&self.att.bufs.from_client);
                 self.att.bufs.from_client = again;
-                true
+                Ok(())
             }
             Recovery::TellLater(lost) => {
                 self.lost = lost;
-                true
+                Ok(())
             }
             Recovery::TellNow {
                 code,
@@ -117,23 +139,46 @@ impl Session {
                 owed,
                 skip_to_sync,
             } => {
-                self.failover_error("in_flight");
+                if failover || st.server_fatal.is_none() {
+                    self.failover_error("in_flight");
+                }
                 self.shared
                     .metrics
                     .errors_total
-                    .with_label_values(&[sqlstate::CONNECTION_FAILURE])
+                    .with_label_values(&[&code])
                     .inc();
                 self.skip_until_sync |= skip_to_sync;
-                self.reply(|out| {
-                    protocol::put_error(out, Severity::Error, code, &message);
-                    for _ in 0..owed {
-                        protocol::put_ready(out, TxStatus::Idle);
-                    }
-                })
-                .await
+                let sent = self
+                    .reply(|out| {
+                        protocol::put_error(out, Severity::Error, &code, &message);
+                        for _ in 0..owed {
+                            protocol::put_ready(out, TxStatus::Idle);
+                        }
+                    })
+                    .await;
+                if sent {
+                    Ok(())
+                } else {
+                    Err("client gone")
+                }
             }
         }
     }
+}
+
+/// Whether topology `t` shows a failover of the member at `host:port`: a
+/// switchover announced, the member down, or (for a connection to the
+/// primary) another primary or none. Read when the connection ended,
+/// before this session's own suspicion of it.
+pub(super) fn failover_seen(t: &Topology, host: &str, port: u16, on_primary: bool) -> bool {
+    let is_it = |m: &Member| m.host == host && m.port == port;
+    if t.switchover.is_some() {
+        return true;
+    }
+    if t.members.iter().any(|m| is_it(&m.member) && !m.healthy) {
+        return true;
+    }
+    on_primary && !t.primary.as_deref().is_some_and(is_it)
 }
 
 /// What the session knows of a lost attachment beyond its stream state.
@@ -143,6 +188,9 @@ pub(super) struct Facts {
     pub replay_reads_only: bool,
     /// Session state lived on the lost connection (session mode, pinned).
     pub session_mode: bool,
+    /// The topology showed a failover (a switchover announced, the member
+    /// down or no longer the primary) when the connection ended.
+    pub failover: bool,
 }
 
 /// What to do after losing the attached server.
@@ -155,7 +203,7 @@ pub(super) enum Recovery {
     /// ReadyForQuery messages; `skip_to_sync`: its messages are dropped up
     /// to its Sync, as after any error mid-batch.
     TellNow {
-        code: &'static str,
+        code: String,
         message: String,
         owed: u32,
         skip_to_sync: bool,
@@ -165,6 +213,10 @@ pub(super) enum Recovery {
     TellLater(Option<Lost>),
     /// The client saw part of a message: its connection cannot go on.
     Close,
+    /// The server ended a connection that carried the client's session
+    /// (session mode, pinned) for a reason of its own: the client gets
+    /// its FATAL, and its connection ends, as without pgkeel.
+    End { code: String, message: String },
 }
 
 /// The recovery for an attachment lost in state `st`.
@@ -177,7 +229,18 @@ pub(super) fn recover(st: &State, facts: &Facts) -> Recovery {
             drop_preamble: st.preamble + st.drop_preamble,
         };
     }
+    // The server said why, and no failover explains it: its own words.
+    let said = st.server_fatal.as_ref().filter(|_| !facts.failover);
+    if let Some(f) = said.filter(|_| facts.session_mode) {
+        return Recovery::End {
+            code: f.code.clone(),
+            message: f.message.clone(),
+        };
+    }
     if st.pending == 0 && !st.unsynced && st.copy == Copy::None {
+        if let Some(f) = said.filter(|_| st.status != TxStatus::Idle) {
+            return Recovery::TellLater(Some(Lost::Server(f.clone())));
+        }
         return Recovery::TellLater(if st.status != TxStatus::Idle {
             Some(Lost::Transaction)
         } else if facts.session_mode {
@@ -189,19 +252,22 @@ pub(super) fn recover(st: &State, facts: &Facts) -> Recovery {
     // A commit in flight may or may not have happened: never "retry".
     let (code, mut message) = if st.commit_in_flight {
         (
-            sqlstate::CONNECTION_FAILURE,
+            sqlstate::CONNECTION_FAILURE.to_owned(),
             "the server failed over while committing: the outcome of the transaction is unknown"
                 .to_owned(),
         )
+    } else if let Some(f) = said.filter(|_| st.status != TxStatus::Idle) {
+        // The transaction ended with the connection: the server's reason.
+        (f.code.clone(), f.message.clone())
     } else if st.status != TxStatus::Idle {
         (
-            sqlstate::SERIALIZATION_FAILURE,
+            sqlstate::SERIALIZATION_FAILURE.to_owned(),
             "the transaction was rolled back: its server failed over; retry the transaction"
                 .to_owned(),
         )
     } else {
         (
-            sqlstate::CONNECTION_FAILURE,
+            sqlstate::CONNECTION_FAILURE.to_owned(),
             "the server failed over while running this statement: its outcome is unknown"
                 .to_owned(),
         )
@@ -230,9 +296,10 @@ mod tests {
     const TRANSACTION_MODE: Facts = Facts {
         replay_reads_only: false,
         session_mode: false,
+        failover: false,
     };
 
-    fn told(r: Recovery) -> (&'static str, String, u32, bool) {
+    fn told(r: Recovery) -> (String, String, u32, bool) {
         match r {
             Recovery::TellNow {
                 code,
@@ -309,7 +376,7 @@ mod tests {
         });
         let (code, _, owed, skip) = told(recover(&st, &TRANSACTION_MODE));
         assert_eq!(
-            (code, owed, skip),
+            (code.as_str(), owed, skip),
             (sqlstate::SERIALIZATION_FAILURE, 2, false)
         );
     }
@@ -367,5 +434,157 @@ mod tests {
         };
         let (_, message, _, _) = told(recover(&st, &session));
         assert!(message.ends_with(SESSION_STATE_LOST));
+    }
+
+    fn fatal(code: &str) -> Option<ServerFatal> {
+        Some(ServerFatal {
+            code: code.into(),
+            message: "terminating connection due to administrator command".into(),
+        })
+    }
+
+    #[test]
+    fn a_server_fatal_without_a_failover_is_the_servers_own_error() {
+        // In a transaction, waiting: the server's code, not 40001.
+        let st = state(|s| {
+            s.status = TxStatus::InTransaction;
+            s.pending = 1;
+            s.server_fatal = fatal("57P01");
+        });
+        let (code, message, owed, _) = told(recover(&st, &TRANSACTION_MODE));
+        assert_eq!((code.as_str(), owed), ("57P01", 1));
+        assert!(message.contains("administrator command"), "{message}");
+        // Idle in a transaction (idle_in_transaction_session_timeout): told
+        // at the next statement, with the server's words.
+        let idle = state(|s| {
+            s.status = TxStatus::InTransaction;
+            s.server_fatal = fatal("25P03");
+        });
+        assert_eq!(
+            recover(&idle, &TRANSACTION_MODE),
+            Recovery::TellLater(Some(Lost::Server(fatal("25P03").unwrap())))
+        );
+        // Outside a transaction nothing was lost.
+        let outside = state(|s| s.server_fatal = fatal("57P05"));
+        assert_eq!(
+            recover(&outside, &TRANSACTION_MODE),
+            Recovery::TellLater(None)
+        );
+        // A commit in flight stays in doubt; an autocommit statement's
+        // outcome is unknown.
+        for commit in [true, false] {
+            let st = state(|s| {
+                s.pending = 1;
+                s.commit_in_flight = commit;
+                s.server_fatal = fatal("57P01");
+            });
+            let (code, _, _, _) = told(recover(&st, &TRANSACTION_MODE));
+            assert_eq!(code, sqlstate::CONNECTION_FAILURE);
+        }
+    }
+
+    #[test]
+    fn a_server_fatal_ends_a_session_mode_client_as_postgresql_would() {
+        let session = Facts {
+            session_mode: true,
+            ..TRANSACTION_MODE
+        };
+        for pending in [0, 1] {
+            let st = state(|s| {
+                s.pending = pending;
+                s.server_fatal = fatal("57P05");
+            });
+            assert_eq!(
+                recover(&st, &session),
+                Recovery::End {
+                    code: "57P05".into(),
+                    message: "terminating connection due to administrator command".into()
+                }
+            );
+        }
+        // A read nothing was answered for is still re-run first.
+        let read = state(|s| {
+            s.replayable = true;
+            s.pending = 1;
+            s.server_fatal = fatal("57P01");
+        });
+        let reads = Facts {
+            replay_reads_only: true,
+            ..TRANSACTION_MODE
+        };
+        assert_eq!(
+            recover(&read, &reads),
+            Recovery::Replay { drop_preamble: 0 }
+        );
+    }
+
+    #[test]
+    fn in_a_failover_a_server_fatal_is_a_failover() {
+        let failover = Facts {
+            failover: true,
+            ..TRANSACTION_MODE
+        };
+        let st = state(|s| {
+            s.status = TxStatus::InTransaction;
+            s.pending = 1;
+            s.server_fatal = fatal("57P01");
+        });
+        let (code, _, _, _) = told(recover(&st, &failover));
+        assert_eq!(code, sqlstate::SERIALIZATION_FAILURE);
+        let session = Facts {
+            session_mode: true,
+            ..failover
+        };
+        assert!(matches!(recover(&st, &session), Recovery::TellNow { .. }));
+        // A connection that ended without a word is treated as a failover
+        // (a crash, a kill): unchanged.
+        let silent = state(|s| {
+            s.status = TxStatus::InTransaction;
+            s.pending = 1;
+        });
+        let (code, _, _, _) = told(recover(&silent, &TRANSACTION_MODE));
+        assert_eq!(code, sqlstate::SERIALIZATION_FAILURE);
+    }
+
+    #[test]
+    fn a_failover_is_what_the_topology_shows() {
+        use crate::topology::{MemberState, Role};
+        use std::sync::Arc;
+        let a = Arc::new(Member {
+            name: "a".into(),
+            host: "h".into(),
+            port: 1,
+        });
+        let b = Arc::new(Member {
+            name: "b".into(),
+            host: "h".into(),
+            port: 2,
+        });
+        let member = |m: &Arc<Member>, healthy| MemberState {
+            member: m.clone(),
+            role: Role::Primary,
+            healthy,
+            last_error: None,
+            patroni: None,
+            lag_bytes: None,
+            lsn: None,
+            streaming: false,
+            replay_lag: None,
+        };
+        let t = Topology {
+            members: vec![member(&a, true), member(&b, true)],
+            primary: Some(a.clone()),
+            ..Topology::default()
+        };
+        assert!(!failover_seen(&t, "h", 1, true));
+        assert!(!failover_seen(&t, "h", 2, false));
+        assert!(failover_seen(&t, "h", 2, true), "b is not the primary");
+        let down = Topology {
+            members: vec![member(&a, false), member(&b, true)],
+            primary: None,
+            ..Topology::default()
+        };
+        assert!(failover_seen(&down, "h", 1, true));
+        assert!(failover_seen(&down, "h", 1, false));
     }
 }

@@ -39,6 +39,11 @@ pub struct Login {
     pub want: crate::params::Params,
     /// Its place under the client caps (`limits.rs`), for the session's life.
     pub permit: ClientPermit,
+    /// BackendKeyData and ReadyForQuery are still owed: a session-mode
+    /// client gets its server connection first, so that its key names that
+    /// server process (`backend_pid` is `pg_backend_pid()`, as without
+    /// pgkeel).
+    pub key_owed: bool,
 }
 
 /// A login to the admin console database (`[admin] database`).
@@ -376,6 +381,17 @@ pub async fn handshake(
             k => want.set_startup_extra(k, v),
         }
     }
+    // The server reports an encoding by its own name, whatever spelling the
+    // client used; one it does not know ends the login, as it would there.
+    if let Some(asked) = want.get("client_encoding").map(str::to_owned) {
+        let Some(name) = crate::params::canonical_encoding(&asked) else {
+            return Err(Refusal::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("invalid value for parameter \"client_encoding\": \"{asked}\""),
+            ));
+        };
+        want.set("client_encoding", name);
+    }
     for (k, v) in server_params.iter_mut() {
         if let Some(w) = want.get(k) {
             *v = w.to_owned();
@@ -388,8 +404,11 @@ pub async fn handshake(
     for (k, v) in &server_params {
         protocol::put_parameter_status(&mut out, k, v);
     }
-    protocol::put_backend_key(&mut out, cancel.pid, cancel.secret);
-    protocol::put_ready(&mut out, protocol::TxStatus::Idle);
+    let key_owed = user.pool_mode == crate::config::PoolMode::Session;
+    if !key_owed {
+        protocol::put_backend_key(&mut out, cancel.pid, cancel.secret);
+        protocol::put_ready(&mut out, protocol::TxStatus::Idle);
+    }
     stream.write_all(&out).await?;
     Ok(Handshake::Login(Box::new(Login {
         user,
@@ -399,6 +418,7 @@ pub async fn handshake(
         pending: buf,
         want,
         permit,
+        key_owed,
     })))
 }
 

@@ -52,3 +52,4 @@ mod reload;
 mod routing;
 mod stats_page;
 mod tls;
+mod transparency;

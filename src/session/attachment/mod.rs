@@ -47,6 +47,14 @@ pub const GROW_STEP: usize = 64 * 1024;
 pub const SHRINK_ABOVE: usize = 1 << 20;
 pub const SHRINK_TO: usize = 8 * 1024;
 
+/// A server's FATAL: its SQLSTATE and message, for telling the client
+/// what the server said when nothing else (a failover) explains the loss.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFatal {
+    pub code: String,
+    pub message: String,
+}
+
 /// The four buffers of a session, kept across transactions so their memory
 /// is reused.
 #[derive(Default)]
@@ -161,6 +169,12 @@ pub struct State {
     pub batch_waits: bool,
     /// The server's FATAL was a protocol violation of the client's.
     pub client_violation: bool,
+    /// The FATAL the server ended the connection with, if it said why.
+    pub server_fatal: Option<ServerFatal>,
+    /// (server process id, the client's own): a notification the client's
+    /// own server connection sent names the process id the client was
+    /// given at login, as without pgkeel.
+    pub own_pid: Option<(i32, i32)>,
     /// Settings `pg_settings` hides (`x.y`, `role`) that statements sent
     /// during this attach set: the session reads them back by name.
     pub hidden_settings: Vec<String>,
@@ -246,6 +260,8 @@ impl Default for State {
             pinned: None,
             hidden_settings: Vec::new(),
             client_violation: false,
+            server_fatal: None,
+            own_pid: None,
             batch_waits: false,
             server_errors: Vec::new(),
             log: None,

@@ -6,6 +6,7 @@ use bytes::Buf;
 use crate::protocol::{self, backend, field, sqlstate, TxStatus, HEADER_LEN};
 
 use super::{Buffers, Copy, State, Track, GROW_STEP};
+use crate::classify::effects::Effects;
 
 /// Server messages up to this size reach the client only whole, so a server
 /// that dies mid-result leaves the client's protocol stream in step (pgkeel
@@ -28,6 +29,27 @@ fn is_preamble(typ: u8) -> bool {
         typ,
         PARSE_COMPLETE | BIND_COMPLETE | PARAMETER_DESCRIPTION | ROW_DESCRIPTION | NO_DATA
     )
+}
+
+/// A listening client's NotificationResponses sent by its own server
+/// process carry the process id the client was given at login instead
+/// (`client`), as they would without pgkeel. Whole messages only, from
+/// `skip` (the rest of a huge message) on.
+fn rename_own_notifications(buf: &mut [u8], skip: usize, server: i32, client: i32) {
+    let mut pos = skip.min(buf.len());
+    while let Some(Ok((typ, len))) = protocol::header(&buf[pos..]) {
+        if len > WHOLE_MESSAGE_LIMIT || buf.len() - pos < len {
+            return;
+        }
+        let pid = pos + HEADER_LEN..pos + HEADER_LEN + 4;
+        if typ == backend::NOTIFICATION_RESPONSE
+            && len >= HEADER_LEN + 4
+            && buf[pid.clone()] == server.to_be_bytes()
+        {
+            buf[pid].copy_from_slice(&client.to_be_bytes());
+        }
+        pos += len;
+    }
 }
 
 /// Moves server bytes from `from_server` to `to_client`: whole messages,
@@ -85,6 +107,11 @@ pub fn scan_server(
             Some(_) => st.drop_preamble = 0,
             None => return Ok(None),
         }
+    }
+    // (In session mode, where no effects are scanned, any client may listen.)
+    let listening = track.is_none() || st.effects.contains(Effects::LISTEN);
+    if let Some((server, client)) = st.own_pid.filter(|_| listening) {
+        rename_own_notifications(&mut b.from_server, st.server_skip, server, client);
     }
     let buf = &b.from_server;
     let mut pos = 0;
@@ -168,6 +195,12 @@ pub fn scan_server(
                     // without pgkeel.
                     st.client_violation = protocol::error_field(&fields, field::CODE)
                         == Some(sqlstate::PROTOCOL_VIOLATION);
+                    st.server_fatal = Some(super::ServerFatal {
+                        code: protocol::error_field(&fields, field::CODE)
+                            .unwrap_or(sqlstate::CONNECTION_FAILURE)
+                            .to_owned(),
+                        message: msg.clone(),
+                    });
                     fatal = Some(msg);
                     break;
                 }
@@ -248,4 +281,39 @@ pub fn scan_server(
         b.from_server.advance(pos);
     }
     Ok(fatal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{BufMut, BytesMut};
+
+    fn notification(pid: i32) -> BytesMut {
+        let mut m = BytesMut::new();
+        m.put_u8(backend::NOTIFICATION_RESPONSE);
+        m.put_i32(4 + 4 + 4 + 2);
+        m.put_i32(pid);
+        m.put_slice(b"foo\0\0");
+        m
+    }
+
+    #[test]
+    fn own_notifications_name_the_clients_process_id() {
+        let mut buf = notification(7);
+        buf.extend_from_slice(&notification(8));
+        let mut ready = BytesMut::new();
+        protocol::put_ready(&mut ready, TxStatus::Idle);
+        buf.extend_from_slice(&ready);
+        buf.extend_from_slice(&notification(7)[..6]);
+        let mut want = notification(42);
+        want.extend_from_slice(&notification(8));
+        want.extend_from_slice(&ready);
+        want.extend_from_slice(&notification(7)[..6]);
+        rename_own_notifications(&mut buf, 0, 7, 42);
+        assert_eq!(buf, want, "only whole ones from the client's own server");
+        // The rest of a huge message is skipped, not read as messages.
+        let mut skipped = notification(7);
+        rename_own_notifications(&mut skipped, 3, 7, 42);
+        assert_eq!(skipped, notification(7));
+    }
 }

@@ -171,9 +171,21 @@ impl Raw {
         password: &str,
         db: &str,
     ) -> (Raw, Vec<(u8, BytesMut)>) {
+        Self::login_with(addr, user, password, db, &[]).await
+    }
+
+    /// `login` with more startup parameters (`client_encoding`, ...).
+    pub async fn login_with(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        db: &str,
+        extra: &[(&str, &str)],
+    ) -> (Raw, Vec<(u8, BytesMut)>) {
         let mut raw = Raw::connect(addr).await;
-        raw.send(&Self::startup_packet(&[("user", user), ("database", db)]))
-            .await;
+        let mut params = vec![("user", user), ("database", db)];
+        params.extend_from_slice(extra);
+        raw.send(&Self::startup_packet(&params)).await;
         let mut scram: Option<ClientExchange> = None;
         let mut seen = Vec::new();
         loop {
