@@ -11,6 +11,7 @@ mod cleanup;
 mod clock;
 mod hold;
 pub mod prepared;
+mod prepared_view;
 mod recovery;
 pub mod relay;
 pub mod startup;
