@@ -151,6 +151,16 @@ pub fn changes_types(text: &[u8]) -> bool {
     })
 }
 
+/// Whether SQL `text` rolls back (ROLLBACK, ROLLBACK TO SAVEPOINT, ABORT):
+/// after types changed in the transaction, what it undoes changes them again.
+pub fn rolls_back(text: &[u8]) -> bool {
+    crate::classify::words::statements(text).any(|st| {
+        st.first_word().is_some_and(|w| {
+            w.eq_ignore_ascii_case(b"rollback") || w.eq_ignore_ascii_case(b"abort")
+        })
+    })
+}
+
 /// Where a statement stands on one server connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Here {
@@ -346,5 +356,7 @@ mod tests {
         ] {
             assert!(!changes_types(sql.as_bytes()), "{sql}");
         }
+        assert!(rolls_back(b"ROLLBACK TO SAVEPOINT s") && rolls_back(b"abort"));
+        assert!(!rolls_back(b"select 'rollback'") && !rolls_back(b"commit"));
     }
 }

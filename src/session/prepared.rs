@@ -39,6 +39,9 @@ pub(crate) struct Named {
     pub prepared_at: SystemTime,
     /// The text of the SQL-level PREPARE that made it (`None`: a Parse).
     pub sql_text: Option<Box<[u8]>>,
+    /// A Parse's own text, when pgkeel rewrote it (it read
+    /// `pg_prepared_statements`).
+    pub original: Option<Box<[u8]>>,
 }
 
 impl Named {
@@ -47,6 +50,7 @@ impl Named {
             stmt,
             prepared_at: SystemTime::now(),
             sql_text,
+            original: None,
         }
     }
 }
@@ -273,10 +277,13 @@ impl Prepared {
     }
 
     /// Notes SQL the client sends that may change types: the schema epoch
-    /// advances now (later copies on this connection see the change) and
-    /// again at the end of this transaction (when others see it).
+    /// advances now (later copies on this connection see the change), at a
+    /// rollback in the same transaction, and at its end (when others see it).
     fn note_types_changed(&mut self, text: &[u8]) {
-        if crate::statements::changes_types(text) {
+        // A rollback (to a savepoint, too) undoes what changed them.
+        if crate::statements::changes_types(text)
+            || (self.types_changed && crate::statements::rolls_back(text))
+        {
             self.cache.schema_changed();
             self.types_changed = true;
         }
@@ -392,10 +399,16 @@ impl Prepared {
                     self.refuse("42P05", &msg, "Close it first, or use another name.");
                     return Verdict::Dropped;
                 }
-                let stmt = self.cache.intern(rest);
+                // A named statement reading `pg_prepared_statements` lists
+                // the client's statements as they are at its Parse.
+                let listed = self.view_body(frame, rest);
+                let stmt = self.cache.intern(listed.as_deref().unwrap_or(rest));
                 let forget = Some(Box::<[u8]>::from(name));
-                self.names
-                    .insert(name.into(), Named::new(stmt.clone(), None));
+                let mut named = Named::new(stmt.clone(), None);
+                if listed.is_some() {
+                    named.original = cstr(rest).map(|(text, _)| text.into());
+                }
+                self.names.insert(name.into(), named);
                 self.names_have_effects |= !stmt.effects.is_empty();
                 self.names_commit |= stmt.commits;
                 if self.is_here(&stmt, conn, out) == Here::Fresh {
@@ -495,24 +508,29 @@ impl Prepared {
     }
 
     /// An unnamed Parse (`rest`: its body after the name), rewritten if
-    /// it reads `pg_prepared_statements`. (A named one is left alone: it
-    /// is shared by content, and its text would fix the list at Parse time.)
+    /// it reads `pg_prepared_statements`.
     fn unnamed_parse(&mut self, frame: &[u8], rest: &[u8], out: &mut BytesMut) -> Verdict {
         self.sent(F::PARSE);
-        let text = protocol::query_text(F::PARSE, frame);
-        if !view::mentions(text) {
-            return Verdict::Forward;
-        }
-        let Some(sql) = view::rewrite(text, &self.shown()) else {
+        let Some(body) = self.view_body(frame, rest) else {
             return Verdict::Forward;
         };
-        let types = cstr(rest).map_or(&[][..], |(_, t)| t);
-        frame_start(out, F::PARSE, 1 + sql.len() + 1 + types.len());
+        frame_start(out, F::PARSE, 1 + body.len());
         out.put_u8(0);
-        out.put_slice(&sql);
-        out.put_u8(0);
-        out.put_slice(types);
+        out.put_slice(&body);
         Verdict::Replaced
+    }
+
+    /// A Parse body (`rest`: after the name) whose text reads
+    /// `pg_prepared_statements`, rewritten; `None` if it does not.
+    fn view_body(&self, frame: &[u8], rest: &[u8]) -> Option<Vec<u8>> {
+        let text = protocol::query_text(F::PARSE, frame);
+        if !view::mentions(text) {
+            return None;
+        }
+        let mut body = view::rewrite(text, &self.shown())?;
+        body.push(0);
+        body.extend_from_slice(cstr(rest).map_or(&[][..], |(_, types)| types));
+        Some(body)
     }
 
     /// The client's statements as `pg_prepared_statements` shows them.
@@ -527,6 +545,7 @@ impl Prepared {
                             (t, view::declared_types(rest))
                         }),
                 };
+                let text = n.original.as_deref().unwrap_or(text);
                 view::Shown {
                     name,
                     statement: text,

@@ -169,7 +169,6 @@ impl Prepared {
         let (name, _) = ident(rest)?;
         self.sql_name(&name).map(|s| &s.body[..])
     }
-
 }
 
 fn trim_end(s: &[u8]) -> &[u8] {

@@ -269,19 +269,30 @@ fn query(sql: &str) -> Vec<u8> {
 fn deallocate_as_sql_forgets_a_parsed_name_which_can_be_prepared_again() {
     let mut p = Prepared::new(Arc::default());
     let mut c = ConnStatements::default();
-    send(&mut p, &mut c, &[parse("_pg3_0", "select 1"), msg(b'S', b"")]);
+    send(
+        &mut p,
+        &mut c,
+        &[parse("_pg3_0", "select 1"), msg(b'S', b"")],
+    );
     answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
     let out = send(&mut p, &mut c, &[query("DEALLOCATE _pg3_0")]);
     assert_eq!(types(&out), "", "answered by pgkeel");
     let got = answer(&mut p, &mut c, &[]);
     assert_eq!(types(&got), "CZ");
     assert!(p.is_empty());
-    let out = send(&mut p, &mut c, &[parse("_pg3_0", "select 2"), msg(b'S', b"")]);
+    let out = send(
+        &mut p,
+        &mut c,
+        &[parse("_pg3_0", "select 2"), msg(b'S', b"")],
+    );
     assert_eq!(types(&out), "PS");
     // Unknown names fail on the server, aborting its transaction.
     let out = send(&mut p, &mut c, &[query("DEALLOCATE nope")]);
     let text = String::from_utf8_lossy(&out);
-    assert!(text.contains("26000") && text.contains("\"nope\" does not exist"), "{text}");
+    assert!(
+        text.contains("26000") && text.contains("\"nope\" does not exist"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -305,7 +316,11 @@ fn a_copy_from_before_a_type_change_is_closed_and_prepared_again() {
     // Another client drops and creates the type again.
     let mut r = Prepared::new(cache.clone());
     let mut c2 = ConnStatements::default();
-    send(&mut r, &mut c2, &[query("DROP TYPE e; CREATE TYPE e AS ENUM ('x')")]);
+    send(
+        &mut r,
+        &mut c2,
+        &[query("DROP TYPE e; CREATE TYPE e AS ENUM ('x')")],
+    );
     let mut q = Prepared::new(cache.clone());
     let out = send(&mut q, &mut c, &[parse("b", insert), msg(b'S', b"")]);
     assert_eq!(types(&out), "CPS", "the old copy is closed first");
@@ -346,7 +361,11 @@ fn a_close_skipped_after_an_error_leaves_the_statement_recorded() {
     let out = send(
         &mut p,
         &mut c,
-        &[parse("bad", "selec"), parse("b", "select 2"), msg(b'S', b"")],
+        &[
+            parse("bad", "selec"),
+            parse("b", "select 2"),
+            msg(b'S', b""),
+        ],
     );
     assert_eq!(types(&out), "PCPS");
     let got = answer(
@@ -369,7 +388,11 @@ fn an_sql_prepare_skipped_after_an_error_is_forgotten() {
     send(
         &mut p,
         &mut c,
-        &[parse("bad", "selec"), query("PREPARE s AS select 1"), msg(b'S', b"")],
+        &[
+            parse("bad", "selec"),
+            query("PREPARE s AS select 1"),
+            msg(b'S', b""),
+        ],
     );
     answer(
         &mut p,
@@ -379,21 +402,36 @@ fn an_sql_prepare_skipped_after_an_error_is_forgotten() {
     assert!(p.is_empty() && c.is_empty() && p.settled());
     let out = send(&mut p, &mut c, &[query("PREPARE s AS select 1")]);
     let text = String::from_utf8_lossy(&out);
-    assert!(text.contains("PREPARE pgkeel_"), "prepared anew, not 42P05: {text}");
+    assert!(
+        text.contains("PREPARE pgkeel_"),
+        "prepared anew, not 42P05: {text}"
+    );
 }
 
 #[test]
 fn pg_prepared_statements_lists_the_clients_own_names() {
     let mut p = Prepared::new(Arc::default());
     let mut c = ConnStatements::default();
-    send(&mut p, &mut c, &[parse("mine", "select 42"), msg(b'S', b"")]);
+    send(
+        &mut p,
+        &mut c,
+        &[parse("mine", "select 42"), msg(b'S', b"")],
+    );
     answer(&mut p, &mut c, &[msg(b'1', b""), msg(b'Z', b"I")]);
-    let out = send(&mut p, &mut c, &[query("select name from pg_prepared_statements")]);
+    let out = send(
+        &mut p,
+        &mut c,
+        &[query("select name from pg_prepared_statements")],
+    );
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("$k$mine$k$, $k$select 42$k$"), "{text}");
     assert!(text.contains("AS pg_prepared_statements"), "{text}");
     // The unnamed Parse of a driver's query is rewritten too.
-    let out = send(&mut p, &mut c, &[parse("", "select * from pg_prepared_statements")]);
+    let out = send(
+        &mut p,
+        &mut c,
+        &[parse("", "select * from pg_prepared_statements")],
+    );
     assert_eq!(types(&out), "P");
     assert!(String::from_utf8_lossy(&out).contains("$k$mine$k$"));
 }

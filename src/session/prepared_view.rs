@@ -15,7 +15,9 @@
 //!   left to the server) and 0 plans. Plan counts are the shared
 //!   statement's, all clients' executions together.
 //!
-//! The rewrite is pure text: `rewrite` finds the relation with the SQL
+//! A simple Query or an unnamed Parse reads the list as it is when it runs;
+//! a named Parse (a statement kept for later) reads it as it was at the
+//! Parse. The rewrite is pure text: `rewrite` finds the relation with the SQL
 //! lexer (`classify::words`), never inside strings or comments, and keeps
 //! the query's own alias if it has one.
 

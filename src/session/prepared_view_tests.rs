@@ -21,13 +21,24 @@ fn rewritten(sql: &str, rows: &[Shown]) -> Option<String> {
 
 #[test]
 fn the_relation_is_replaced_and_aliased() {
-    let got = rewritten("select name from pg_prepared_statements where name != ''", &[]).unwrap();
+    let got = rewritten(
+        "select name from pg_prepared_statements where name != ''",
+        &[],
+    )
+    .unwrap();
     assert!(got.starts_with("select name from (SELECT c.name"), "{got}");
-    assert!(got.ends_with(") AS pg_prepared_statements where name != ''"), "{got}");
+    assert!(
+        got.ends_with(") AS pg_prepared_statements where name != ''"),
+        "{got}"
+    );
     let got = rewritten("SELECT * FROM pg_catalog.PG_PREPARED_STATEMENTS", &[]).unwrap();
     assert!(got.starts_with("SELECT * FROM (SELECT"), "{got}");
     assert!(got.ends_with("AS pg_prepared_statements"), "{got}");
-    let got = rewritten("select p.name from \"pg_catalog\".\"pg_prepared_statements\" p", &[]).unwrap();
+    let got = rewritten(
+        "select p.name from \"pg_catalog\".\"pg_prepared_statements\" p",
+        &[],
+    )
+    .unwrap();
     assert!(got.starts_with("select p.name from (SELECT"), "{got}");
     assert!(got.ends_with(") p"), "{got}: the query's alias is kept");
 }
@@ -48,15 +59,25 @@ fn strings_comments_columns_and_other_schemas_are_left_alone() {
         &[],
     )
     .unwrap();
-    assert!(got.starts_with("select pg_prepared_statements.name from (SELECT"), "{got}");
+    assert!(
+        got.starts_with("select pg_prepared_statements.name from (SELECT"),
+        "{got}"
+    );
 }
 
 #[test]
 fn rows_are_literals_that_survive_any_text() {
     let tricky = "select '$k$', $k1$x$k1$ -- $k";
-    let got = rewritten("select * from pg_prepared_statements", &[row("a$k", tricky)]).unwrap();
+    let got = rewritten(
+        "select * from pg_prepared_statements",
+        &[row("a$k", tricky)],
+    )
+    .unwrap();
     assert!(got.contains("to_timestamp(1700000000.000042)"), "{got}");
-    assert!(got.contains("'{23,0}'::oid[]::regtype[], false, $k$pgkeel_00_1$k$"), "{got}");
+    assert!(
+        got.contains("'{23,0}'::oid[]::regtype[], false, $k$pgkeel_00_1$k$"),
+        "{got}"
+    );
     // Every literal comes back whole: the lexer reads the values as given.
     let strings: Vec<&[u8]> = Tokens::new(got.as_bytes())
         .filter_map(|t| match t {
@@ -78,5 +99,9 @@ fn mentions_ignores_case_and_declared_types_read_the_parse_body() {
     assert!(!mentions(b""));
     assert_eq!(declared_types(b"\0\x02\0\0\0\x17\0\0\0\0"), vec![23, 0]);
     assert_eq!(declared_types(b"\0\0"), Vec::<u32>::new());
-    assert_eq!(declared_types(b"\0\x05\0\0\0\x17"), vec![23], "short body: what is there");
+    assert_eq!(
+        declared_types(b"\0\x05\0\0\0\x17"),
+        vec![23],
+        "short body: what is there"
+    );
 }
