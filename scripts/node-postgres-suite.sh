@@ -32,8 +32,8 @@ PER_FILE=${NODE_POSTGRES_FILE_TIMEOUT:-60}
 DEPS=(pg-protocol@1.16.0 pg-pool@3.14.0 pg-types@2.2.0 pgpass@1.0.5
     pg-connection-string@2.14.0 async@2.6.4 bluebird@3.7.2 co@4.6.0
     pg-copy-streams@0.3.0)
-# Not run: native bindings (pg-native is not installed), and TLS tests that
-# need a server certificate set up by the CI of node-postgres.
+# Not run: native bindings (pg-native is not installed), and TLS tests (2085:
+# ssl=true) that need a server certificate set up by node-postgres's CI.
 SKIP_RE='/native-|/ssl-tests\.js$|/tls-tests\.js$|/native/'
 
 SRC=$CACHE/src-${REV:0:8}

@@ -212,6 +212,26 @@ impl Prepared {
         self.reset_queue();
     }
 
+    /// A read-only request is about to run again on another server
+    /// (`request`: its messages): the names its Parses recorded go, since
+    /// its Parses record them anew (else they would fail with 42P05).
+    pub fn forget_parsed_in(&mut self, request: &[u8]) {
+        let mut rest = request;
+        while let Some(Ok((typ, len))) = protocol::header(rest) {
+            let Some(frame) = rest.get(..len) else {
+                return;
+            };
+            if typ == F::PARSE {
+                if let Some((name, _)) = cstr(&frame[HEADER_LEN..]) {
+                    if !name.is_empty() {
+                        self.names.remove(name);
+                    }
+                }
+            }
+            rest = &rest[len..];
+        }
+    }
+
     pub fn reset_queue(&mut self) {
         self.queue.clear();
         self.skipping = false;

@@ -436,6 +436,26 @@ fn pg_prepared_statements_lists_the_clients_own_names() {
     assert!(String::from_utf8_lossy(&out).contains("$k$mine$k$"));
 }
 
+#[test]
+fn a_request_run_again_records_its_parsed_names_anew() {
+    let mut p = Prepared::new(Arc::default());
+    let mut c = ConnStatements::default();
+    let request = [
+        parse("sleep", "select pg_sleep($1)"),
+        bind("sleep"),
+        msg(b'S', b""),
+    ];
+    send(&mut p, &mut c, &request);
+    answer(&mut p, &mut c, &[msg(b'1', b"")]);
+    // The server dies before the request is answered; it runs again on a
+    // fresh connection.
+    p.server_lost();
+    p.forget_parsed_in(&request.concat());
+    let mut fresh = ConnStatements::default();
+    let out = send(&mut p, &mut fresh, &request);
+    assert_eq!(types(&out), "PBS", "not refused with 42P05");
+}
+
 /// An ErrorResponse pgkeel gives itself, as bytes (for tests).
 fn error_bytes(code: &str, msg: &str) -> Vec<u8> {
     let mut b = BytesMut::new();
