@@ -420,8 +420,9 @@ impl Prepared {
                     return Verdict::Dropped;
                 }
                 // A named statement reading `pg_prepared_statements` lists
-                // the client's statements as they are at its Parse.
-                let listed = self.view_body(frame, rest);
+                // the client's statements as they are at its Parse, itself
+                // included (it exists whenever it runs).
+                let listed = self.view_body(frame, rest, Some(name));
                 let stmt = self.cache.intern(listed.as_deref().unwrap_or(rest));
                 let forget = Some(Box::<[u8]>::from(name));
                 let mut named = Named::new(stmt.clone(), None);
@@ -531,7 +532,7 @@ impl Prepared {
     /// it reads `pg_prepared_statements`.
     fn unnamed_parse(&mut self, frame: &[u8], rest: &[u8], out: &mut BytesMut) -> Verdict {
         self.sent(F::PARSE);
-        let Some(body) = self.view_body(frame, rest) else {
+        let Some(body) = self.view_body(frame, rest, None) else {
             return Verdict::Forward;
         };
         frame_start(out, F::PARSE, 1 + body.len());
@@ -542,14 +543,29 @@ impl Prepared {
 
     /// A Parse body (`rest`: after the name) whose text reads
     /// `pg_prepared_statements`, rewritten; `None` if it does not.
-    fn view_body(&self, frame: &[u8], rest: &[u8]) -> Option<Vec<u8>> {
+    /// `named`: the name the Parse defines, listed too.
+    fn view_body(&self, frame: &[u8], rest: &[u8], named: Option<&[u8]>) -> Option<Vec<u8>> {
         let text = protocol::query_text(F::PARSE, frame);
         if !view::mentions(text) {
             return None;
         }
-        let mut body = view::rewrite(text, &self.shown())?;
+        let mut rows = self.shown();
+        let types = cstr(rest).map_or(&[][..], |(_, types)| types);
+        if let Some(name) = named {
+            // Its server-side name depends on this very text: shown with
+            // the types it declares.
+            rows.push(view::Shown {
+                name,
+                statement: text,
+                prepared_at: SystemTime::now(),
+                server_name: b"",
+                declared: view::declared_types(types),
+                from_sql: false,
+            });
+        }
+        let mut body = view::rewrite(text, &rows)?;
         body.push(0);
-        body.extend_from_slice(cstr(rest).map_or(&[][..], |(_, types)| types));
+        body.extend_from_slice(types);
         Some(body)
     }
 

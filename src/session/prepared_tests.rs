@@ -434,6 +434,20 @@ fn pg_prepared_statements_lists_the_clients_own_names() {
     );
     assert_eq!(types(&out), "P");
     assert!(String::from_utf8_lossy(&out).contains("$k$mine$k$"));
+    // A named one lists itself too: it exists whenever it runs.
+    let out = send(
+        &mut p,
+        &mut c,
+        &[parse(
+            "count",
+            "select count(*) from pg_prepared_statements",
+        )],
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("$k$mine$k$") && text.contains("$k$count$k$"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@
 //!
 //! A simple Query or an unnamed Parse reads the list as it is when it runs;
 //! a named Parse (a statement kept for later) reads it as it was at the
-//! Parse. The rewrite is pure text: `rewrite` finds the relation with the SQL
+//! Parse, itself included (with the types it declared). The rewrite is pure text: `rewrite` finds the relation with the SQL
 //! lexer (`classify::words`), never inside strings or comments, and keeps
 //! the query's own alias if it has one.
 
