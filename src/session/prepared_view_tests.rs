@@ -105,3 +105,45 @@ fn mentions_ignores_case_and_declared_types_read_the_parse_body() {
         "short body: what is there"
     );
 }
+
+proptest::proptest! {
+    /// Whatever the client's names and texts (any bytes), each comes back
+    /// whole as one literal of the rewritten query, and the query's own
+    /// text around the view is kept.
+    #[test]
+    fn any_names_and_texts_stay_literals(
+        values in proptest::collection::vec(
+            (proptest::collection::vec(proptest::sample::select(b"$k1a'\"; \\-*/x".to_vec()), 0..12),
+             proptest::collection::vec(proptest::num::u8::ANY, 0..24)),
+            0..4),
+        tail in "[ a-z=0-9']{0,12}",
+    ) {
+        let rows: Vec<Shown> = values
+            .iter()
+            .map(|(name, text)| Shown {
+                name,
+                statement: text,
+                prepared_at: UNIX_EPOCH,
+                server_name: b"pgkeel_0_1",
+                declared: Vec::new(),
+                from_sql: false,
+            })
+            .collect();
+        let sql = format!("select 1 from pg_prepared_statements where {tail}");
+        let got = rewrite(sql.as_bytes(), &rows).unwrap();
+        let strings: Vec<&[u8]> = Tokens::new(&got)
+            .filter_map(|t| match t {
+                crate::classify::words::Token::DollarString(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<&[u8]> = values
+            .iter()
+            .flat_map(|(n, t)| [&n[..], &t[..], b"pgkeel_0_1"])
+            .collect();
+        proptest::prop_assert_eq!(&strings[..want.len()], &want[..]);
+        proptest::prop_assert!(got.starts_with(b"select 1 from (SELECT"));
+        let end = format!(") AS pg_prepared_statements where {tail}");
+        proptest::prop_assert!(got.ends_with(end.as_bytes()));
+    }
+}
