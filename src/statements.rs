@@ -139,6 +139,13 @@ impl StatementCache {
 /// table (its row type), schema, extension or owned objects.
 pub fn changes_types(text: &[u8]) -> bool {
     use crate::classify::words::statements;
+    // Every Query and Parse comes here: lex only text that has the words.
+    if ![&b"type"[..], b"domain", b"drop"]
+        .iter()
+        .any(|w| contains_ignoring_case(text, w))
+    {
+        return false;
+    }
     const TYPES: &[&[u8]] = &[b"type", b"domain"];
     const DROPPED: &[&[u8]] = &[b"table", b"schema", b"extension", b"owned"];
     statements(text).any(|st| {
@@ -149,6 +156,14 @@ pub fn changes_types(text: &[u8]) -> bool {
         (verb.is_any(&[b"create", b"alter", b"drop"]) && object.is_any(TYPES))
             || (verb.is(b"drop") && object.is_any(DROPPED))
     })
+}
+
+/// Whether `text` contains `word` (lower case ASCII), ignoring ASCII case.
+fn contains_ignoring_case(text: &[u8], word: &[u8]) -> bool {
+    let (first, n) = (word[0], word.len());
+    text.len() >= n
+        && memchr::memchr2_iter(first, first.to_ascii_uppercase(), &text[..=text.len() - n])
+            .any(|i| text[i..i + n].eq_ignore_ascii_case(word))
 }
 
 /// Whether SQL `text` rolls back (ROLLBACK, ROLLBACK TO SAVEPOINT, ABORT):
@@ -343,6 +358,8 @@ mod tests {
             "DROP SCHEMA s CASCADE",
             "create or replace type x",
             "/* c */ drop owned by u",
+            "CREATE TYPE",
+            "Drop Domain d",
         ] {
             assert!(changes_types(sql.as_bytes()), "{sql}");
         }

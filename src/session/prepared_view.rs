@@ -4,7 +4,8 @@
 //! (`pgkeel_<random>_<id>`), other clients' included, and none of the
 //! client's own names. So a query reading it is rewritten: each reference
 //! to the relation becomes a subquery over a VALUES list of the client's
-//! own statements, with the columns of PostgreSQL 15's view:
+//! own statements, with the columns of PostgreSQL 15's view (16 added
+//! `result_types`, not emulated):
 //!
 //! - `name`, `statement` (the Parse's text, or the whole text of the
 //!   SQL-level PREPARE), `prepare_time` (when the client prepared it, by
