@@ -45,7 +45,7 @@ impl Prepared {
             self.names.insert(name.clone(), named);
             let here = self.is_here(&stmt, conn, out);
             if here == Here::Fresh {
-                self.reply_query("PREPARE");
+                self.reply_query("PREPARE", Some(name));
                 return Some(Verdict::Dropped);
             }
             self.send_sql_prepare(&stmt, conn, out, false, Some(name), here == Here::Stale);
@@ -83,7 +83,7 @@ impl Prepared {
                 );
                 return Some(self.raise("26000", &msg, out));
             }
-            self.reply_query("DEALLOCATE");
+            self.reply_query("DEALLOCATE", None);
             return Some(Verdict::Dropped);
         }
         None
@@ -144,16 +144,14 @@ impl Prepared {
 
     /// A simple Query answered here: CommandComplete `tag`, then
     /// ReadyForQuery with the server's current status.
-    fn reply_query(&mut self, tag: &str) {
+    fn reply_query(&mut self, tag: &str, forget: Option<Box<[u8]>>) {
+        // `forget`: the name a PREPARE recorded, dropped if the server
+        // skips this Query after an earlier error.
         let mut out = BytesMut::new();
         protocol::put_command_complete(&mut out, tag);
-        self.answer_query(out);
-    }
-
-    fn answer_query(&mut self, answer: BytesMut) {
         self.queue.push_back(Item::Reply {
-            bytes: answer.freeze(),
-            forget: None,
+            bytes: out.freeze(),
+            forget,
             ready: true,
         });
     }

@@ -409,6 +409,37 @@ fn an_sql_prepare_skipped_after_an_error_is_forgotten() {
 }
 
 #[test]
+fn an_sql_prepare_answered_by_pgkeel_and_skipped_is_forgotten_too() {
+    let cache = Arc::new(StatementCache::default());
+    let mut c = ConnStatements::default();
+    // Another client has the statement on this connection already.
+    let mut other = Prepared::new(cache.clone());
+    send(&mut other, &mut c, &[query("PREPARE t AS select 1")]);
+    answer(
+        &mut other,
+        &mut c,
+        &[msg(b'C', b"PREPARE\0"), msg(b'Z', b"I")],
+    );
+    let mut p = Prepared::new(cache);
+    send(
+        &mut p,
+        &mut c,
+        &[
+            parse("bad", "selec"),
+            query("PREPARE s AS select 1"),
+            msg(b'S', b""),
+        ],
+    );
+    let got = answer(
+        &mut p,
+        &mut c,
+        &[error_bytes("42601", "syntax error"), msg(b'Z', b"I")],
+    );
+    assert_eq!(types(&got), "EZ", "the skipped PREPARE gets no answer");
+    assert!(p.is_empty(), "and its name is not kept");
+}
+
+#[test]
 fn pg_prepared_statements_lists_the_clients_own_names() {
     let mut p = Prepared::new(Arc::default());
     let mut c = ConnStatements::default();
