@@ -12,6 +12,7 @@ mod clock;
 mod hold;
 mod negotiate;
 pub mod prepared;
+mod prepared_view;
 mod recovery;
 pub mod relay;
 pub mod startup;

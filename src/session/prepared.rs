@@ -18,20 +18,65 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::protocol::{self, backend as Bk, field, frontend as F, HEADER_LEN};
-use crate::statements::{ConnStatements, Statement, StatementCache};
+use crate::protocol::{self, backend as Bk, field, frontend as F, TxStatus, HEADER_LEN};
+use crate::statements::{ConnStatements, Here, Statement, StatementCache};
 
-use super::attachment::State;
+#[path = "prepared_sql.rs"]
+mod sql;
+use super::prepared_view as view;
+pub use sql::raising_query;
+
+/// One of the client's statement names: the shared statement it stands
+/// for, and what `pg_prepared_statements` shows of it.
+#[derive(Debug, Clone)]
+pub(crate) struct Named {
+    pub stmt: Arc<Statement>,
+    /// When the client prepared it.
+    pub prepared_at: SystemTime,
+    /// The text of the SQL-level PREPARE that made it (`None`: a Parse).
+    pub sql_text: Option<Box<[u8]>>,
+    /// A Parse's own text, when pgkeel rewrote it (it read
+    /// `pg_prepared_statements`).
+    pub original: Option<Box<[u8]>>,
+}
+
+impl Named {
+    fn new(stmt: Arc<Statement>, sql_text: Option<Box<[u8]>>) -> Named {
+        Named {
+            stmt,
+            prepared_at: SystemTime::now(),
+            sql_text,
+            original: None,
+        }
+    }
+}
+
+/// What the answer queue needs of the attached stream's state. The
+/// attachment core's `State` implements it; this module stays below the
+/// core and knows nothing else of it.
+pub trait Stream {
+    /// The transaction status of the server's last ReadyForQuery.
+    fn status(&self) -> TxStatus;
+    /// The server skipped a Query or FunctionCall after an error: no
+    /// ReadyForQuery comes for it.
+    fn query_skipped(&mut self);
+    /// pgkeel's own ParseComplete reached its turn: whether the client
+    /// gets it (a re-run request's client already has it).
+    fn own_parse_complete(&mut self) -> bool;
+    /// Another of pgkeel's answers went to the client.
+    fn answered(&mut self);
+}
 
 /// What pgkeel sent or will answer, in the order of the client's messages.
 #[derive(Debug)]
 enum Item {
     /// A message sent to the server. `undo`: the statement id a Parse
-    /// recorded on the connection; `forget`: the client name it recorded;
-    /// both are dropped if the Parse fails or is skipped. `swallow`: the
+    /// recorded on the connection (or a Close forgot); `forget`: the client
+    /// name it recorded; both are undone if the message fails or is skipped. `swallow`: the
     /// message is pgkeel's own, its answer is not the client's.
     Sent {
         typ: u8,
@@ -66,14 +111,19 @@ pub struct Prepared {
     pub enabled: bool,
     /// Statements kept per server connection.
     pub cap: usize,
-    names: HashMap<Box<[u8]>, Arc<Statement>>,
+    /// The client's statement names, protocol-level and SQL-level alike
+    /// (one namespace, as in PostgreSQL).
+    names: HashMap<Box<[u8]>, Named>,
     /// Some statement in `names` changes the session (SET...): a Bind must
     /// look its effects up.
     names_have_effects: bool,
     /// Some statement in `names` commits: a Bind must look it up.
     names_commit: bool,
-    /// Names of SQL-level PREPAREs.
-    sql_names: HashMap<Box<[u8]>, Arc<Statement>>,
+    /// SQL that may change types was sent in the current transaction:
+    /// the schema epoch advances again when it ends.
+    types_changed: bool,
+    /// `forget_all_after`: the names go after the current message.
+    forget_after: bool,
     /// Queries pgkeel added, not yet counted by the relay.
     injected: u32,
     queue: VecDeque<Item>,
@@ -130,7 +180,8 @@ impl Prepared {
             names: HashMap::new(),
             names_have_effects: false,
             names_commit: false,
-            sql_names: HashMap::new(),
+            types_changed: false,
+            forget_after: false,
             injected: 0,
             queue: VecDeque::new(),
             skipping: false,
@@ -148,13 +199,6 @@ impl Prepared {
         for item in self.queue.drain(..) {
             match item {
                 Item::Sent {
-                    typ: F::QUERY,
-                    forget: Some(n),
-                    ..
-                } => {
-                    self.sql_names.remove(&n);
-                }
-                Item::Sent {
                     forget: Some(n), ..
                 }
                 | Item::Reply {
@@ -166,6 +210,26 @@ impl Prepared {
             }
         }
         self.reset_queue();
+    }
+
+    /// A read-only request is about to run again on another server
+    /// (`request`: its messages): the names its Parses recorded go, since
+    /// its Parses record them anew (else they would fail with 42P05).
+    pub fn forget_parsed_in(&mut self, request: &[u8]) {
+        let mut rest = request;
+        while let Some(Ok((typ, len))) = protocol::header(rest) {
+            let Some(frame) = rest.get(..len) else {
+                return;
+            };
+            if typ == F::PARSE {
+                if let Some((name, _)) = cstr(&frame[HEADER_LEN..]) {
+                    if !name.is_empty() {
+                        self.names.remove(name);
+                    }
+                }
+            }
+            rest = &rest[len..];
+        }
     }
 
     pub fn reset_queue(&mut self) {
@@ -188,152 +252,12 @@ impl Prepared {
         self.names.clear();
         self.names_have_effects = false;
         self.names_commit = false;
-        self.sql_names.clear();
     }
 
     /// Queries pgkeel added (a PREPARE ahead of an EXECUTE) since the last
     /// call: each owes a ReadyForQuery.
     pub fn take_injected(&mut self) -> u32 {
         std::mem::take(&mut self.injected)
-    }
-
-    /// SQL-level PREPARE / EXECUTE / DEALLOCATE in a simple Query: the
-    /// same sharing as the protocol's, by rewriting the statement name.
-    fn sql_statement(
-        &mut self,
-        frame: &[u8],
-        conn: &mut ConnStatements,
-        out: &mut BytesMut,
-    ) -> Option<Verdict> {
-        let text = protocol::query_text(F::QUERY, frame);
-        let text = trim_end(text);
-        let (first, rest) = word(text)?;
-        if memchr::memchr(b';', text).is_some() {
-            return None;
-        }
-        if first.eq_ignore_ascii_case(b"prepare") {
-            let (name, body) = ident(rest)?;
-            if name.eq_ignore_ascii_case(b"transaction") {
-                return None;
-            }
-            let key = [b"\x01SQL ", body].concat();
-            if self
-                .sql_names
-                .get(&name)
-                .is_some_and(|s| s.body[..] != key[..])
-            {
-                let msg = format!(
-                    "prepared statement \"{}\" already exists",
-                    String::from_utf8_lossy(&name)
-                );
-                self.refuse_query("42P05", &msg);
-                return Some(Verdict::Dropped);
-            }
-            let stmt = self.cache.intern(&key);
-            self.sql_names.insert(name.clone(), stmt.clone());
-            if conn.touch(stmt.id) {
-                self.counters.hits += 1;
-                self.reply_query("PREPARE");
-                return Some(Verdict::Dropped);
-            }
-            self.send_sql_prepare(&stmt, conn, out, false, Some(name));
-            return Some(Verdict::Replaced);
-        }
-        if first.eq_ignore_ascii_case(b"execute") {
-            let (name, args) = ident(rest)?;
-            let stmt = self.sql_names.get(&name)?.clone();
-            if conn.touch(stmt.id) {
-                self.counters.hits += 1;
-            } else {
-                self.send_sql_prepare(&stmt, conn, out, true, None);
-                self.injected += 1;
-            }
-            let server_name = &stmt.server_name[..stmt.server_name.len() - 1];
-            let sql = [b"EXECUTE ", server_name, args].concat();
-            frame_start(out, F::QUERY, sql.len() + 1);
-            out.put_slice(&sql);
-            out.put_u8(0);
-            self.sent(F::QUERY);
-            return Some(Verdict::Replaced);
-        }
-        if first.eq_ignore_ascii_case(b"deallocate") {
-            let (mut name, mut rest) = ident(rest)?;
-            if &name[..] == b"prepare" {
-                (name, rest) = ident(rest)?;
-            }
-            if &name[..] == b"all" || !trim_end(rest).is_empty() {
-                return None;
-            }
-            if self.sql_names.remove(&name).is_none() {
-                let msg = format!(
-                    "prepared statement \"{}\" does not exist",
-                    String::from_utf8_lossy(&name)
-                );
-                self.refuse_query("26000", &msg);
-            } else {
-                self.reply_query("DEALLOCATE");
-            }
-            return Some(Verdict::Dropped);
-        }
-        None
-    }
-
-    fn send_sql_prepare(
-        &mut self,
-        stmt: &Statement,
-        conn: &mut ConnStatements,
-        out: &mut BytesMut,
-        swallow: bool,
-        forget: Option<Box<[u8]>>,
-    ) {
-        if self.add_to(stmt, conn, out) {
-            // The Close (by protocol: it works for SQL-prepared statements
-            // too) needs a Sync of its own ahead of the simple Query.
-            frame_start(out, F::SYNC, 0);
-            self.queue.push_back(Item::Sent {
-                typ: F::SYNC,
-                undo: 0,
-                forget: None,
-                swallow: true,
-            });
-            self.injected += 1;
-        }
-        let server_name = &stmt.server_name[..stmt.server_name.len() - 1];
-        let body = &stmt.body[5..];
-        let sql = [b"PREPARE ", server_name, body].concat();
-        frame_start(out, F::QUERY, sql.len() + 1);
-        out.put_slice(&sql);
-        out.put_u8(0);
-        self.queue.push_back(Item::Sent {
-            typ: F::QUERY,
-            undo: stmt.id,
-            forget,
-            swallow,
-        });
-        self.counters.prepares += 1;
-    }
-
-    /// A simple Query answered here: CommandComplete `tag`, then
-    /// ReadyForQuery with the server's current status.
-    fn reply_query(&mut self, tag: &str) {
-        let mut out = BytesMut::new();
-        protocol::put_command_complete(&mut out, tag);
-        self.answer_query(out);
-    }
-
-    /// A simple Query refused here, in its turn.
-    fn refuse_query(&mut self, code: &str, message: &str) {
-        let mut out = BytesMut::new();
-        protocol::put_error(&mut out, protocol::Severity::Error, code, message);
-        self.answer_query(out);
-    }
-
-    fn answer_query(&mut self, answer: BytesMut) {
-        self.queue.push_back(Item::Reply {
-            bytes: answer.freeze(),
-            forget: None,
-            ready: true,
-        });
     }
 
     /// The session effects of the statement a Bind runs (none if unnamed
@@ -344,20 +268,8 @@ impl Prepared {
             return Default::default();
         }
         protocol::bind_statement_name(frame)
-            .and_then(|name| self.names.get(name))
+            .and_then(|name| self.protocol_name(name))
             .map_or_else(Default::default, |s| s.effects)
-    }
-
-    /// The statement text a lone SQL-level `EXECUTE name` in `sql` runs
-    /// (what its PREPARE gave), if the client prepared `name`: what it does
-    /// to the session counts like its own text.
-    pub fn executed_text(&self, sql: &[u8]) -> Option<&[u8]> {
-        let (first, rest) = word(trim_end(sql))?;
-        if !first.eq_ignore_ascii_case(b"execute") {
-            return None;
-        }
-        let (name, _) = ident(rest)?;
-        self.sql_names.get(&name).map(|s| &s.body[..])
     }
 
     /// The Bind `frame` runs a named statement of the client's that commits.
@@ -365,14 +277,44 @@ impl Prepared {
         // The flag spares the usual Bind a name lookup.
         self.names_commit
             && protocol::bind_statement_name(frame)
-                .and_then(|name| self.names.get(name))
+                .and_then(|name| self.protocol_name(name))
                 .is_some_and(|s| s.commits)
     }
 
     /// The text of the client's statement `name`, for routing.
     pub fn query_of(&self, name: &[u8]) -> Option<&[u8]> {
-        let s = self.names.get(name)?;
+        let s = self.protocol_name(name)?;
         cstr(&s.body).map(|(q, _)| q)
+    }
+
+    /// The client's statement `name` if a Parse made it (Bind and Describe
+    /// of an SQL-level one are the server's to refuse).
+    fn protocol_name(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.names
+            .get(name)
+            .filter(|n| n.sql_text.is_none())
+            .map(|n| &n.stmt)
+    }
+
+    /// Notes SQL the client sends that may change types: the schema epoch
+    /// advances now (later copies on this connection see the change), at a
+    /// rollback in the same transaction, and at its end (when others see it).
+    fn note_types_changed(&mut self, text: &[u8]) {
+        // A rollback (to a savepoint, too) undoes what changed them.
+        if crate::statements::changes_types(text)
+            || (self.types_changed && crate::statements::rolls_back(text))
+        {
+            self.cache.schema_changed();
+            self.types_changed = true;
+        }
+    }
+
+    /// A ReadyForQuery with `status` arrived.
+    pub fn ready(&mut self, status: TxStatus) {
+        if self.types_changed && status == TxStatus::Idle {
+            self.types_changed = false;
+            self.cache.schema_changed();
+        }
     }
 
     /// A client message goes to the server as it is (or replaced by one of
@@ -425,6 +367,28 @@ impl Prepared {
         conn: &mut ConnStatements,
         out: &mut BytesMut,
     ) -> Verdict {
+        let verdict = self.rewrite_message(typ, frame, conn, out);
+        if std::mem::take(&mut self.forget_after) {
+            conn.clear();
+            self.forget_all();
+        }
+        verdict
+    }
+
+    /// The message being handled runs a statement that drops every
+    /// prepared statement (DISCARD ALL, DEALLOCATE ALL): the names go once
+    /// it is rewritten (it may name one of them itself).
+    pub fn forget_all_after(&mut self) {
+        self.forget_after = true;
+    }
+
+    fn rewrite_message(
+        &mut self,
+        typ: u8,
+        frame: &[u8],
+        conn: &mut ConnStatements,
+        out: &mut BytesMut,
+    ) -> Verdict {
         if self.drop_to_sync {
             if typ != F::SYNC {
                 return Verdict::Dropped;
@@ -432,6 +396,9 @@ impl Prepared {
             self.drop_to_sync = false;
         }
         let body = &frame[HEADER_LEN..];
+        if matches!(typ, F::PARSE | F::QUERY) {
+            self.note_types_changed(protocol::query_text(typ, frame));
+        }
         match typ {
             F::PARSE if self.enabled => {
                 let Some((name, rest)) = cstr(body) else {
@@ -439,8 +406,7 @@ impl Prepared {
                     return Verdict::Forward;
                 };
                 if name.is_empty() {
-                    self.sent(typ);
-                    return Verdict::Forward;
+                    return self.unnamed_parse(frame, rest, out);
                 }
                 // As in PostgreSQL, a name in use is an error even for the
                 // same text (names a lost server never confirmed were
@@ -453,13 +419,20 @@ impl Prepared {
                     self.refuse("42P05", &msg, "Close it first, or use another name.");
                     return Verdict::Dropped;
                 }
-                let stmt = self.cache.intern(rest);
+                // A named statement reading `pg_prepared_statements` lists
+                // the client's statements as they are at its Parse, itself
+                // included (it exists whenever it runs).
+                let listed = self.view_body(frame, rest, Some(name));
+                let stmt = self.cache.intern(listed.as_deref().unwrap_or(rest));
                 let forget = Some(Box::<[u8]>::from(name));
-                self.names.insert(name.into(), stmt.clone());
+                let mut named = Named::new(stmt.clone(), None);
+                if listed.is_some() {
+                    named.original = cstr(rest).map(|(text, _)| text.into());
+                }
+                self.names.insert(name.into(), named);
                 self.names_have_effects |= !stmt.effects.is_empty();
                 self.names_commit |= stmt.commits;
-                if conn.touch(stmt.id) {
-                    self.counters.hits += 1;
+                if self.is_here(&stmt, conn, out) == Here::Fresh {
                     self.reply(PARSE_COMPLETE, forget);
                     return Verdict::Dropped;
                 }
@@ -469,7 +442,7 @@ impl Prepared {
             F::BIND if self.enabled => {
                 let stmt = cstr(body).and_then(|(portal, rest)| {
                     let (name, rest) = cstr(rest)?;
-                    let s = self.names.get(name)?.clone();
+                    let s = self.protocol_name(name)?.clone();
                     Some((portal, s, rest))
                 });
                 let Some((portal, stmt, rest)) = stmt else {
@@ -496,13 +469,13 @@ impl Prepared {
                     return Verdict::Forward;
                 }
                 if typ == F::CLOSE {
-                    // Closing a name that does not exist is not an error.
-                    let forgotten = self.names.remove(name);
-                    let _ = forgotten;
+                    // Closing a name that does not exist is not an error;
+                    // as in PostgreSQL, it closes SQL-level ones too.
+                    self.names.remove(name);
                     self.reply(CLOSE_COMPLETE, None);
                     return Verdict::Dropped;
                 }
-                let Some(stmt) = self.names.get(name).cloned() else {
+                let Some(stmt) = self.protocol_name(name).cloned() else {
                     self.sent(typ);
                     return Verdict::Forward;
                 };
@@ -510,6 +483,10 @@ impl Prepared {
                 frame_start(out, F::DESCRIBE, 1 + stmt.server_name.len());
                 out.put_u8(STATEMENT);
                 out.put_slice(&stmt.server_name);
+                self.sent(typ);
+                Verdict::Replaced
+            }
+            F::QUERY if self.enabled && self.view_query(frame, out) => {
                 self.sent(typ);
                 Verdict::Replaced
             }
@@ -535,33 +512,133 @@ impl Prepared {
         }
     }
 
+    /// A simple Query reading `pg_prepared_statements`: rewritten over the
+    /// client's own statements (`prepared_view`) into `out`.
+    fn view_query(&mut self, frame: &[u8], out: &mut BytesMut) -> bool {
+        let text = protocol::query_text(F::QUERY, frame);
+        if !view::mentions(text) {
+            return false;
+        }
+        let Some(sql) = view::rewrite(text, &self.shown()) else {
+            return false;
+        };
+        frame_start(out, F::QUERY, sql.len() + 1);
+        out.put_slice(&sql);
+        out.put_u8(0);
+        true
+    }
+
+    /// An unnamed Parse (`rest`: its body after the name), rewritten if
+    /// it reads `pg_prepared_statements`.
+    fn unnamed_parse(&mut self, frame: &[u8], rest: &[u8], out: &mut BytesMut) -> Verdict {
+        self.sent(F::PARSE);
+        let Some(body) = self.view_body(frame, rest, None) else {
+            return Verdict::Forward;
+        };
+        frame_start(out, F::PARSE, 1 + body.len());
+        out.put_u8(0);
+        out.put_slice(&body);
+        Verdict::Replaced
+    }
+
+    /// A Parse body (`rest`: after the name) whose text reads
+    /// `pg_prepared_statements`, rewritten; `None` if it does not.
+    /// `named`: the name the Parse defines, listed too.
+    fn view_body(&self, frame: &[u8], rest: &[u8], named: Option<&[u8]>) -> Option<Vec<u8>> {
+        let text = protocol::query_text(F::PARSE, frame);
+        if !view::mentions(text) {
+            return None;
+        }
+        let mut rows = self.shown();
+        let types = cstr(rest).map_or(&[][..], |(_, types)| types);
+        if let Some(name) = named {
+            // Its server-side name depends on this very text: shown with
+            // the types it declares.
+            rows.push(view::Shown {
+                name,
+                statement: text,
+                prepared_at: SystemTime::now(),
+                server_name: b"",
+                declared: view::declared_types(types),
+                from_sql: false,
+            });
+        }
+        let mut body = view::rewrite(text, &rows)?;
+        body.push(0);
+        body.extend_from_slice(types);
+        Some(body)
+    }
+
+    /// The client's statements as `pg_prepared_statements` shows them.
+    fn shown(&self) -> Vec<view::Shown<'_>> {
+        self.names
+            .iter()
+            .map(|(name, n)| {
+                let (text, types) = match &n.sql_text {
+                    Some(sql) => (&sql[..], Vec::new()),
+                    None => cstr(&n.stmt.body)
+                        .map_or((&n.stmt.body[..], Vec::new()), |(t, rest)| {
+                            (t, view::declared_types(rest))
+                        }),
+                };
+                let text = n.original.as_deref().unwrap_or(text);
+                view::Shown {
+                    name,
+                    statement: text,
+                    prepared_at: n.prepared_at,
+                    server_name: &n.stmt.server_name[..n.stmt.server_name.len() - 1],
+                    declared: types,
+                    from_sql: n.sql_text.is_some(),
+                }
+            })
+            .collect()
+    }
+
     /// Makes sure `stmt` is prepared on `conn` before the message that uses it.
     fn ensure(&mut self, stmt: &Statement, conn: &mut ConnStatements, out: &mut BytesMut) {
-        if conn.touch(stmt.id) {
-            self.counters.hits += 1;
-        } else {
+        if self.is_here(stmt, conn, out) != Here::Fresh {
             self.send_parse(stmt, conn, out, true, None);
         }
+    }
+
+    /// Where `stmt` stands on `conn` in the current schema epoch. A stale
+    /// copy is closed first (its Close, answer hidden, written to `out`):
+    /// the caller prepares it again.
+    fn is_here(&mut self, stmt: &Statement, conn: &mut ConnStatements, out: &mut BytesMut) -> Here {
+        let here = conn.touch(stmt.id, self.cache.epoch());
+        match here {
+            Here::Fresh => self.counters.hits += 1,
+            Here::Stale => self.close_on_server(stmt.id, out),
+            Here::Absent => {}
+        }
+        here
     }
 
     /// Records `stmt` on `conn`; if that evicts another statement, writes
     /// its Close (answer hidden) to `out` and returns true.
     fn add_to(&mut self, stmt: &Statement, conn: &mut ConnStatements, out: &mut BytesMut) -> bool {
-        let Some(old) = conn.add(stmt.id, self.cap) else {
+        let Some(old) = conn.add(stmt.id, self.cache.epoch(), self.cap) else {
             return false;
         };
-        let name = format!("{}{old}\0", self.cache.prefix());
+        self.close_on_server(old, out);
+        self.counters.evictions += 1;
+        true
+    }
+
+    /// Writes a Close of the server's statement `id` (answer hidden). If
+    /// the server skips it (an earlier error), the statement is still
+    /// there: `undo_front` records it back.
+    fn close_on_server(&mut self, id: u64, out: &mut BytesMut) {
+        let name = format!("{}{id}\0", self.cache.prefix());
         frame_start(out, F::CLOSE, 1 + name.len());
         out.put_u8(STATEMENT);
         out.put_slice(name.as_bytes());
         self.queue.push_back(Item::Sent {
             typ: F::CLOSE,
-            undo: 0,
+            undo: id,
             forget: None,
             swallow: true,
         });
-        self.counters.evictions += 1;
-        true
     }
 
     fn send_parse(
@@ -622,7 +699,7 @@ impl Prepared {
                     *undo = 0;
                 }
                 if let Some(n) = forget.take() {
-                    self.sql_names.remove(&n);
+                    self.names.remove(&n);
                 }
             }
             return !swallow;
@@ -673,9 +750,14 @@ impl Prepared {
     /// Pops the head item, undoing what it recorded.
     fn undo_front(&mut self, conn: &mut ConnStatements) {
         match self.queue.pop_front() {
-            Some(Item::Sent { undo, forget, .. }) => {
-                if undo != 0 {
-                    conn.remove(undo);
+            Some(Item::Sent {
+                typ, undo, forget, ..
+            }) => {
+                match typ {
+                    _ if undo == 0 => {}
+                    // Skipped: the statement is still on the server.
+                    F::CLOSE => conn.restore(undo),
+                    _ => conn.remove(undo),
                 }
                 if let Some(n) = forget {
                     self.names.remove(&n);
@@ -701,13 +783,13 @@ impl Prepared {
 
     /// Writes pgkeel's replies that reached the head of the queue to `out`,
     /// and drops what the server skips after an error.
-    pub fn due(&mut self, conn: &mut ConnStatements, out: &mut BytesMut, st: &mut State) {
+    pub fn due(&mut self, conn: &mut ConnStatements, out: &mut BytesMut, st: &mut impl Stream) {
         loop {
             match self.queue.front() {
                 Some(Item::Sent { typ, .. }) if self.skipping && *typ != F::SYNC => {
                     if matches!(*typ, F::QUERY | F::FUNCTION_CALL) {
                         // Skipped too: no ReadyForQuery for it.
-                        st.pending = st.pending.saturating_sub(1);
+                        st.query_skipped();
                     }
                     self.undo_front(conn);
                 }
@@ -716,21 +798,18 @@ impl Prepared {
                     bytes, ready: true, ..
                 }) => {
                     out.extend_from_slice(bytes);
-                    protocol::put_ready(out, st.status);
-                    st.responded = true;
+                    protocol::put_ready(out, st.status());
+                    st.answered();
                     self.queue.pop_front();
                 }
                 Some(Item::Reply { bytes, .. }) => {
-                    if bytes[0] == Bk::PARSE_COMPLETE && st.drop_preamble > 0 {
-                        // A re-run request: the client has this one.
-                        st.drop_preamble -= 1;
-                        st.preamble += 1;
+                    let forward = if bytes[0] == Bk::PARSE_COMPLETE {
+                        st.own_parse_complete()
                     } else {
-                        if bytes[0] == Bk::PARSE_COMPLETE && !st.responded {
-                            st.preamble += 1;
-                        } else {
-                            st.responded = true;
-                        }
+                        st.answered();
+                        true
+                    };
+                    if forward {
                         out.extend_from_slice(bytes);
                     }
                     self.queue.pop_front();
@@ -759,67 +838,6 @@ impl crate::router::NamedStatements for Prepared {
     fn query_of(&self, name: &[u8]) -> Option<&[u8]> {
         Prepared::query_of(self, name)
     }
-}
-
-fn trim_end(s: &[u8]) -> &[u8] {
-    let n = s
-        .iter()
-        .rposition(|c| !(c.is_ascii_whitespace() || *c == b';'))
-        .map_or(0, |p| p + 1);
-    &s[..n]
-}
-
-/// The first word of `s` (after white space) and what follows it.
-fn word(s: &[u8]) -> Option<(&[u8], &[u8])> {
-    let start = s.iter().position(|c| !c.is_ascii_whitespace())?;
-    let s = &s[start..];
-    let n = s
-        .iter()
-        .position(|c| !c.is_ascii_alphabetic())
-        .unwrap_or(s.len());
-    (n > 0).then(|| (&s[..n], &s[n..]))
-}
-
-/// An SQL identifier at the start of `s` (after white space), folded to
-/// lower case unless quoted, and what follows it.
-fn ident(s: &[u8]) -> Option<(Box<[u8]>, &[u8])> {
-    let start = s.iter().position(|c| !c.is_ascii_whitespace())?;
-    let s = &s[start..];
-    if s.first() == Some(&b'"') {
-        let mut name = Vec::new();
-        let mut i = 1;
-        while i < s.len() {
-            if s[i] == b'"' {
-                if s.get(i + 1) == Some(&b'"') {
-                    name.push(b'"');
-                    i += 2;
-                    continue;
-                }
-                return Some((name.into(), &s[i + 1..]));
-            }
-            name.push(s[i]);
-            i += 1;
-        }
-        return None;
-    }
-    let n = s
-        .iter()
-        .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$'))
-        .unwrap_or(s.len());
-    (n > 0).then(|| (s[..n].to_ascii_lowercase().into(), &s[n..]))
-}
-
-/// A statement that raises `code` with `message` and `hint` when run: how
-/// a refused simple Query fails on the server itself, in its turn, with
-/// the transaction aborted as PostgreSQL would.
-pub fn raising_query(code: &str, message: &str, hint: &str) -> String {
-    let q = |s: &str| s.replace('\'', "''");
-    format!(
-        "DO $pgkeel$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}', HINT = '{}'; END$pgkeel$",
-        q(code),
-        q(message),
-        q(hint)
-    )
 }
 
 #[cfg(test)]

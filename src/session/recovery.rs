@@ -125,6 +125,7 @@ impl Session {
                 self.shared.metrics.retried_statements_total.inc();
                 tracing::info!(peer = %self.peer, "re-running a read-only statement on another server");
                 let mut again = std::mem::take(&mut self.att.bufs.replay);
+                self.prepared.forget_parsed_in(&again);
                 again.extend_from_slice(&self.att.bufs.from_client);
                 self.att.bufs.from_client = again;
                 Ok(())

@@ -488,3 +488,225 @@ async fn sql_prepare_execute_deallocate_follow_the_client() {
     }
     p.shutdown().await;
 }
+
+/// A raw client's message types up to ReadyForQuery, and the first
+/// ErrorResponse's (code, message) if any.
+async fn answer_of(raw: &mut Raw) -> (String, Option<(String, String)>) {
+    let (msgs, _) = raw.until_ready().await;
+    let types = msgs.iter().map(|m| m.0 as char).collect();
+    let error = msgs.iter().find(|m| m.0 == b'E').map(|(_, body)| {
+        let f = pgkeel::protocol::parse_error_fields(body);
+        let get = |c| {
+            pgkeel::protocol::error_field(&f, c)
+                .unwrap_or("")
+                .to_owned()
+        };
+        (get(b'C'), get(b'M'))
+    });
+    (types, error)
+}
+
+/// Parse + Bind (text parameters) + Execute + Sync of statement `name`.
+async fn run_named(raw: &mut Raw, name: &str, sql: &str, params: &[&str]) {
+    raw.send_msg(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+        .await;
+    let mut bind = format!("\0{name}\0").into_bytes();
+    bind.extend_from_slice(&[0, 0]);
+    bind.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        bind.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        bind.extend_from_slice(p.as_bytes());
+    }
+    bind.extend_from_slice(&[0, 0]);
+    raw.send_msg(b'B', &bind).await;
+    raw.send_msg(b'E', b"\0\0\0\0\0").await;
+    raw.send_msg(b'S', b"").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_deallocated_by_sql_can_be_prepared_again() {
+    // What psycopg's LRU does: DEALLOCATE _pg3_N as SQL, then the same
+    // name for another statement.
+    let p = proxy("").await;
+    let (mut raw, _) = Raw::login(p.local_addr(), "app", "app_password", "appdb").await;
+    run_named(&mut raw, "_pg3_0", "select 1", &[]).await;
+    assert_eq!(answer_of(&mut raw).await, ("12DC".into(), None));
+    raw.query("DEALLOCATE _pg3_0").await;
+    assert_eq!(answer_of(&mut raw).await, ("C".into(), None));
+    run_named(&mut raw, "_pg3_0", "select 2", &[]).await;
+    assert_eq!(answer_of(&mut raw).await, ("12DC".into(), None));
+    raw.query("DEALLOCATE _pg3_9").await;
+    let (_, error) = answer_of(&mut raw).await;
+    assert_eq!(error.unwrap().0, "26000");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_dropped_and_created_again_is_not_used_through_an_old_statement() {
+    // One server connection, so the second round meets the first round's
+    // shared statement, whose parameter type was the first enum's OID.
+    let pg = shared_pg();
+    let p = start(&config(pg.port, "pool_size = 1", "")).await;
+    let sql = "select $1::ps_round_enum::text";
+    for round in 0..3 {
+        let (mut raw, _) = Raw::login(p.local_addr(), "app", "app_password", "appdb").await;
+        raw.query("BEGIN; CREATE TYPE ps_round_enum AS ENUM ('a', 'b')")
+            .await;
+        assert_eq!(answer_of(&mut raw).await.1, None);
+        run_named(&mut raw, "s", sql, &["b"]).await;
+        assert_eq!(
+            answer_of(&mut raw).await,
+            ("12DC".into(), None),
+            "round {round}"
+        );
+        // Inside a savepoint too: rolled back, created again.
+        raw.query("SAVEPOINT sp; DROP TYPE ps_round_enum; CREATE TYPE ps_round_enum AS ENUM ('b')")
+            .await;
+        assert_eq!(answer_of(&mut raw).await.1, None);
+        run_named(&mut raw, "s2", sql, &["b"]).await;
+        assert_eq!(
+            answer_of(&mut raw).await,
+            ("12DC".into(), None),
+            "round {round}"
+        );
+        raw.query("ROLLBACK TO SAVEPOINT sp").await;
+        assert_eq!(answer_of(&mut raw).await.1, None);
+        run_named(&mut raw, "s3", sql, &["a"]).await;
+        assert_eq!(
+            answer_of(&mut raw).await,
+            ("12DC".into(), None),
+            "round {round}"
+        );
+        raw.query("ROLLBACK").await;
+        assert_eq!(answer_of(&mut raw).await.1, None);
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_prepared_statements_shows_each_client_only_its_own() {
+    let p = proxy("").await;
+    let setup = app(p.local_addr()).await;
+    setup
+        .batch_execute("DROP TABLE IF EXISTS ps_view; CREATE TABLE ps_view (data jsonb)")
+        .await
+        .unwrap();
+    let a = app(p.local_addr()).await;
+    let b = app(p.local_addr()).await;
+    // tokio-postgres numbers its statements process-wide: s<N>.
+    let list = "SELECT regexp_replace(name, '^s[0-9]+$', 's<N>'), statement, \
+                parameter_types::text, from_sql, prepare_time <= clock_timestamp() \
+                FROM pg_prepared_statements ORDER BY name";
+    let rows = |msgs: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or("NULL"))
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                ),
+                _ => None,
+            })
+            .collect()
+    };
+    // In one transaction: the statement is prepared on the connection the
+    // list is read on, so the server's inferred types show.
+    a.batch_execute("BEGIN").await.unwrap();
+    let ins = a.prepare("INSERT INTO ps_view VALUES ($1)").await.unwrap();
+    a.execute(&ins, &[&JsonText("{}")]).await.unwrap();
+    a.simple_query("PREPARE mine(int) AS SELECT $1")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(a.simple_query(list).await.unwrap()),
+        vec![
+            "mine|PREPARE mine(int) AS SELECT $1|{integer}|t|t".to_owned(),
+            "s<N>|INSERT INTO ps_view VALUES ($1)|{jsonb}|f|t".to_owned(),
+        ]
+    );
+    a.batch_execute("COMMIT").await.unwrap();
+    // Another client sees none of them, nor pgkeel's server-side names.
+    assert_eq!(
+        rows(b.simple_query(list).await.unwrap()),
+        Vec::<String>::new()
+    );
+    let n: i64 = b
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_prepared_statements p WHERE p.name LIKE 'pgkeel%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "extended protocol too");
+    // Deallocated names leave the list.
+    a.simple_query("DEALLOCATE mine").await.unwrap();
+    let names = rows(a.simple_query(list).await.unwrap());
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].starts_with("s<N>|"), "{names:?}");
+    p.shutdown().await;
+}
+
+/// A jsonb parameter, in jsonb's binary format.
+#[derive(Debug)]
+struct JsonText(&'static str);
+
+impl tokio_postgres::types::ToSql for JsonText {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // jsonb's binary format: version 1, then the text.
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::JSONB
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_all_as_a_named_statement_runs_and_clears_the_names() {
+    let p = proxy("").await;
+    let (mut raw, _) = Raw::login(p.local_addr(), "app", "app_password", "appdb").await;
+    run_named(&mut raw, "keep", "select 1", &[]).await;
+    assert_eq!(answer_of(&mut raw).await.1, None);
+    run_named(&mut raw, "d", "DISCARD ALL", &[]).await;
+    assert_eq!(answer_of(&mut raw).await, ("12C".into(), None));
+    // Both names are gone, as on PostgreSQL, and free to use again.
+    run_named(&mut raw, "keep", "select 2", &[]).await;
+    assert_eq!(answer_of(&mut raw).await, ("12DC".into(), None));
+    run_named(&mut raw, "d", "select 3", &[]).await;
+    assert_eq!(answer_of(&mut raw).await, ("12DC".into(), None));
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_failing_before_an_eviction_keeps_the_statement_usable() {
+    // Two statements per server connection: the second batch's Parse of
+    // "b" evicts "a", but an earlier error makes the server skip that Close.
+    let pg = shared_pg();
+    let p = start(&config(
+        pg.port,
+        "pool_size = 1\nprepared_statements_cache_size = 2",
+        "",
+    ))
+    .await;
+    let (mut raw, _) = Raw::login(p.local_addr(), "app", "app_password", "appdb").await;
+    run_named(&mut raw, "a", "select 'ps_evict_a'", &[]).await;
+    assert_eq!(answer_of(&mut raw).await.1, None);
+    raw.send_msg(b'P', b"bad\0selec\0\0\0").await;
+    raw.send_msg(b'P', b"b\0select 'ps_evict_b'\0\0\0").await;
+    raw.send_msg(b'S', b"").await;
+    assert_eq!(answer_of(&mut raw).await.1.unwrap().0, "42601");
+    // "a" is still the client's and still on the server: it runs.
+    raw.send_msg(b'B', b"\0a\0\0\0\0\0\0\0").await;
+    raw.send_msg(b'E', b"\0\0\0\0\0").await;
+    raw.send_msg(b'S', b"").await;
+    assert_eq!(answer_of(&mut raw).await, ("2DC".into(), None));
+    p.shutdown().await;
+}

@@ -238,6 +238,33 @@ impl State {
     }
 }
 
+impl super::prepared::Stream for State {
+    fn status(&self) -> TxStatus {
+        self.status
+    }
+
+    fn query_skipped(&mut self) {
+        self.pending = self.pending.saturating_sub(1);
+    }
+
+    fn own_parse_complete(&mut self) -> bool {
+        if self.drop_preamble > 0 {
+            self.drop_preamble -= 1;
+            self.preamble += 1;
+            return false;
+        }
+        if self.responded {
+            return true;
+        }
+        self.preamble += 1;
+        true
+    }
+
+    fn answered(&mut self) {
+        self.responded = true;
+    }
+}
+
 impl Default for State {
     fn default() -> Self {
         State {
@@ -574,8 +601,17 @@ impl Track<'_> {
         }
         st.effects |= fx;
         if fx.contains(Effects::DROPS_STATEMENTS) {
-            self.conn.clear();
-            self.prepared.forget_all();
+            // It runs at a Bind of a statement (named: after the Bind is
+            // rewritten), at an unnamed Parse's Bind or at a Query; a named
+            // Parse only defines it.
+            match typ {
+                frontend::BIND => self.prepared.forget_all_after(),
+                frontend::PARSE if frame.get(protocol::HEADER_LEN) != Some(&0) => {}
+                _ => {
+                    self.conn.clear();
+                    self.prepared.forget_all();
+                }
+            }
         }
         let feature = fx.pin_feature()?;
         if st.pinned.is_some() || self.pin_on.contains(&feature) {

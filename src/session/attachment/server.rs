@@ -154,6 +154,9 @@ pub fn scan_server(
         match typ {
             backend::READY_FOR_QUERY => {
                 st.status = TxStatus::from_byte(body[0]).ok_or("malformed ReadyForQuery status")?;
+                if let Some(t) = track.as_deref_mut() {
+                    t.prepared.ready(st.status);
+                }
                 st.responded = true;
                 st.ready();
                 if st.pending == 0 {
