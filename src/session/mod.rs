@@ -13,6 +13,7 @@ mod hold;
 pub mod prepared;
 mod recovery;
 pub mod relay;
+mod signal;
 pub mod startup;
 
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ use begin::Routed;
 use prepared::Prepared;
 use recovery::Lost;
 use relay::Outcome;
+use signal::Signal;
 use startup::Login;
 
 /// Serves a logged-in client to the end (`startup::handshake` let it in;
@@ -111,6 +113,9 @@ struct Session {
     /// `[log] log_queries` as of the last config this session saw.
     log_queries: bool,
     shutdown: watch::Receiver<bool>,
+    /// The same, and KILL, as futures made once (waited on every turn).
+    on_shutdown: Signal,
+    on_kill: Signal,
     /// This client in `Shared::clients` (state for the admin console, KILL).
     registered: Registered,
 }
@@ -184,6 +189,8 @@ impl Session {
             pinned: None,
             pin_on: Vec::new(),
             log_queries: false,
+            on_shutdown: Signal::new(shutdown.clone()),
+            on_kill: Signal::new(registered.kill.clone()),
             shutdown,
             registered,
         }
@@ -325,11 +332,11 @@ impl Session {
                     &mut self.att,
                     &opts,
                     track,
-                    &mut self.shutdown,
+                    &mut self.on_shutdown,
                 ) => o,
                 // KILL: no waiting for the transaction to end. The server
                 // goes back only if it is at rest (after a ROLLBACK).
-                _ = self.registered.killed() => {
+                _ = &mut self.on_kill => {
                     self.cleanup_server().await;
                     self.send_fatal(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
                     return "killed from the admin console";
@@ -433,8 +440,8 @@ impl Session {
                     // Between transactions the first message of the next one is read here, not in the relay.
                     Ok(n) => self.shared.metrics.client_bytes_received_total.inc_by(n as u64),
                 },
-                _ = self.shutdown.changed() => return Err(Ended::Shutdown),
-                _ = self.registered.kill.changed() => return Err(Ended::Killed),
+                _ = &mut self.on_shutdown => return Err(Ended::Shutdown),
+                _ = &mut self.on_kill => return Err(Ended::Killed),
             }
         }
     }

@@ -12,10 +12,10 @@
 use prometheus::{IntCounter, IntCounterVec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use super::attachment::{ensure_room, Attachment, ClientStep, Release, ServerStep, State, Track};
 use super::clock::RequestClock;
+use super::signal::Signal;
 
 /// Read granularity: large enough that a big result moves in few syscalls.
 const READ_CHUNK: usize = 32 * 1024;
@@ -92,12 +92,12 @@ pub async fn pump(
     att: &mut Attachment,
     opts: &Options,
     mut track: Option<Track<'_>>,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut Signal,
 ) -> Outcome {
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
     let mut release_on_idle = opts.release_on_idle;
-    let mut closing = *shutdown.borrow();
+    let mut closing = shutdown.is_up();
     if closing {
         release_on_idle = true;
     }
@@ -143,7 +143,6 @@ pub async fn pump(
                 Release::NotYet(_) => {}
             }
         }
-        att.bufs.shrink();
         let b = &mut att.bufs;
         ensure_room(&mut b.from_server, READ_CHUNK);
         ensure_room(&mut b.from_client, READ_CHUNK);
@@ -171,16 +170,23 @@ pub async fn pump(
                     }
                 }
             },
+            // Buffers drain by writes: that is where a large message's
+            // memory can go back (not checked on every turn of the loop).
             r = cw.write_buf(&mut b.to_client), if !b.to_client.is_empty() => match r {
-                Ok(n) => counters.client_sent.inc_by(n as u64),
+                Ok(n) => {
+                    counters.client_sent.inc_by(n as u64);
+                    att.bufs.shrink();
+                }
                 Err(_) => return Outcome::ClientGone,
             },
             r = sw.write_buf(&mut b.to_server), if !b.to_server.is_empty() => match r {
-                Ok(n) => counters.server_sent.inc_by(n as u64),
+                Ok(n) => {
+                    counters.server_sent.inc_by(n as u64);
+                    att.bufs.shrink();
+                }
                 Err(e) => return Outcome::ServerLost(e),
             },
-            r = shutdown.changed(), if !closing => {
-                let _ = r;
+            _ = &mut *shutdown, if !closing => {
                 closing = true;
                 release_on_idle = true;
             },
