@@ -106,7 +106,8 @@ TOML
             PID=$!
             TIMEOUT=60 wait_for pg_isready -h 127.0.0.1 -p "$PORT"
             load "$w" "$B"
-            kill -TERM "$PID"
+            # pgkeel itself is stopped (strace, signalled, would only detach).
+            kill -TERM "$(pgrep -P "$PID")"
             wait "$PID" 2>/dev/null || true
             PID=""
             echo "  $w $name: syscalls per transaction"
