@@ -1,8 +1,8 @@
 //! What the read/write split costs per statement: the PostgreSQL parser
 //! (a cache miss), normalizing the text (every statement), and the whole
 //! routing decision for a pgbench -S query with the cache warm (the steady
-//! state), and the session-effects scan every transaction-mode Query and
-//! Parse goes through. `cargo bench --bench classify`.
+//! state), the session-effects scan every transaction-mode Query and
+//! Parse goes through, and commit detection. `cargo bench --bench classify`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgkeel::classify::{classify, normalize, FunctionPolicy};
@@ -56,6 +56,21 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("effects scan 3-way join", |b| {
         b.iter(|| pgkeel::classify::effects::scan(std::hint::black_box(JOIN.as_bytes())))
+    });
+    // Commit detection, on every Query and Parse; and the session's
+    // "a lone COMMIT or ROLLBACK?" on every Query it routes.
+    c.bench_function("commits? pgbench select", |b| {
+        b.iter(|| pgkeel::classify::words::commits(std::hint::black_box(SELECT.as_bytes())))
+    });
+    c.bench_function("commits? two statements", |b| {
+        let two = b"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 7; END;";
+        b.iter(|| pgkeel::classify::words::commits(std::hint::black_box(two)))
+    });
+    c.bench_function("lone commit or rollback? pgbench select", |b| {
+        b.iter(|| {
+            let sql = std::hint::black_box(SELECT.as_bytes());
+            pgkeel::classify::words::lone_commit(sql) || pgkeel::classify::words::lone_rollback(sql)
+        })
     });
     let frames = query(SELECT);
     let mut scratch = Vec::new();

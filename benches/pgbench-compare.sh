@@ -41,6 +41,11 @@ if [ -z "${SKIP_BUILD:-}" ]; then
     cargo build --release --bin pgkeel
 fi
 
+# Other work on the machine skews every absolute number: say how busy it was.
+LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
+if python3 -c "import sys; sys.exit(0 if float('$LOAD_BEFORE') > $(nproc) / 2 else 1)"; then
+    echo "warning: load average $LOAD_BEFORE on $(nproc) cores: the machine is not quiet; compare ratios only" >&2
+fi
 WORK=$(mktemp -d /tmp/pgkeel-bench.XXXXXX)
 chmod 755 "$WORK"
 chown postgres: "$WORK" 2>/dev/null || true
@@ -209,6 +214,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r); $(pgbench --version), PgBouncer $BOUNCER_VERSION, $($PG_BIN/postgres --version)."
     echo "Each cell is the median of $ROUNDS interleaved ${DURATION}s runs; $CLIENTS clients (-j 2) unless the workload says otherwise;"
     echo "pool size $POOL_SIZE for both proxies (transaction mode, SCRAM); scale $SCALE; pgbench, PostgreSQL and the proxy share the same $(nproc) cores."
+    echo "Load average (1 min) before the run: $LOAD_BEFORE, after: $(cut -d' ' -f1 /proc/loadavg) (a quiet machine is near 0; above $(nproc), other work shared the cores and only the ratios mean anything)."
     echo
     python3 - "$RAW" <<'PY'
 import sys, statistics, collections

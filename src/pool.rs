@@ -329,21 +329,23 @@ impl Pool {
         };
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        // One clock read for the loan and the idle connections' ages.
+        let now = Instant::now();
         let mut lent = PooledConn {
             conn: None,
             pool: self.clone(),
             permit: Some(permit),
-            lent_at: Instant::now(),
+            lent_at: now,
         };
         let s = self.settings.load();
         loop {
             let Some(conn) = self.idle.lock().expect("pool poisoned").pop() else {
                 break;
             };
-            let idle_for = conn.last_used.elapsed();
+            let idle_for = now.saturating_duration_since(conn.last_used);
             // Whatever its idle time: a server that crashed a millisecond
             // ago has closed every idle connection to it.
-            if conn.created.elapsed() >= s.lifetime
+            if now.saturating_duration_since(conn.created) >= s.lifetime
                 || idle_for >= s.idle_timeout
                 || !quiet(&conn.stream)
             {

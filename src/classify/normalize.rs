@@ -175,10 +175,12 @@ pub fn normalize(sql: &[u8], out: &mut Vec<u8>) -> Option<Hint> {
             }
             c if ident_byte(c) => {
                 token_start!();
+                // Found whole, then copied in one go (one capacity check).
+                let start = i;
                 while i < b.len() && ident_byte(b[i]) {
-                    out.push(b[i].to_ascii_lowercase());
                     i += 1;
                 }
+                out.extend(b[start..i].iter().map(u8::to_ascii_lowercase));
             }
             c => {
                 token_start!();

@@ -392,10 +392,33 @@ fn end_of(st: &Statement) -> End {
 /// TRANSACTION): if the server is lost while it runs, the outcome is
 /// unknown.
 pub fn commits(sql: &[u8]) -> bool {
-    statements(sql).any(|s| matches!(end_of(&s), End::Commit | End::CommitChain | End::TwoPhase))
+    let commit =
+        |s: &Statement| matches!(end_of(s), End::Commit | End::CommitChain | End::TwoPhase);
+    match plainly_one(sql) {
+        Some(s) => commit(&s),
+        None => statements(sql).any(|s| commit(&s)),
+    }
+}
+
+/// `sql` as one statement when it plainly is one: no `;`, or only a last
+/// one followed by white space. Its first words are then all a keyword
+/// decision needs, without lexing the rest of the text to find where
+/// statements end (a `;` inside an unclosed quote or comment changes none
+/// of its first words). `None`: split it with `statements`.
+fn plainly_one(sql: &[u8]) -> Option<Statement<'_>> {
+    match memchr::memrchr(b';', sql) {
+        None => Some(Statement { text: sql }),
+        Some(p) if sql[p + 1..].iter().all(|&c| is_space(c)) && !sql[..p].contains(&b';') => {
+            Some(Statement { text: &sql[..p] })
+        }
+        Some(_) => None,
+    }
 }
 
 fn lone(sql: &[u8]) -> Option<End> {
+    if let Some(s) = plainly_one(sql) {
+        return Some(end_of(&s));
+    }
     let mut it = statements(sql);
     let first = it.next()?;
     it.next().is_none().then(|| end_of(&first))
@@ -574,6 +597,25 @@ mod tests {
                 for _ in s.words() {}
             }
             let _ = (commits(&bytes), lone_commit(&bytes), lone_rollback(&bytes));
+        }
+
+        #[test]
+        fn one_statement_shortcut_agrees_with_splitting(pieces in proptest::collection::vec(
+            prop_oneof![piece(), Just("'".to_owned()), Just("$".to_owned()), Just("/*".to_owned()),
+                        Just("--".to_owned()), Just("\"".to_owned()), Just("end".to_owned()),
+                        Just("rollback".to_owned()), Just("work".to_owned()), Just("and".to_owned()),
+                        Just("prepare".to_owned()), Just("transaction".to_owned()), Just("\n".to_owned())],
+            0..8,
+        )) {
+            let sql = pieces.join(" ");
+            let split = |sql: &[u8]| {
+                let all: Vec<End> = statements(sql).map(|s| end_of(&s)).collect();
+                let commits = all.iter().any(|e| matches!(e, End::Commit | End::CommitChain | End::TwoPhase));
+                let lone = (all.len() == 1).then(|| all[0]);
+                (commits, lone == Some(End::Commit), lone == Some(End::Rollback))
+            };
+            let b = sql.as_bytes();
+            prop_assert_eq!((commits(b), lone_commit(b), lone_rollback(b)), split(b), "{}", sql);
         }
 
         #[test]

@@ -15,6 +15,7 @@ pub mod prepared;
 mod prepared_view;
 mod recovery;
 pub mod relay;
+mod signal;
 pub mod startup;
 pub mod timers;
 
@@ -37,6 +38,7 @@ use begin::Routed;
 use prepared::Prepared;
 use recovery::Lost;
 use relay::Outcome;
+use signal::Signal;
 use startup::Login;
 
 /// Serves a logged-in client to the end (`startup::handshake` let it in;
@@ -118,6 +120,9 @@ struct Session {
     /// The idle and query timeouts as of the last config this session saw.
     timeouts: timers::Timeouts,
     shutdown: watch::Receiver<bool>,
+    /// The same, and KILL, as futures made once (waited on every turn).
+    on_shutdown: Signal,
+    on_kill: Signal,
     /// This client in `Shared::clients` (state for the admin console, KILL).
     registered: Registered,
 }
@@ -193,6 +198,8 @@ impl Session {
             pin_on: Vec::new(),
             log_queries: false,
             timeouts: timers::Timeouts::default(),
+            on_shutdown: Signal::new(shutdown.clone()),
+            on_kill: Signal::new(registered.kill.clone()),
             shutdown,
             registered,
         }
@@ -363,11 +370,11 @@ impl Session {
                     &mut self.att,
                     &opts,
                     track,
-                    &mut self.shutdown,
+                    &mut self.on_shutdown,
                 ) => o,
                 // KILL: no waiting for the transaction to end. The server
                 // goes back only if it is at rest (after a ROLLBACK).
-                _ = self.registered.killed() => {
+                _ = &mut self.on_kill => {
                     self.cleanup_server().await;
                     self.send_fatal(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
                     return "killed from the admin console";
@@ -509,8 +516,8 @@ impl Session {
                         crate::dbstats::DbCounters::add(&self.db.received, n as u64);
                     }
                 },
-                _ = self.shutdown.changed() => return Err(Ended::Shutdown),
-                _ = self.registered.kill.changed() => return Err(Ended::Killed),
+                _ = &mut self.on_shutdown => return Err(Ended::Shutdown),
+                _ = &mut self.on_kill => return Err(Ended::Killed),
                 _ = sleep_until(deadline.map(|(_, at)| at)), if deadline.is_some() => {
                     return Err(Ended::Idle(deadline.expect("checked").0));
                 }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use prometheus::{IntCounter, IntCounterVec};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 
 use super::attachment::{ensure_room, Attachment, ClientStep, Release, ServerStep, State, Track};
 use super::clock::RequestClock;
@@ -21,6 +20,7 @@ use super::timers::{attached_wait, Timeouts};
 use crate::cancel::ServerKey;
 use crate::dbstats::DbCounters;
 use crate::limits::Limit;
+use super::signal::Signal;
 
 /// Read granularity: large enough that a big result moves in few syscalls.
 const READ_CHUNK: usize = 32 * 1024;
@@ -135,7 +135,7 @@ pub async fn pump(
     att: &mut Attachment,
     opts: &Options,
     mut track: Option<Track<'_>>,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut Signal,
 ) -> Outcome {
     // A TLS write may leave records in rustls when the socket is full: a
     // TLS side is flushed before the pump waits on the other side alone
@@ -145,7 +145,7 @@ pub async fn pump(
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
     let mut release_on_idle = opts.release_on_idle;
-    let mut closing = *shutdown.borrow();
+    let mut closing = shutdown.is_up();
     if closing {
         release_on_idle = true;
     }
@@ -209,7 +209,6 @@ pub async fn pump(
                 timer.as_mut().reset(tokio::time::Instant::now() + d);
             }
         }
-        att.bufs.shrink();
         let b = &mut att.bufs;
         ensure_room(&mut b.from_server, READ_CHUNK);
         ensure_room(&mut b.from_client, READ_CHUNK);
@@ -245,6 +244,8 @@ pub async fn pump(
                     }
                 }
             },
+            // Buffers drain by writes: that is where a large message's
+            // memory can go back (not checked on every turn of the loop).
             r = write_or_flush(&mut cw, &mut b.to_client), if !b.to_client.is_empty() || client_unflushed => match r {
                 Ok(Wrote::Bytes(n)) => {
                     counters.client_sent.inc_by(n as u64);
@@ -252,6 +253,7 @@ pub async fn pump(
                         DbCounters::add(&db.sent, n as u64);
                     }
                     client_unflushed = client_tls;
+                    att.bufs.shrink();
                 }
                 Ok(Wrote::Flushed) => client_unflushed = false,
                 Err(_) => return Outcome::ClientGone,
@@ -260,12 +262,12 @@ pub async fn pump(
                 Ok(Wrote::Bytes(n)) => {
                     counters.server_sent.inc_by(n as u64);
                     server_unflushed = server_tls;
+                    att.bufs.shrink();
                 }
                 Ok(Wrote::Flushed) => server_unflushed = false,
                 Err(e) => return Outcome::ServerLost(e),
             },
-            r = shutdown.changed(), if !closing => {
-                let _ = r;
+            _ = &mut *shutdown, if !closing => {
                 closing = true;
                 release_on_idle = true;
             },

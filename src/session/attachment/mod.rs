@@ -77,6 +77,18 @@ pub struct Buffers {
 impl Buffers {
     /// Gives back the memory a large message left behind.
     pub fn shrink(&mut self) {
+        // The usual case, checked straight: no buffer ever grew large.
+        let largest = self
+            .from_client
+            .capacity()
+            .max(self.to_server.capacity())
+            .max(self.from_server.capacity())
+            .max(self.to_client.capacity())
+            .max(self.replay.capacity())
+            .max(self.rewrite.capacity());
+        if largest <= SHRINK_ABOVE {
+            return;
+        }
         for buf in [
             &mut self.from_client,
             &mut self.to_server,
