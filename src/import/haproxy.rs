@@ -94,6 +94,18 @@ fn route_of(s: &Section) -> &'static str {
     }
 }
 
+/// A `server NAME HOST:PORT ...` line's address, once each.
+fn add_server(line: &[String], servers: &mut Vec<(String, u16)>) {
+    let Some((h, p)) = line.get(2).and_then(|a| a.rsplit_once(':')) else {
+        return;
+    };
+    if let Ok(p) = p.parse::<u16>() {
+        if !servers.iter().any(|(sh, sp)| sh == h && *sp == p) {
+            servers.push((h.to_owned(), p));
+        }
+    }
+}
+
 pub fn import(cfg: &str) -> Imported {
     let mut out = Imported::default();
     let secs = sections(cfg);
@@ -107,10 +119,17 @@ pub fn import(cfg: &str) -> Imported {
                     match l[0].as_str() {
                         "maxconn" => {
                             if let Some(n) = l.get(1).and_then(|n| n.parse::<u64>().ok()) {
-                                out.set("proxy", "max_client_connections", n.to_string(), "global maxconn");
+                                out.set(
+                                    "proxy",
+                                    "max_client_connections",
+                                    n.to_string(),
+                                    "global maxconn",
+                                );
                             }
                         }
-                        other => out.skip(&format!("global {other}"), "process settings of HAProxy"),
+                        other => {
+                            out.skip(&format!("global {other}"), "process settings of HAProxy")
+                        }
                     }
                 }
             }
@@ -136,27 +155,41 @@ pub fn import(cfg: &str) -> Imported {
                 }
             }
             "listen" | "frontend" => {
-                let http = s.lines.iter().any(|l| l[0] == "mode" && l.get(1).is_some_and(|m| m == "http"));
+                let http = s
+                    .lines
+                    .iter()
+                    .any(|l| l[0] == "mode" && l.get(1).is_some_and(|m| m == "http"));
                 let stats = s.lines.iter().any(|l| l[0] == "stats");
-                let bind = s.lines.iter().find(|l| l[0] == "bind").and_then(|l| l.get(1)).map(|b| bind_address(b));
+                let bind = s
+                    .lines
+                    .iter()
+                    .find(|l| l[0] == "bind")
+                    .and_then(|l| l.get(1))
+                    .map(|b| bind_address(b));
                 if http || stats {
                     if let Some(b) = bind {
-                        out.set("admin", "listen", quote(&b), &format!("listen {} (HAProxy's stats page: pgkeel's is GET / here)", s.name));
+                        out.set(
+                            "admin",
+                            "listen",
+                            quote(&b),
+                            &format!(
+                                "listen {} (HAProxy's stats page: pgkeel's is GET / here)",
+                                s.name
+                            ),
+                        );
                     }
                     continue;
                 }
                 for l in &s.lines {
                     if l[0] == "server" {
-                        if let Some((h, p)) = l.get(2).and_then(|a| a.rsplit_once(':')) {
-                            if let Ok(p) = p.parse::<u16>() {
-                                if !servers.contains(&(h.to_owned(), p)) {
-                                    servers.push((h.to_owned(), p));
-                                }
-                            }
-                        }
+                        add_server(l, &mut servers);
                         if let Some(i) = l.iter().position(|w| w == "port") {
                             let port = l.get(i + 1).cloned().unwrap_or_default();
-                            if !out.unmapped.iter().any(|(k, _)| k.starts_with("check port")) {
+                            if !out
+                                .unmapped
+                                .iter()
+                                .any(|(k, _)| k.starts_with("check port"))
+                            {
                                 out.skip(&format!("check port {port}"), "Patroni's REST API: pgkeel asks each server itself (pg_is_in_recovery(), its WAL position and lag) and, with [etcd], reads Patroni's leader key");
                             }
                         }
@@ -166,8 +199,12 @@ pub fn import(cfg: &str) -> Imported {
                             out.skip("server maxconn", "pgkeel pools connections: [proxy] pool_size bounds each member × database × user");
                         }
                     }
-                    if l[0] == "default-server" && l.iter().any(|w| w == "shutdown-sessions")
-                        && !out.unmapped.iter().any(|(k, _)| k == "on-marked-down shutdown-sessions")
+                    if l[0] == "default-server"
+                        && l.iter().any(|w| w == "shutdown-sessions")
+                        && !out
+                            .unmapped
+                            .iter()
+                            .any(|(k, _)| k == "on-marked-down shutdown-sessions")
                     {
                         out.skip("on-marked-down shutdown-sessions", "pgkeel keeps clients connected through a failover: they are held until the new primary is confirmed ([failover] hold_timeout)");
                     }
@@ -176,12 +213,22 @@ pub fn import(cfg: &str) -> Imported {
                 let route = route_of(s);
                 if route == "primary" && main_listen.is_none() {
                     main_listen = Some(b.clone());
-                    out.set("proxy", "listen", quote(&b), &format!("listen {} (primary)", s.name));
+                    out.set(
+                        "proxy",
+                        "listen",
+                        quote(&b),
+                        &format!("listen {} (primary)", s.name),
+                    );
                 } else {
                     listeners.push((b, route, s.name.clone()));
                 }
             }
-            "backend" => out.note(format!("backend {}: backends behind frontends are read for servers only; check the listeners' routes", s.name)),
+            "backend" => {
+                for l in s.lines.iter().filter(|l| l[0] == "server") {
+                    add_server(l, &mut servers);
+                }
+                out.note(format!("backend {}: its servers are read, but a frontend's route comes from its own health check only; check the listeners' routes", s.name));
+            }
             other => out.skip(other, "no pgkeel counterpart"),
         }
     }
@@ -275,6 +322,16 @@ listen replicas
         ] {
             assert!(skipped.contains(&k), "{k} in {skipped:?}");
         }
+    }
+
+    #[test]
+    fn backends_give_their_servers() {
+        let out = import(
+            "frontend pg\n    bind *:5000\nbackend pg_primary\n    server a 10.0.0.9:5432 check\n",
+        )
+        .render("x");
+        assert!(out.contains("listen = \"0.0.0.0:5000\""), "{out}");
+        assert!(out.contains("host = \"10.0.0.9\""), "{out}");
     }
 
     #[test]

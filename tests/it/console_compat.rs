@@ -360,7 +360,7 @@ async fn runbooks_and_read_only_users() {
         port,
         "stats",
         "stats_password",
-        &["SHOW POOLS", "SHOW CONFIG"],
+        &["SHOW POOLS", "SHOW CONFIG", "SHOW USERS", "SHOW LISTS"],
     )
     .await;
     assert!(
@@ -368,6 +368,18 @@ async fn runbooks_and_read_only_users() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "max_client_conn|10000|10000|yes",
+        "admin|transaction|20|admin|admin",
+        "stats|transaction|20|stats|stats",
+        "app|transaction|20|app|",
+        "pools|1",
+        // The app client and this console session.
+        "used_clients|2",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line} in {stdout}");
+    }
     for cmd in [
         "PAUSE",
         "RESUME",
