@@ -364,4 +364,15 @@ mod tests {
         assert!(run(&read("copy_in")) > 0);
         assert_eq!(run(&read("fatal_mid")), 0);
     }
+
+    /// Found by libFuzzer: a CopyInResponse no request asked for, a Sync
+    /// sent into that COPY (so earning nothing), then CommandComplete.
+    /// The core called the connection clean with a Sync never answered;
+    /// a COPY nothing could have started now makes the stream uncertain.
+    #[test]
+    fn regress_unsolicited_copy_in_is_never_clean() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/session_core/");
+        let input = std::fs::read(format!("{dir}regress_unsolicited_copy_in")).unwrap();
+        assert_eq!(run(&input), 0);
+    }
 }

@@ -430,6 +430,11 @@ impl State {
     /// command that started the COPY and before its CopyDone/CopyFail.
     fn copy_in_started(&mut self) -> u32 {
         let last = self.last;
+        if self.pending == 0 && !self.unsynced {
+            // Nothing sent is waiting for an answer: no request of the
+            // client's started this COPY (a server off the protocol).
+            self.uncertain = true;
+        }
         if last.owed_before > 0 || last.batched || self.copy != Copy::None || last.broken {
             // The COPY may answer an earlier command than the last one, or
             // fails on a message sent after it.
