@@ -16,11 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::attachment::{ensure_room, Attachment, ClientStep, Release, ServerStep, State, Track};
 use super::clock::RequestClock;
+use super::signal::Signal;
 use super::timers::{attached_wait, Timeouts};
 use crate::cancel::ServerKey;
 use crate::dbstats::DbCounters;
 use crate::limits::Limit;
-use super::signal::Signal;
 
 /// Read granularity: large enough that a big result moves in few syscalls.
 const READ_CHUNK: usize = 32 * 1024;
