@@ -102,11 +102,14 @@ bootstrap:
   initdb:
     - encoding: UTF8
     - locale: C
+postgresql:
+  # Written by Patroni into pg_hba.conf at every start (initdb's own file
+  # trusts every local connection, which pgkeel's server_auth_allow
+  # refuses by default, as a client should).
   pg_hba:
     - local all all trust
-    - host replication replicator 127.0.0.1/32 md5
-    - host all all 127.0.0.1/32 md5
-postgresql:
+    - host replication replicator 127.0.0.1/32 scram-sha-256
+    - host all all 127.0.0.1/32 scram-sha-256
   listen: 127.0.0.1:${PG_PORTS[$i]}
   connect_address: 127.0.0.1:${PG_PORTS[$i]}
   data_dir: $d/data

@@ -132,6 +132,8 @@ pub struct Prepared {
     /// pgkeel answered an error itself: the client's messages are dropped
     /// up to its Sync, as the server would.
     drop_to_sync: bool,
+    /// The status of the server's last ReadyForQuery on this attach.
+    last_status: TxStatus,
     pub counters: Counters,
 }
 
@@ -186,6 +188,7 @@ impl Prepared {
             queue: VecDeque::new(),
             skipping: false,
             drop_to_sync: false,
+            last_status: TxStatus::Idle,
             counters: Counters::default(),
         }
     }
@@ -236,6 +239,7 @@ impl Prepared {
         self.queue.clear();
         self.skipping = false;
         self.drop_to_sync = false;
+        self.last_status = TxStatus::Idle;
     }
 
     /// Statements the client has prepared.
@@ -311,6 +315,7 @@ impl Prepared {
 
     /// A ReadyForQuery with `status` arrived.
     pub fn ready(&mut self, status: TxStatus) {
+        self.last_status = status;
         if self.types_changed && status == TxStatus::Idle {
             self.types_changed = false;
             self.cache.schema_changed();
@@ -433,6 +438,13 @@ impl Prepared {
                 self.names_have_effects |= !stmt.effects.is_empty();
                 self.names_commit |= stmt.commits;
                 if self.is_here(&stmt, conn, out) == Here::Fresh {
+                    if self.may_be_aborted() {
+                        // PostgreSQL refuses a Parse in a failed transaction
+                        // (25P02) and skips to the Sync; whether it has failed
+                        // is the server's to say: ask it with a copy.
+                        self.probe_parse(&stmt, out, forget);
+                        return Verdict::Replaced;
+                    }
                     self.reply(PARSE_COMPLETE, forget);
                     return Verdict::Dropped;
                 }
@@ -636,6 +648,40 @@ impl Prepared {
         self.queue.push_back(Item::Sent {
             typ: F::CLOSE,
             undo: id,
+            forget: None,
+            swallow: true,
+        });
+    }
+
+    /// The server may be in a failed transaction when this message reaches
+    /// it: its last ReadyForQuery said so (or said "in a transaction", which
+    /// may have failed since), or answers are still owed.
+    fn may_be_aborted(&self) -> bool {
+        self.last_status != TxStatus::Idle || !self.queue.is_empty()
+    }
+
+    /// A Parse the connection already has, asked of the server anyway, as a
+    /// copy under a name of pgkeel's own that is closed right after: its
+    /// ParseComplete (or its 25P02, and the skip to the Sync) is the
+    /// client's; the Close's answer is hidden. If it fails, the client's
+    /// name goes (`forget`), as a failed Parse creates none.
+    fn probe_parse(&mut self, stmt: &Statement, out: &mut BytesMut, forget: Option<Box<[u8]>>) {
+        let name = format!("{}probe\0", self.cache.prefix());
+        frame_start(out, F::PARSE, name.len() + stmt.body.len());
+        out.put_slice(name.as_bytes());
+        out.put_slice(&stmt.body);
+        self.queue.push_back(Item::Sent {
+            typ: F::PARSE,
+            undo: 0,
+            forget,
+            swallow: false,
+        });
+        frame_start(out, F::CLOSE, 1 + name.len());
+        out.put_u8(STATEMENT);
+        out.put_slice(name.as_bytes());
+        self.queue.push_back(Item::Sent {
+            typ: F::CLOSE,
+            undo: 0,
             forget: None,
             swallow: true,
         });

@@ -708,3 +708,53 @@ fn generated_sequences_answer_the_same_directly_and_through_pgkeel() {
 fn sequences_postgres_survives_answer_the_same_through_pgkeel() {
     differential(256, postgres_keeps_the_connection);
 }
+
+/// Sequences generated runs once found to differ, run every time: a Parse
+/// of a statement the server connection already has, reaching it inside a
+/// transaction that has failed (PostgreSQL: 25P02, then the skip to the
+/// Sync). Each starts by preparing and closing the statement, so that the
+/// connection has it under pgkeel's name.
+#[test]
+fn a_parse_inside_a_failed_transaction_is_refused_as_postgresql_refuses_it() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut h = rt.block_on(Harness::start());
+    let cases: [Vec<Msg>; 2] = [
+        vec![
+            Msg::Parse("s2", "BEGIN"),
+            Msg::Sync,
+            Msg::CloseStatement("s2"),
+            Msg::Sync,
+            Msg::Query("BEGIN"),
+            Msg::DescribePortal,
+            Msg::Flush,
+            Msg::Sync,
+            Msg::CloseStatement("s1"),
+            Msg::FunctionCall,
+            Msg::Parse("s2", "BEGIN"),
+        ],
+        vec![
+            Msg::Parse("s1", "COPY diff_sink FROM STDIN"),
+            Msg::Sync,
+            Msg::CloseStatement("s1"),
+            Msg::Sync,
+            Msg::ClosePortal,
+            Msg::Query("BEGIN"),
+            Msg::Query("SELECT 1/0"),
+            Msg::Sync,
+            Msg::Sync,
+            Msg::Parse("s1", "COPY diff_sink FROM STDIN"),
+            Msg::FunctionCall,
+            Msg::Execute(1),
+        ],
+    ];
+    for seq in cases {
+        let int4pl = h.int4pl;
+        let (d, _) = rt.block_on(h.direct.run(&seq, int4pl));
+        let (t, _) = rt.block_on(h.through.run(&seq, int4pl));
+        assert!(d == t, "{}", report(&seq, &d, &t));
+    }
+}
