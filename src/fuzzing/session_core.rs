@@ -375,4 +375,14 @@ mod tests {
         let input = std::fs::read(format!("{dir}regress_unsolicited_copy_in")).unwrap();
         assert_eq!(run(&input), 0);
     }
+
+    /// Found by libFuzzer after the fix above: a lone Sync, an error, then
+    /// a CopyInResponse (no command was ever sent) took the Sync for COPY
+    /// input and called the connection clean without its ReadyForQuery.
+    #[test]
+    fn regress_copy_in_after_a_lone_sync_is_never_clean() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/session_core/");
+        let input = std::fs::read(format!("{dir}regress_copy_in_after_a_lone_sync")).unwrap();
+        assert_eq!(run(&input), 0);
+    }
 }
