@@ -189,6 +189,10 @@ struct Seen {
     /// ReadyForQuery messages the server sent, and the last one's status.
     readies: u64,
     last_status: Option<TxStatus>,
+    /// The server sent an ErrorResponse: in the extended protocol it then
+    /// skips what follows up to a Sync, Queries and FunctionCalls too, so
+    /// those earn no ReadyForQuery of their own.
+    errors: bool,
     /// The server's stream put it in COPY (CopyIn/Out/BothResponse) and
     /// no CommandComplete or ErrorResponse has ended it since.
     in_copy: bool,
@@ -211,6 +215,7 @@ impl Seen {
         self.readies = 0;
         self.last_status = None;
         self.in_copy = false;
+        self.errors = false;
         for f in frames(all) {
             match f[0] {
                 backend::READY_FOR_QUERY if f.len() == HEADER_LEN + 1 => {
@@ -220,7 +225,11 @@ impl Seen {
                 backend::COPY_IN_RESPONSE
                 | backend::COPY_OUT_RESPONSE
                 | backend::COPY_BOTH_RESPONSE => self.in_copy = true,
-                backend::COMMAND_COMPLETE | backend::ERROR_RESPONSE => self.in_copy = false,
+                backend::COMMAND_COMPLETE => self.in_copy = false,
+                backend::ERROR_RESPONSE => {
+                    self.in_copy = false;
+                    self.errors = true;
+                }
                 _ => {}
             }
         }
@@ -239,10 +248,10 @@ fn check_release(att: &Attachment, track: Option<&Track>, seen: &Seen, server_fe
     assert!(!st.unsynced && st.server_skip == 0 && !st.uncertain && st.swallow == 0);
     assert!(att.bufs.from_server.is_empty() && att.bufs.to_server.is_empty());
     // The server's own stream: every Query/FunctionCall it got earned a
-    // ReadyForQuery, and if it got any command or Sync, the last
-    // ReadyForQuery it sent said idle.
+    // ReadyForQuery (unless an error made the server skip some), and if
+    // it got any command or Sync, the last ReadyForQuery it sent said idle.
     assert!(
-        seen.commands <= seen.readies,
+        seen.errors || seen.commands <= seen.readies,
         "released with {} commands sent and {} ReadyForQuery received",
         seen.commands,
         seen.readies
@@ -373,6 +382,16 @@ mod tests {
     fn regress_unsolicited_copy_in_is_never_clean() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/session_core/");
         let input = std::fs::read(format!("{dir}regress_unsolicited_copy_in")).unwrap();
+        assert_eq!(run(&input), 0);
+    }
+
+    /// Found by libFuzzer after the fix above: a lone Sync, an error, then
+    /// a CopyInResponse (no command was ever sent) took the Sync for COPY
+    /// input and called the connection clean without its ReadyForQuery.
+    #[test]
+    fn regress_copy_in_after_a_lone_sync_is_never_clean() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/session_core/");
+        let input = std::fs::read(format!("{dir}regress_copy_in_after_a_lone_sync")).unwrap();
         assert_eq!(run(&input), 0);
     }
 }

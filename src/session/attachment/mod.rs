@@ -218,6 +218,8 @@ pub struct State {
 /// input.
 #[derive(Debug, Default, Clone, Copy)]
 struct LastCommand {
+    /// A command was sent since the attach (else no COPY can answer one).
+    sent: bool,
     /// It was an Execute (extended protocol: the COPY ends at a Sync).
     execute: bool,
     /// An Execute came before it since the last Sync: a COPY answer could
@@ -376,6 +378,7 @@ impl State {
         }
         let executes = self.last.executes;
         self.last = LastCommand {
+            sent: true,
             execute,
             batched: executes > 0,
             owed_before: self.pending,
@@ -430,9 +433,10 @@ impl State {
     /// command that started the COPY and before its CopyDone/CopyFail.
     fn copy_in_started(&mut self) -> u32 {
         let last = self.last;
-        if self.pending == 0 && !self.unsynced {
-            // Nothing sent is waiting for an answer: no request of the
-            // client's started this COPY (a server off the protocol).
+        if !last.sent || (self.pending == 0 && !self.unsynced) {
+            // No command was sent, or nothing sent is waiting for an
+            // answer: no request of the client's started this COPY (a
+            // server off the protocol).
             self.uncertain = true;
         }
         if last.owed_before > 0 || last.batched || self.copy != Copy::None || last.broken {
