@@ -95,14 +95,20 @@ pub fn server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sha256_signed_certificate_hashes_with_sha256() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+    /// A self-signed certificate for localhost signed with `alg`, as DER.
+    fn self_signed(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        rcgen::CertificateParams::new(vec!["localhost".into()])
             .unwrap()
             .self_signed(&key)
-            .unwrap();
-        let der = cert.der().to_vec();
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn sha256_signed_certificate_hashes_with_sha256() {
+        let der = self_signed(&rcgen::PKCS_ECDSA_P256_SHA256);
         assert_eq!(
             server_end_point(&der).unwrap(),
             Sha256::digest(&der).to_vec()
@@ -111,12 +117,7 @@ mod tests {
 
     #[test]
     fn sha384_signed_certificate_hashes_with_sha384() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let der = cert.der().to_vec();
+        let der = self_signed(&rcgen::PKCS_ECDSA_P384_SHA384);
         assert_eq!(
             server_end_point(&der).unwrap(),
             Sha384::digest(&der).to_vec()
@@ -125,12 +126,7 @@ mod tests {
 
     #[test]
     fn ed25519_and_garbage_offer_no_binding() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        assert_eq!(server_end_point(cert.der()), None);
+        assert_eq!(server_end_point(&self_signed(&rcgen::PKCS_ED25519)), None);
         for bad in [
             &b""[..],
             b"\x30",

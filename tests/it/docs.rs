@@ -87,7 +87,7 @@ fn all_blocks() -> Vec<Block> {
 
 /// A TOML example made a whole config: a server and a user added where the
 /// example has none, so that only the example's own keys are judged.
-fn completed(example: &str) -> Result<String, String> {
+fn completed(example: &str) -> Result<toml::Table, String> {
     let mut doc: toml::Table = example.parse().map_err(|e| format!("not TOML: {e}"))?;
     if !doc.contains_key("servers") && !doc.contains_key("etcd") {
         doc.insert(
@@ -139,14 +139,13 @@ fn completed(example: &str) -> Result<String, String> {
             users.push(toml::Value::Table(u));
         }
     }
-    Ok(toml::to_string(&doc).unwrap())
+    Ok(doc)
 }
 
 /// Secrets an example takes from outside the file (`*_env`, `*_file`):
 /// the variables to set and the files to create for `--check-config`,
 /// with the example rewritten to point at the created files.
-fn secrets_for(cfg: &str, dir: &Path) -> (String, Vec<(String, String)>) {
-    let mut doc: toml::Table = cfg.parse().unwrap();
+fn secrets_for(mut doc: toml::Table, dir: &Path) -> (String, Vec<(String, String)>) {
     let mut env = Vec::new();
     let mut n = 0;
     fn walk(v: &mut toml::Value, dir: &Path, env: &mut Vec<(String, String)>, n: &mut usize) {
@@ -190,7 +189,7 @@ fn every_toml_example_is_a_valid_config() {
             }
         };
         let dir = tempfile::tempdir().unwrap();
-        let (cfg, env) = secrets_for(&cfg, dir.path());
+        let (cfg, env) = secrets_for(cfg, dir.path());
         let file = dir.path().join("example.toml");
         std::fs::write(&file, &cfg).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_pgkeel"))

@@ -454,29 +454,6 @@ async fn failed_passwords_wait_out_auth_failure_delay_holding_the_address_budget
     p.shutdown().await;
 }
 
-/// A GET with optional bearer token; returns (status code, body).
-async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_http_token_open_health_and_a_metrics_listener() {
     let cfg = config(pg_port(), "", "").replace(
@@ -485,26 +462,31 @@ async fn admin_http_token_open_health_and_a_metrics_listener() {
     );
     let p = start(&cfg).await;
     let admin = p.admin_addr().unwrap();
-    assert_eq!(get(admin, "/status", None).await.0, 401);
-    assert_eq!(get(admin, "/status", Some("wrong")).await.0, 401);
-    assert_eq!(get(admin, "/metrics", None).await.0, 401);
-    let (code, status) = get(admin, "/status", Some("hl-token-7f3a")).await;
+    assert_eq!(http_get_as(admin, "/status", None).await.0, 401);
+    assert_eq!(http_get_as(admin, "/status", Some("wrong")).await.0, 401);
+    assert_eq!(http_get_as(admin, "/metrics", None).await.0, 401);
+    let (code, status) = http_get_as(admin, "/status", Some("hl-token-7f3a")).await;
     assert_eq!(code, 200, "{status}");
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     // A version and a reload time, no hash of a file that holds passwords.
     assert!(v["config"]["version"].as_u64().is_some(), "{v}");
     assert!(v["config"].get("sha256").is_none(), "{v}");
     assert!(!status.contains("hl-token-7f3a"));
-    assert_eq!(get(admin, "/metrics", Some("hl-token-7f3a")).await.0, 200);
+    assert_eq!(
+        http_get_as(admin, "/metrics", Some("hl-token-7f3a"))
+            .await
+            .0,
+        200
+    );
     // Load balancers need no token.
-    assert_eq!(get(admin, "/health", None).await.0, 200);
-    assert_eq!(get(admin, "/ready", None).await.0, 200);
+    assert_eq!(http_get_as(admin, "/health", None).await.0, 200);
+    assert_eq!(http_get_as(admin, "/ready", None).await.0, 200);
     // The metrics listener serves /metrics alone, without a token.
     let m = p.metrics_addr().unwrap();
-    let (code, body) = get(m, "/metrics", None).await;
+    let (code, body) = http_get_as(m, "/metrics", None).await;
     assert_eq!(code, 200);
     assert!(body.contains("pgkeel_http_unauthorized_total 3"), "{body}");
-    assert_eq!(get(m, "/status", None).await.0, 404);
+    assert_eq!(http_get_as(m, "/status", None).await.0, 404);
     p.shutdown().await;
 }
 

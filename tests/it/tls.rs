@@ -617,26 +617,7 @@ fn start_hostssl_pg(pki: &Pki) -> HostsslPg {
     let dir = std::env::temp_dir().join(format!("pgkeel-test-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     common::chown(&dir);
-    let data = dir.join("data");
-    let pwfile = dir.join("pw");
-    std::fs::write(&pwfile, "postgres\n").unwrap();
-    common::chown(&pwfile);
-    let out = common::as_postgres(
-        Command::new(format!("{}/initdb", common::BIN))
-            .args(["-U", "postgres", "-E", "UTF8", "--locale=C"])
-            .args(["--auth-host=scram-sha-256", "--auth-local=trust"])
-            .arg("--pwfile")
-            .arg(&pwfile)
-            .arg("-D")
-            .arg(&data),
-    )
-    .output()
-    .expect("initdb runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let data = common::initdb(&dir, "scram-sha-256");
     std::fs::write(
         data.join("pg_hba.conf"),
         "local all all trust\nhostssl all tls_certuser 127.0.0.1/32 cert\nhostssl all all 127.0.0.1/32 scram-sha-256\n",

@@ -103,30 +103,19 @@ pub fn remove_stale_dirs() {
     }
 }
 
-fn start_pg() -> PgServer {
-    remove_stale_dirs();
-    let dir = std::env::temp_dir().join(format!(
-        "pgkeel-test-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    chown(&dir);
+/// A new cluster in `dir/data`, superuser `postgres` with password
+/// `postgres`, `auth_host` for TCP logins (the caller writes its own
+/// pg_hba.conf after); returns the data directory.
+pub fn initdb(dir: &Path, auth_host: &str) -> PathBuf {
     let data = dir.join("data");
     let pwfile = dir.join("pw");
     std::fs::write(&pwfile, "postgres\n").unwrap();
     chown(&pwfile);
     let out = as_postgres(
         Command::new(format!("{BIN}/initdb"))
-            .args([
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--auth-host=md5",
-                "--auth-local=trust",
-            ])
+            .args(["-U", "postgres", "-E", "UTF8", "--locale=C"])
+            .arg(format!("--auth-host={auth_host}"))
+            .arg("--auth-local=trust")
             .arg("--pwfile")
             .arg(&pwfile)
             .arg("-D")
@@ -139,6 +128,19 @@ fn start_pg() -> PgServer {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    data
+}
+
+fn start_pg() -> PgServer {
+    remove_stale_dirs();
+    let dir = std::env::temp_dir().join(format!(
+        "pgkeel-test-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    chown(&dir);
+    let data = initdb(&dir, "md5");
     // Specific methods first so tests cover every server auth pgkeel must answer.
     std::fs::write(
         data.join("pg_hba.conf"),

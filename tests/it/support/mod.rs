@@ -316,8 +316,16 @@ pub fn lent(p: &pgkeel::ProxyHandle) -> usize {
 
 /// A plain HTTP/1.0 GET; returns (status code, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_as(addr, path, None).await
+}
+
+/// A GET with an optional bearer token; returns (status code, body).
+pub async fn http_get_as(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("admin listener");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = String::new();
