@@ -70,6 +70,12 @@ pub struct Metrics {
     pub suspicion_hold_delay_seconds: Histogram,
     pub primary_unavailable_seconds_total: Counter,
     pub retried_statements_total: IntCounter,
+    /// Transactions re-run on a new server after theirs failed, by result.
+    pub transaction_replays_total: IntCounterVec,
+    /// Transactions not replayed (or whose replay failed), by reason.
+    pub transaction_replay_refusals_total: IntCounterVec,
+    /// From a server's loss to the replayed answer matching the client's.
+    pub transaction_replay_seconds: Histogram,
     pub failover_errors_total: IntCounterVec,
     pub session_restores_total: IntCounter,
     pub prepared_statements_prepared_total: IntCounter,
@@ -93,6 +99,24 @@ pub struct Metrics {
 
 /// `route` labels of `pgkeel_routed_total`, in `config::Route` order.
 const ROUTE_LABELS: [&str; 3] = ["primary", "replica", "any"];
+
+/// `result` labels of `pgkeel_transaction_replays_total`.
+pub const REPLAY_RESULTS: [&str; 3] = ["attempted", "succeeded", "failed"];
+
+/// `reason` labels of `pgkeel_transaction_replay_refusals_total` (the
+/// session's `journal::Refusal` labels).
+pub const REPLAY_REFUSAL_REASONS: [&str; 10] = [
+    "disabled",
+    "too_large",
+    "copy",
+    "completed_in_pipeline",
+    "commit_in_flight",
+    "autocommit",
+    "partial_message",
+    "attempts",
+    "results_differ",
+    "no_primary",
+];
 
 /// Reasons for `pgkeel_failover_errors_total`: errors a failover made pgkeel return.
 pub const FAILOVER_ERROR_REASONS: [&str; 6] = [
@@ -414,6 +438,32 @@ impl Metrics {
                 "Read-only statements re-run after their server failed",
             )
             .unwrap(),
+            transaction_replays_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_transaction_replays_total",
+                    "Transactions re-run on a new server after theirs failed mid-transaction, by result (attempted, succeeded: the client went on without an error, failed: it got the error it would have got without replay)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            transaction_replay_refusals_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_transaction_replay_refusals_total",
+                    "Interrupted statements and transactions not replayed, or whose replay failed, by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            transaction_replay_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pgkeel_transaction_replay_seconds",
+                    "From a server's loss to the replayed transaction's answer matching what the client had",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+                ]),
+            )
+            .unwrap(),
             failover_errors_total: IntCounterVec::new(
                 Opts::new(
                     "pgkeel_failover_errors_total",
@@ -577,6 +627,19 @@ impl Metrics {
         r.register(Box::new(m.primary_unavailable_seconds_total.clone()))
             .unwrap();
         r.register(Box::new(m.retried_statements_total.clone()))
+            .unwrap();
+        r.register(Box::new(m.transaction_replays_total.clone()))
+            .unwrap();
+        for result in REPLAY_RESULTS {
+            m.transaction_replays_total.with_label_values(&[result]);
+        }
+        r.register(Box::new(m.transaction_replay_refusals_total.clone()))
+            .unwrap();
+        for reason in REPLAY_REFUSAL_REASONS {
+            m.transaction_replay_refusals_total
+                .with_label_values(&[reason]);
+        }
+        r.register(Box::new(m.transaction_replay_seconds.clone()))
             .unwrap();
         r.register(Box::new(m.failover_errors_total.clone()))
             .unwrap();

@@ -340,6 +340,14 @@ pub struct FailoverConfig {
     pub retry_reads: bool,
     /// Clients held at once; more get an error instead of waiting.
     pub max_held_clients: u32,
+    /// Re-run a transaction whose server died while it was open (not while
+    /// committing) on the new primary, and let the client go on if every
+    /// answer it already had comes out the same.
+    pub replay_transactions: bool,
+    /// A transaction whose messages outgrow this is not replayed.
+    pub replay_max_size: ByteSize,
+    /// Replays of one transaction, at most (its server may fail again).
+    pub replay_attempts: u32,
 }
 
 impl Default for FailoverConfig {
@@ -349,6 +357,9 @@ impl Default for FailoverConfig {
             drain_timeout: d(10),
             retry_reads: true,
             max_held_clients: 10_000,
+            replay_transactions: true,
+            replay_max_size: ByteSize(1 << 20),
+            replay_attempts: 3,
         }
     }
 }

@@ -274,6 +274,22 @@ pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError>
             "must be greater than zero".into(),
         ));
     }
+    if raw.failover.replay_max_size.0 > 1 << 30 {
+        return Err(err(
+            "failover",
+            0,
+            "replay_max_size",
+            "must be at most 1GB (each client in a transaction may keep this much)".into(),
+        ));
+    }
+    if raw.failover.replay_attempts > 100 {
+        return Err(err(
+            "failover",
+            0,
+            "replay_attempts",
+            "must be at most 100".into(),
+        ));
+    }
     for (i, n) in raw.notify.iter().enumerate() {
         if n.command.is_none() && n.webhook.is_none() {
             return Err(err(

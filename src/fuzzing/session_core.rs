@@ -4,6 +4,7 @@
 //! unless the server's side of the stream proves it idle with nothing owed.
 
 use crate::protocol::{backend, frontend, TxStatus, HEADER_LEN};
+use crate::session::attachment::journal::Journal;
 use crate::session::attachment::{Attachment, ClientStep, Release, ServerStep, State, Track};
 use crate::session::prepared::Prepared;
 use crate::statements::ConnStatements;
@@ -291,7 +292,16 @@ fn run(data: &[u8]) -> usize {
         pin_on: &[],
     };
     let mut att = Attachment {
-        st: State::attached(opts & 4 != 0, 0, opts & 2 != 0),
+        st: State::attached(
+            opts & 4 != 0,
+            0,
+            opts & 2 != 0,
+            if opts & 8 != 0 {
+                Journal::recording(1 << 12)
+            } else {
+                Journal::off()
+            },
+        ),
         ..Attachment::default()
     };
     let mut seen = Seen::default();

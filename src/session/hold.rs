@@ -11,13 +11,14 @@ use tokio::sync::watch;
 
 use crate::backend::BackendError;
 use crate::clients::ClientState;
-use crate::config::{ListenerRoute, Route, Why};
+use crate::config::{ListenerRoute, PoolMode, Route, Why};
 use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::{self, field, frontend, sqlstate, TxStatus};
 use crate::querylog::QueryLog;
 use crate::router::Picked;
 use crate::topology::Member;
 
+use super::attachment::journal::Journal;
 use super::attachment::State;
 use super::{Session, KILLED};
 
@@ -299,7 +300,17 @@ impl Session {
         let drop_preamble = std::mem::take(&mut self.drop_preamble);
         // Elsewhere than the primary, the next request may be a write:
         // forward one at a time.
-        self.att.st = State::attached(retry_reads, drop_preamble, !on_primary);
+        // Transaction mode only: elsewhere session state lives on the
+        // server connection, which no replay brings back.
+        let journal = match self.replay_limit {
+            Some(limit)
+                if self.user.pool_mode == PoolMode::Transaction && self.pinned.is_none() =>
+            {
+                Journal::recording(limit)
+            }
+            _ => Journal::off(),
+        };
+        self.att.st = State::attached(retry_reads, drop_preamble, !on_primary, journal);
         let server_pid = self.server.as_ref().expect("attached").server_key().pid;
         self.att.st.own_pid = Some((server_pid, self.login.cancel.pid));
         self.att.st.log = self.query_log();
@@ -315,6 +326,8 @@ impl Session {
             self.att.st.swallow += 1;
             self.att.st.status = TxStatus::InTransaction;
             self.att.st.replayable = false;
+            // A replay sends it again, as the client's own.
+            self.att.st.journal.begin = Some(begin);
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod prepared;
 mod prepared_view;
 mod recovery;
 pub mod relay;
+mod replay;
 mod signal;
 pub mod startup;
 pub mod timers;
@@ -102,6 +103,10 @@ struct Session {
     lost: Option<Lost>,
     /// Re-runs of the current request after server failures.
     retries: u8,
+    /// A transaction being replayed on a new primary after its server died.
+    replay: Option<Box<replay::Replay>>,
+    /// `[failover] replay_max_size` while `replay_transactions` is on.
+    replay_limit: Option<usize>,
     /// Preamble messages the client already got for the request being re-run.
     drop_preamble: u32,
     /// The session parameters this client wants its server to have.
@@ -190,6 +195,8 @@ impl Session {
             skip_until_sync: false,
             lost: None,
             retries: 0,
+            replay: None,
+            replay_limit: None,
             drop_preamble: 0,
             want,
             restoring: Vec::new(),
@@ -213,6 +220,9 @@ impl Session {
         self.pin_on.clone_from(&cfg.proxy.pin_on);
         self.log_queries = cfg.log.log_queries;
         self.timeouts = timers::Timeouts::from_config(&cfg.proxy);
+        let f = &cfg.failover;
+        self.replay_limit = (f.replay_transactions && f.replay_attempts > 0)
+            .then_some(f.replay_max_size.0 as usize);
     }
 
     /// Session state lives on the server connection (session mode, or a
@@ -269,6 +279,13 @@ impl Session {
             }
         }
         loop {
+            if self.server.is_none() && self.replay.is_some() {
+                // Nothing new is read from the client meanwhile: its
+                // transaction goes first.
+                if let Err(why) = self.resume_replay().await {
+                    return why;
+                }
+            }
             if self.server.is_none() {
                 self.registered.info.set_state(ClientState::Idle);
                 let idle =
@@ -384,7 +401,11 @@ impl Session {
             let queries = std::mem::take(&mut self.att.st.queries);
             self.shared.metrics.queries[role].inc_by(queries);
             crate::dbstats::DbCounters::add(&self.db.query_count, queries);
-            self.note_params();
+            self.replay_checked();
+            if !matches!(outcome, Outcome::ServerLost(_) | Outcome::ServerProtocol(_)) {
+                // (A lost attachment's settings: `server_lost` decides.)
+                self.note_params();
+            }
             self.count_statements();
             match outcome {
                 Outcome::Pinned => {
@@ -423,8 +444,9 @@ impl Session {
                 }
                 Outcome::ServerLost(e) => {
                     // Read before this session's own suspicion lands: did
-                    // the topology already show a failover?
-                    let failover = self.failover_seen();
+                    // the topology already show a failover? (Or is the
+                    // server gone, though it said "administrator command"?)
+                    let failover = self.failover_seen() || self.server_went_down().await;
                     // Fast suspicion: the member is held out at once and
                     // probed; the publisher decides (never waited for here).
                     if let Some(k) = self.server.as_ref().map(|s| &s.pool().key) {
@@ -437,6 +459,11 @@ impl Session {
                 Outcome::ServerProtocol(m) => {
                     let failover = self.failover_seen();
                     if let Err(why) = self.server_lost(&m, failover).await {
+                        return why;
+                    }
+                }
+                Outcome::ReplayDiverged => {
+                    if let Err(why) = self.replay_diverged().await {
                         return why;
                     }
                 }

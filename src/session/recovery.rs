@@ -6,6 +6,7 @@ use crate::classify::words;
 use crate::protocol::{self, frontend, sqlstate, Severity, TxStatus};
 use crate::topology::{Member, Topology};
 
+use super::attachment::journal::{self, Refusal};
 use super::attachment::{self, Copy, ServerFatal, State};
 use super::hold::Unavailable;
 use super::Session;
@@ -22,6 +23,9 @@ pub(super) enum Lost {
     /// server's error, as the client would have read it.
     Server(ServerFatal),
 }
+
+/// How long `server_went_down` waits for the server to take a connection.
+const SERVER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A request is re-run on a new server at most this often.
 const MAX_RETRIES: u8 = 3;
@@ -64,10 +68,11 @@ impl Session {
     }
 
     /// The attached server failed. A read-only request nothing was answered
-    /// for goes again to another server; otherwise the client is told (now
-    /// if it waits for an answer, else at its next statement) and the
-    /// session goes on. `failover`: the topology showed a failover when
-    /// the connection ended (else a server's FATAL is the server's own
+    /// for goes again to another server; an open transaction runs again on
+    /// the new primary (`replay.rs`); otherwise the client is told (now if
+    /// it waits for an answer, else at its next statement) and the session
+    /// goes on. `failover`: the topology showed a failover when the
+    /// connection ended (else a server's FATAL is the server's own
     /// decision, passed on as it is). Err(why) when the client's
     /// connection ends too.
     pub(super) async fn server_lost(
@@ -79,8 +84,19 @@ impl Session {
         self.login.cancel.slot.detach();
         tracing::warn!(peer = %self.peer, server = %server.pool().key.host, port = server.pool().key.port, error = why, "server connection lost");
         drop(server);
-        let st = std::mem::take(&mut self.att.st);
+        // What was scanned for the client is the client's: it goes out
+        // before anything pgkeel says.
+        if !self.att.bufs.to_client.is_empty() {
+            let out = std::mem::take(&mut self.att.bufs.to_client);
+            if !self.reply(|b| b.extend_from_slice(&out)).await {
+                return Err("client gone");
+            }
+        }
         self.prepared.server_lost();
+        if let Some(replay) = self.replay.take() {
+            return self.lost_while_replaying(replay).await;
+        }
+        let st = &self.att.st;
         let facts = Facts {
             // (Classifying the kept request costs a parse: only if it could run again.)
             replay_reads_only: st.replayable
@@ -93,8 +109,21 @@ impl Session {
                 ),
             session_mode: self.keeps_server(),
             failover,
+            replay_transaction: journal::replayable(
+                &st.journal,
+                st.status,
+                st.commit_in_flight,
+                st.server_skip > 0,
+            ),
         };
-        let recovery = recover(&st, &facts);
+        let recovery = recover(st, &facts);
+        if recovery == Recovery::ReplayTransaction {
+            self.start_replay(&facts, failover);
+            return Ok(());
+        }
+        // Settings the server reported are the client's (it saw them).
+        self.note_params();
+        let st = std::mem::take(&mut self.att.st);
         self.att.bufs.to_server.clear();
         self.att.bufs.from_server.clear();
         if !matches!(recovery, Recovery::Replay { .. }) {
@@ -104,6 +133,49 @@ impl Session {
                 self.shared.metrics.pinned_clients.dec();
             }
         }
+        if let (Err(r), true) = (facts.replay_transaction, recovery.tells_an_error()) {
+            self.shared
+                .metrics
+                .transaction_replay_refusals_total
+                .with_label_values(&[r.label()])
+                .inc();
+        }
+        self.carry_out(recovery, failover || st.server_fatal.is_none())
+            .await
+    }
+
+    /// The attached server ended an open transaction with 57P01 (as for
+    /// `pg_terminate_backend`, an administrator's decision, passed on as it
+    /// is), but is no longer listening: its postmaster died or it is
+    /// shutting down (a leader killed or stopped), which is a failover.
+    pub(super) async fn server_went_down(&mut self) -> bool {
+        let st = &self.att.st;
+        let terminated = st
+            .server_fatal
+            .as_ref()
+            .is_some_and(|f| f.code == sqlstate::ADMIN_SHUTDOWN);
+        let Some(key) = self.server.as_ref().map(|s| &s.pool().key) else {
+            return false;
+        };
+        if !terminated || st.status == TxStatus::Idle {
+            return false;
+        }
+        let addr = (key.host.clone(), key.port);
+        let probe = tokio::net::TcpStream::connect(addr);
+        !matches!(
+            tokio::time::timeout(SERVER_PROBE_TIMEOUT, probe).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Does what `recover` decided (but a transaction replay, which
+    /// `server_lost` starts). `failover_error`: count an error it tells as
+    /// a failover's.
+    pub(super) async fn carry_out(
+        &mut self,
+        recovery: Recovery,
+        failover_error: bool,
+    ) -> Result<(), &'static str> {
         match recovery {
             Recovery::Close => {
                 // Mid-message (a row over WHOLE_MESSAGE_LIMIT): the client's
@@ -130,6 +202,8 @@ impl Session {
                 self.att.bufs.from_client = again;
                 Ok(())
             }
+            // Started by `server_lost` itself.
+            Recovery::ReplayTransaction => Ok(()),
             Recovery::TellLater(lost) => {
                 self.lost = lost;
                 Ok(())
@@ -140,7 +214,7 @@ impl Session {
                 owed,
                 skip_to_sync,
             } => {
-                if failover || st.server_fatal.is_none() {
+                if failover_error {
                     self.failover_error("in_flight");
                 }
                 self.shared
@@ -183,7 +257,7 @@ pub(super) fn failover_seen(t: &Topology, host: &str, port: u16, on_primary: boo
 }
 
 /// What the session knows of a lost attachment beyond its stream state.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Facts {
     /// The kept request only reads and may run again (retries left).
     pub replay_reads_only: bool,
@@ -192,6 +266,8 @@ pub(super) struct Facts {
     /// The topology showed a failover (a switchover announced, the member
     /// down or no longer the primary) when the connection ended.
     pub failover: bool,
+    /// The open transaction may run again on a new primary, or why not.
+    pub replay_transaction: Result<(), Refusal>,
 }
 
 /// What to do after losing the attached server.
@@ -200,6 +276,9 @@ pub(super) enum Recovery {
     /// Run the kept request again elsewhere; the client already has
     /// `drop_preamble` messages of its answer.
     Replay { drop_preamble: u32 },
+    /// Run the open transaction again on the new primary, verifying every
+    /// answer the client already had (`replay.rs`).
+    ReplayTransaction,
     /// The client waits: one ErrorResponse `code`, then the `owed`
     /// ReadyForQuery messages; `skip_to_sync`: its messages are dropped up
     /// to its Sync, as after any error mid-batch.
@@ -220,6 +299,17 @@ pub(super) enum Recovery {
     End { code: String, message: String },
 }
 
+impl Recovery {
+    /// The client learns of an error (now, later, or by its connection's end).
+    pub(super) fn tells_an_error(&self) -> bool {
+        match self {
+            Recovery::TellLater(lost) => lost.is_some(),
+            Recovery::TellNow { .. } | Recovery::End { .. } | Recovery::Close => true,
+            Recovery::Replay { .. } | Recovery::ReplayTransaction => false,
+        }
+    }
+}
+
 /// The recovery for an attachment lost in state `st`.
 pub(super) fn recover(st: &State, facts: &Facts) -> Recovery {
     if st.server_skip > 0 {
@@ -232,6 +322,15 @@ pub(super) fn recover(st: &State, facts: &Facts) -> Recovery {
     }
     // The server said why, and no failover explains it: its own words.
     let said = st.server_fatal.as_ref().filter(|_| !facts.failover);
+    // A crash of another server process is no decision about this one.
+    let decided = said.filter(|f| f.code != sqlstate::CRASH_SHUTDOWN);
+    if facts.replay_transaction.is_ok() && decided.is_none() {
+        // A failover (or a connection that ended without a word) took an
+        // open transaction: it runs again. A server's own reason
+        // (idle_in_transaction_session_timeout, a terminated backend) is
+        // not undone.
+        return Recovery::ReplayTransaction;
+    }
     if let Some(f) = said.filter(|_| facts.session_mode) {
         return Recovery::End {
             code: f.code.clone(),
@@ -298,6 +397,7 @@ mod tests {
         replay_reads_only: false,
         session_mode: false,
         failover: false,
+        replay_transaction: Err(Refusal::Disabled),
     };
 
     fn told(r: Recovery) -> (String, String, u32, bool) {
@@ -348,6 +448,49 @@ mod tests {
             recover(&st, &TRANSACTION_MODE),
             Recovery::TellNow { .. }
         ));
+    }
+
+    #[test]
+    fn an_open_transaction_replays_unless_the_server_said_why() {
+        let replay = Facts {
+            replay_transaction: Ok(()),
+            ..TRANSACTION_MODE
+        };
+        for pending in [0, 1] {
+            let st = state(|s| {
+                s.status = TxStatus::InTransaction;
+                s.pending = pending;
+            });
+            assert_eq!(recover(&st, &replay), Recovery::ReplayTransaction);
+        }
+        // The server's own reason (a terminated backend, a timeout) stands.
+        let said = state(|s| {
+            s.status = TxStatus::InTransaction;
+            s.pending = 1;
+            s.server_fatal = fatal("57P01");
+        });
+        assert!(matches!(recover(&said, &replay), Recovery::TellNow { .. }));
+        // A crash of another process decided nothing about this one.
+        let crashed = state(|s| {
+            s.status = TxStatus::InTransaction;
+            s.server_fatal = fatal(sqlstate::CRASH_SHUTDOWN);
+        });
+        assert_eq!(recover(&crashed, &replay), Recovery::ReplayTransaction);
+        // In a failover it does not: the transaction runs again.
+        let failover = Facts {
+            failover: true,
+            ..replay
+        };
+        assert_eq!(recover(&said, &failover), Recovery::ReplayTransaction);
+        // Mid-message, the client's stream is broken first.
+        let partial = state(|s| {
+            s.status = TxStatus::InTransaction;
+            s.server_skip = 3;
+        });
+        assert_eq!(recover(&partial, &replay), Recovery::Close);
+        assert!(!Recovery::ReplayTransaction.tells_an_error());
+        assert!(Recovery::TellLater(Some(Lost::Transaction)).tells_an_error());
+        assert!(!Recovery::TellLater(None).tells_an_error());
     }
 
     #[test]

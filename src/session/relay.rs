@@ -45,6 +45,8 @@ pub enum Outcome {
     /// The client sat idle past `client_idle_timeout` or
     /// `idle_transaction_timeout` (the `Limit` says which).
     Idle(Limit),
+    /// A replayed transaction's answer differed from what the client had.
+    ReplayDiverged,
 }
 
 pub struct Options {
@@ -185,6 +187,10 @@ pub async fn pump(
                 Ok(ClientStep::Terminate) => terminated = true,
                 Err(e) => return Outcome::ClientProtocol(e),
             }
+            if att.st.journal.diverged() {
+                // (pgkeel's own answers count as the server's.)
+                return Outcome::ReplayDiverged;
+            }
             clock.sent(&att.st);
         }
         if terminated && att.bufs.to_server.is_empty() {
@@ -235,6 +241,9 @@ pub async fn pump(
                     let took = clock.answered(&att.st, query_seconds);
                     if let Some(db) = counters.db.as_ref().filter(|_| !took.is_zero()) {
                         DbCounters::add_time(&db.query_us, took);
+                    }
+                    if att.st.journal.diverged() {
+                        return Outcome::ReplayDiverged;
                     }
                     match scanned {
                         Ok(ServerStep::Ok) => {}

@@ -49,6 +49,7 @@ mod patroni;
 mod prepared;
 mod query_log;
 mod reload;
+mod replay;
 mod routing;
 mod stats_page;
 mod tls;

@@ -29,6 +29,12 @@ pub fn scan_client(
         if st.request_done {
             break;
         }
+        if st.journal.holds_input() {
+            // A replayed transaction: the client's new messages wait until
+            // the new server's answer proved the same as the old one's.
+            st.batch_waits = true;
+            break;
+        }
         if !st.unsynced
             && track
                 .as_deref()
@@ -69,13 +75,13 @@ pub fn scan_client(
             }
             _ => {}
         }
-        if st.replayable {
-            if !st.responded && replayable_frame(typ) {
-                b.replay.extend_from_slice(frame);
-            } else {
-                st.replayable = false;
-                b.replay.clear();
-            }
+        // Kept while the request may be retried elsewhere (a read nothing
+        // was answered for) or the transaction replayed.
+        st.replayable &= !st.responded && replayable_frame(typ);
+        if st.journal.keep(typ, len, b.replay.len()) || st.replayable {
+            b.replay.extend_from_slice(frame);
+        } else if !b.replay.is_empty() {
+            b.replay.clear();
         }
         if typ == frontend::TERMINATE {
             terminate = Some(len);
@@ -144,6 +150,7 @@ pub fn scan_client(
             start = pos + len;
         }
         pos += len;
+        st.journal.consumed(len);
         if let Some(t) = track.as_deref_mut() {
             // pgkeel's own answers whose turn has come (nothing before them
             // is still owed by the server).

@@ -22,6 +22,7 @@
 //! `client.rs` scans client frames, `server.rs` server frames.
 
 mod client;
+pub mod journal;
 mod server;
 
 use bytes::BytesMut;
@@ -34,6 +35,7 @@ use crate::statements::ConnStatements;
 
 use super::prepared::Prepared;
 use crate::classify::effects::{self, Effects};
+use journal::Journal;
 
 pub use client::scan_client;
 pub use server::{scan_server, WHOLE_MESSAGE_LIMIT};
@@ -211,6 +213,8 @@ pub struct State {
     input_open: bool,
     /// Syncs sent into the server's copy-in mode (not counted in `pending`).
     syncs_in_copy: u32,
+    /// Transaction replay's record: what the client sent and received.
+    pub journal: Journal,
 }
 
 /// What followed the last command the client sent, so that a
@@ -311,6 +315,7 @@ impl Default for State {
             last: LastCommand::default(),
             input_open: false,
             syncs_in_copy: 0,
+            journal: Journal::off(),
         }
     }
 }
@@ -318,12 +323,19 @@ impl Default for State {
 impl State {
     /// A fresh attachment's state. `replayable`: the request may be re-run
     /// elsewhere; `drop_preamble`: the client has this much of a re-run
-    /// request's answer; `one_request`: forward one request at a time.
-    pub fn attached(replayable: bool, drop_preamble: u32, one_request: bool) -> State {
+    /// request's answer; `one_request`: forward one request at a time;
+    /// `journal`: transaction replay's record, recording or off.
+    pub fn attached(
+        replayable: bool,
+        drop_preamble: u32,
+        one_request: bool,
+        journal: Journal,
+    ) -> State {
         State {
             replayable,
             drop_preamble,
             one_request,
+            journal,
             ..State::default()
         }
     }
@@ -359,6 +371,9 @@ impl State {
         }
         if self.uncertain {
             return Some(NotYet::Uncertain);
+        }
+        if self.journal.verifying() {
+            return Some(NotYet::Replaying);
         }
         None
     }
@@ -493,6 +508,9 @@ pub enum NotYet {
     Uncertain,
     /// A transaction is open (or failed).
     InTransaction(TxStatus),
+    /// A replayed transaction's answer is still being compared with what
+    /// the client had.
+    Replaying,
 }
 
 /// May the attached connection go back to the pool?
@@ -534,12 +552,21 @@ impl Attachment {
         max: usize,
         track: Option<&mut Track>,
     ) -> Result<ClientStep, String> {
-        scan_client(&mut self.bufs, &mut self.st, max, track)
+        // pgkeel's own answers (a Parse it did not send) reach the client here.
+        let from = self.bufs.to_client.len();
+        let step = scan_client(&mut self.bufs, &mut self.st, max, track);
+        self.st.journal.delivered(&mut self.bufs.to_client, from);
+        step
     }
 
     /// Scans server bytes into `to_client` (see `scan_server`).
     pub fn feed_server(&mut self, track: Option<&mut Track>) -> Result<ServerStep, String> {
-        Ok(match scan_server(&mut self.bufs, &mut self.st, track)? {
+        let from = self.bufs.to_client.len();
+        let fatal = scan_server(&mut self.bufs, &mut self.st, track)?;
+        let j = &mut self.st.journal;
+        j.delivered(&mut self.bufs.to_client, from);
+        j.check_short(self.st.pending, self.st.unsynced);
+        Ok(match fatal {
             Some(m) => ServerStep::Fatal(m),
             None => ServerStep::Ok,
         })

@@ -151,6 +151,12 @@ pub fn scan_server(
         let body = &buf[pos + HEADER_LEN..pos + len];
         // The SQLSTATE class of an ErrorResponse, counted if it reaches the client.
         let mut error_class = None;
+        // A server dying in a crash of another process warns its client
+        // first: pgkeel deals with the loss, so the warning is not the
+        // client's (and a replayed transaction's answer would never have it).
+        let crash_warning = typ == backend::NOTICE_RESPONSE
+            && protocol::error_field(&protocol::parse_error_fields(body), field::CODE)
+                == Some(sqlstate::CRASH_SHUTDOWN);
         match typ {
             backend::READY_FOR_QUERY => {
                 st.status = TxStatus::from_byte(body[0]).ok_or("malformed ReadyForQuery status")?;
@@ -159,6 +165,7 @@ pub fn scan_server(
                 }
                 st.responded = true;
                 st.ready();
+                st.journal.ready(st.status, st.pending);
                 if st.pending == 0 {
                     st.commit_in_flight = false;
                     st.request_done = false;
@@ -230,6 +237,9 @@ pub fn scan_server(
                     st.drop_preamble = 0;
                 }
             }
+        }
+        if crash_warning {
+            forward = false;
         }
         if !forward {
             b.to_client.extend_from_slice(&buf[start..pos]);

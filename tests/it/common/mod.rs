@@ -568,3 +568,81 @@ pub fn start_etcd() -> Etcd {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A PostgreSQL of a test's own (for what the shared one must not see:
+/// killed backends, crash restarts), in its own temporary directory, with
+/// the shared server's superuser and an `app` role owning `appdb`.
+/// Dropping it stops the server and removes the directory.
+pub struct OwnPg {
+    pub port: u16,
+    pub dir: PathBuf,
+    process: TiedProcess,
+}
+
+impl Drop for OwnPg {
+    fn drop(&mut self) {
+        self.process.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts an `OwnPg` (md5 for TCP logins); returns once it takes queries.
+/// Blocking, as `start_replica`.
+pub fn start_own_pg() -> OwnPg {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("pgkeel-test-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    chown(&dir);
+    let data = initdb(&dir, "md5");
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\nhost all all 127.0.0.1/32 md5\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
+    chown(&dir.join("postgres.log"));
+    let mut cmd = Command::new(format!("{BIN}/postgres"));
+    as_postgres(&mut cmd)
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-c",
+            &format!("port={port}"),
+            "-c",
+            "listen_addresses=127.0.0.1",
+        ])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()))
+        .args(["-c", "fsync=off", "-c", "shared_buffers=16MB"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let process = TiedProcess::spawn(cmd, libc::SIGINT);
+    let server = OwnPg {
+        port,
+        dir: dir.clone(),
+        process,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("psql")
+            .args(["-X", "-At", "-h"])
+            .arg(&dir)
+            .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args(["-c", "CREATE ROLE app LOGIN PASSWORD 'app_password'"])
+            .args(["-c", "CREATE DATABASE appdb OWNER app"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "own server did not start: {}; see {}/postgres.log",
+            String::from_utf8_lossy(&out.stderr),
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+}
