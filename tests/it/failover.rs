@@ -193,6 +193,46 @@ async fn all_acked_writes_present(c: &Cluster, report: &Report) {
     );
 }
 
+/// Every error a client saw was an outcome nobody can know (a statement
+/// or COMMIT in flight when the leader died: 08006): transactions open at
+/// the kill were replayed, not rolled back with 40001.
+fn only_unknown_outcomes(p: &pgkeel::ProxyHandle, report: &Report) {
+    let m = &p.shared().metrics;
+    let replays = |r: &str| m.transaction_replays_total.with_label_values(&[r]).get();
+    eprintln!(
+        "transaction replays: {} attempted, {} succeeded, {} failed",
+        replays("attempted"),
+        replays("succeeded"),
+        replays("failed")
+    );
+    for c in &report.clients {
+        for (_, code, msg) in &c.errors {
+            assert!(
+                code == "08006" && msg.contains("unknown"),
+                "{:?} client was told {code} {msg}",
+                c.kind
+            );
+        }
+    }
+}
+
+/// No transaction of the workload's left one of its two rows without the
+/// other (a half-applied transaction).
+async fn no_half_applied_transactions(c: &Cluster) {
+    let leader = c.leader();
+    let direct = common::pg_client(c.port_of(&leader), "postgres", "postgres", "app").await;
+    let halves: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM failover_log a WHERE a.id >= 1000000000000 AND NOT EXISTS \
+             (SELECT 1 FROM failover_log b WHERE b.id = CASE WHEN a.id % 2 = 1 THEN a.id + 1 ELSE a.id - 1 END)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(halves, 0, "half-applied transactions on {leader}");
+}
+
 fn every_writer_resumed(report: &Report, after: Instant) {
     for c in &report.clients {
         assert!(
@@ -279,6 +319,7 @@ async fn planned_switchover_no_errors_no_disconnects_no_lost_writes() {
     assert_eq!(report.disconnects(), 0);
     every_writer_resumed(&report, event_at);
     all_acked_writes_present(c, &report).await;
+    no_half_applied_transactions(c).await;
     let f = failovers;
     let last = f.last().expect("the failover was recorded");
     assert_eq!(last.kind, "planned");
@@ -308,6 +349,7 @@ async fn killed_leader_no_disconnects_at_most_one_error_per_client_no_lost_write
     })
     .await;
     let failovers = p.shared().topology.failovers();
+    only_unknown_outcomes(&p, &report);
     p.shutdown().await;
     let old: &'static str = Box::leak(old.into_boxed_str());
     tokio::task::spawn_blocking(move || c.run(&["start-member", old]))
@@ -325,6 +367,7 @@ async fn killed_leader_no_disconnects_at_most_one_error_per_client_no_lost_write
     }
     every_writer_resumed(&report, event_at);
     all_acked_writes_present(c, &report).await;
+    no_half_applied_transactions(c).await;
     let last = failovers.last().expect("the failover was recorded");
     assert_eq!(last.kind, "unplanned");
     eprintln!(
@@ -533,12 +576,14 @@ async fn killed_leader_under_heavy_load_with_idle_connections_breaks_no_connecti
             if n > 0 { sum * 1e3 / n as f64 } else { 0.0 },
             failovers.last().and_then(|f| f.outage_ms).unwrap_or(0),
         );
+        only_unknown_outcomes(&p, &report);
         p.shutdown().await;
         let old: &'static str = Box::leak(old.into_boxed_str());
         tokio::task::spawn_blocking(move || c.run(&["start-member", old]))
             .await
             .unwrap();
         all_acked_writes_present(c, &report).await;
+        no_half_applied_transactions(c).await;
         for cl in &report.clients {
             // A second error would be a request lent a dead connection.
             assert!(

@@ -181,6 +181,11 @@ impl Journal {
     /// replay is verified, the ones the client already has are compared
     /// and removed.
     pub fn delivered(&mut self, to_client: &mut BytesMut, from: usize) {
+        if self.diverged {
+            // Nothing of a diverged answer reaches the client.
+            to_client.truncate(from);
+            return;
+        }
         if !self.digesting() || to_client.len() <= from {
             return;
         }
@@ -400,6 +405,59 @@ mod tests {
         let mut out = BytesMut::from(&b"x"[..]);
         j.delivered(&mut out, 0);
         assert_eq!(j.received().len, 0);
+    }
+
+    /// Feeds `stream` to `j` in pieces cut at `cuts`; returns what reaches
+    /// the client.
+    fn feed(j: &mut Journal, stream: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        points.push(stream.len());
+        points.sort_unstable();
+        for p in points {
+            let mut b = BytesMut::from(&stream[at..p]);
+            j.delivered(&mut b, 0);
+            out.extend_from_slice(&b);
+            at = p;
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Whatever the pieces, a replay whose answer is the same passes
+        /// exactly what the client did not have yet; one that differs
+        /// anywhere in what it had passes nothing.
+        #[test]
+        fn a_replay_passes_exactly_the_new_part(
+            stream in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..300),
+            had in 0usize..300,
+            first_cuts in proptest::collection::vec(0usize..300, 0..6),
+            replay_cuts in proptest::collection::vec(0usize..300, 0..6),
+            flip in proptest::option::of(0usize..300),
+        ) {
+            let had = had % (stream.len() + 1);
+            let mut first = Journal::recording(1 << 20);
+            let seen = feed(&mut first, &stream[..had], &first_cuts);
+            proptest::prop_assert_eq!(&seen[..], &stream[..had]);
+            let mut again = stream.clone();
+            let flipped = flip.map(|f| f % stream.len()).filter(|f| *f < had);
+            if let Some(f) = flipped {
+                again[f] ^= 0x55;
+            }
+            let mut j = Journal::recording(1 << 20);
+            j.replaying(first.received(), 1);
+            j.consumed(1);
+            let out = feed(&mut j, &again, &replay_cuts);
+            if flipped.is_some() {
+                proptest::prop_assert!(j.diverged());
+                proptest::prop_assert!(out.is_empty());
+            } else {
+                proptest::prop_assert!(j.verified() && !j.diverged());
+                proptest::prop_assert_eq!(&out[..], &stream[had..]);
+                proptest::prop_assert_eq!(j.received().len, stream.len() as u64);
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Application-like clients for failover tests and the HAProxy comparison:
-//! persistent connections doing autocommit `INSERT ... RETURNING`, short
-//! explicit transactions, and read loops, logging every acknowledged write,
+//! persistent connections doing autocommit `INSERT ... RETURNING` (keys
+//! from the table's sequence), short explicit transactions (keys of their
+//! own), and read loops, logging every acknowledged write,
 //! every error and every broken connection.
 #![allow(dead_code)]
 
@@ -136,6 +137,14 @@ async fn client(
     let mut stmt: Option<tokio_postgres::Statement> = None;
     let read = "SELECT count(*) FROM failover_log WHERE client = $1";
     let insert = format!("INSERT INTO failover_log (client) VALUES ({id}) RETURNING id");
+    // Transactions write keys of their own (as applications with UUID keys
+    // do): a transaction replayed on a new primary gets the same answers,
+    // where a sequence there would hand out other numbers.
+    let mut next_key = (i64::from(id) + 1) * 1_000_000_000_000;
+    let mut keyed = || {
+        next_key += 1;
+        format!("INSERT INTO failover_log (id, client) VALUES ({next_key}, {id}) RETURNING id")
+    };
     while !*stop.borrow() {
         let c = match &conn {
             Some(c) if !c.is_closed() => c,
@@ -171,9 +180,10 @@ async fn client(
             }),
             Kind::Transaction => {
                 async {
+                    let (first, second) = (keyed(), keyed());
                     c.simple_query("BEGIN").await?;
-                    let a = first_value(&c.simple_query(&insert).await?);
-                    let b = first_value(&c.simple_query(&insert).await?);
+                    let a = first_value(&c.simple_query(&first).await?);
+                    let b = first_value(&c.simple_query(&second).await?);
                     c.simple_query("COMMIT").await?;
                     Ok([a, b]
                         .into_iter()
