@@ -348,6 +348,22 @@ pub struct FailoverConfig {
     pub replay_max_size: ByteSize,
     /// Replays of one transaction, at most (its server may fail again).
     pub replay_attempts: u32,
+    /// Find out whether a COMMIT in flight when its server died happened
+    /// (`token`: a row written in the transaction, looked up on the new
+    /// primary) instead of telling the client its outcome is unknown.
+    pub commit_outcome: CommitOutcome,
+}
+
+/// `[failover] commit_outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitOutcome {
+    /// A COMMIT in flight at a server's loss is 08006, outcome unknown.
+    #[default]
+    Off,
+    /// Write transactions record a token before COMMIT (`pgkeel.commit_token`,
+    /// installed by `pgkeel commit-outcome-sql`).
+    Token,
 }
 
 impl Default for FailoverConfig {
@@ -360,6 +376,7 @@ impl Default for FailoverConfig {
             replay_transactions: true,
             replay_max_size: ByteSize(1 << 20),
             replay_attempts: 3,
+            commit_outcome: CommitOutcome::Off,
         }
     }
 }

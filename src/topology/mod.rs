@@ -93,6 +93,8 @@ pub struct Topology {
     pub leader: Option<String>,
     /// A planned switchover announced in the `failover` key.
     pub switchover: Option<Switchover>,
+    /// Patroni runs the cluster in `synchronous_mode`.
+    pub synchronous: bool,
     /// When pgkeel first saw that switchover.
     #[serde(skip)]
     pub switchover_seen: Option<Instant>,

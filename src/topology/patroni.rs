@@ -4,7 +4,8 @@
 //! Keys under `<namespace><scope>/`: `leader` (the leader's member name),
 //! `members/<name>` (JSON: conn_url, role, state, xlog_location, tags, ...),
 //! `status` (`{"optime": N}`, the leader's WAL position), `failover`
-//! (`{"leader": .., "member": ..}` while a switchover is planned, else `{}`).
+//! (`{"leader": .., "member": ..}` while a switchover is planned, else `{}`),
+//! `config` (the dynamic configuration: `synchronous_mode`).
 
 use std::collections::BTreeMap;
 
@@ -51,6 +52,10 @@ pub struct PatroniState {
     pub members: BTreeMap<String, PatroniMember>,
     pub optime: Option<u64>,
     pub switchover: Option<Switchover>,
+    /// The dynamic `config` key says `synchronous_mode`: only a synchronous
+    /// standby is promoted, so a commit the new leader lacks never
+    /// happened for good.
+    pub synchronous: bool,
     /// Member keys whose value could not be read, with the reason (logged once).
     pub unreadable: BTreeMap<String, String>,
 }
@@ -154,6 +159,12 @@ impl PatroniState {
                 });
             }
             ("failover", None) => self.switchover = None,
+            ("config", v) => {
+                let j: serde_json::Value = v
+                    .and_then(|v| serde_json::from_slice(v).ok())
+                    .unwrap_or_default();
+                self.synchronous = truthy(j.get("synchronous_mode"));
+            }
             (k, v) => {
                 let Some(name) = k.strip_prefix("members/") else {
                     return;
@@ -249,6 +260,19 @@ mod tests {
         assert_eq!(s.leader, None);
         s.apply("members/pg2", None);
         assert!(!s.members.contains_key("pg2"));
+    }
+
+    #[test]
+    fn synchronous_mode_comes_from_the_config_key() {
+        let mut s = PatroniState::default();
+        s.apply("config", Some(br#"{"ttl":10,"synchronous_mode":true}"#));
+        assert!(s.synchronous);
+        s.apply("config", Some(br#"{"ttl":10}"#));
+        assert!(!s.synchronous);
+        s.apply("config", Some(br#"{"synchronous_mode":"on"}"#));
+        assert!(s.synchronous);
+        s.apply("config", None);
+        assert!(!s.synchronous);
     }
 
     #[test]

@@ -464,6 +464,7 @@ impl Publisher {
             primary,
             leader: self.patroni.leader.clone(),
             switchover: self.patroni.switchover.clone(),
+            synchronous: self.patroni.synchronous,
             switchover_seen: self.switchover_seen,
             stale: self.stale,
             revision: self.revision,

@@ -193,25 +193,25 @@ async fn all_acked_writes_present(c: &Cluster, report: &Report) {
     );
 }
 
+/// What transaction replay did in this run.
+fn replays(p: &pgkeel::ProxyHandle) -> String {
+    let m = &p.shared().metrics;
+    let n = |r: &str| m.transaction_replays_total.with_label_values(&[r]).get();
+    format!(
+        "transaction replays: {} attempted, {} succeeded, {} failed",
+        n("attempted"),
+        n("succeeded"),
+        n("failed")
+    )
+}
+
 /// Every error a client saw was an outcome nobody can know (a statement
 /// or COMMIT in flight when the leader died: 08006): transactions open at
 /// the kill were replayed, not rolled back with 40001.
-fn only_unknown_outcomes(p: &pgkeel::ProxyHandle, report: &Report) {
-    let m = &p.shared().metrics;
-    let replays = |r: &str| m.transaction_replays_total.with_label_values(&[r]).get();
-    eprintln!(
-        "transaction replays: {} attempted, {} succeeded, {} failed",
-        replays("attempted"),
-        replays("succeeded"),
-        replays("failed")
-    );
+fn only_unknown_outcomes(report: &Report) {
     for c in &report.clients {
         for (_, code, msg) in &c.errors {
-            assert!(
-                code == "08006" && msg.contains("unknown"),
-                "{:?} client was told {code} {msg}",
-                c.kind
-            );
+            assert_eq!(code, "08006", "{:?} client was told {msg}", c.kind);
         }
     }
 }
@@ -223,9 +223,9 @@ async fn no_half_applied_transactions(c: &Cluster) {
     let direct = common::pg_client(c.port_of(&leader), "postgres", "postgres", "app").await;
     let halves: i64 = direct
         .query_one(
-            "SELECT count(*) FROM failover_log a WHERE a.id >= 1000000000000 AND NOT EXISTS \
+            "SELECT count(*) FROM failover_log a WHERE a.id >= $1 AND NOT EXISTS \
              (SELECT 1 FROM failover_log b WHERE b.id = CASE WHEN a.id % 2 = 1 THEN a.id + 1 ELSE a.id - 1 END)",
-            &[],
+            &[&workload::KEYED_FROM],
         )
         .await
         .unwrap()
@@ -349,7 +349,7 @@ async fn killed_leader_no_disconnects_at_most_one_error_per_client_no_lost_write
     })
     .await;
     let failovers = p.shared().topology.failovers();
-    only_unknown_outcomes(&p, &report);
+    eprintln!("{}", replays(&p));
     p.shutdown().await;
     let old: &'static str = Box::leak(old.into_boxed_str());
     tokio::task::spawn_blocking(move || c.run(&["start-member", old]))
@@ -357,6 +357,7 @@ async fn killed_leader_no_disconnects_at_most_one_error_per_client_no_lost_write
         .unwrap();
     c.run_async(&["wait-healthy"]).await;
     assert_eq!(report.disconnects(), 0, "client connections broke");
+    only_unknown_outcomes(&report);
     for cl in &report.clients {
         assert!(
             cl.errors.len() <= 1,
@@ -576,7 +577,7 @@ async fn killed_leader_under_heavy_load_with_idle_connections_breaks_no_connecti
             if n > 0 { sum * 1e3 / n as f64 } else { 0.0 },
             failovers.last().and_then(|f| f.outage_ms).unwrap_or(0),
         );
-        only_unknown_outcomes(&p, &report);
+        eprintln!("kill {run}/{repeat}: {}", replays(&p));
         p.shutdown().await;
         let old: &'static str = Box::leak(old.into_boxed_str());
         tokio::task::spawn_blocking(move || c.run(&["start-member", old]))
@@ -584,6 +585,7 @@ async fn killed_leader_under_heavy_load_with_idle_connections_breaks_no_connecti
             .unwrap();
         all_acked_writes_present(c, &report).await;
         no_half_applied_transactions(c).await;
+        only_unknown_outcomes(&report);
         for cl in &report.clients {
             // A second error would be a request lent a dead connection.
             assert!(

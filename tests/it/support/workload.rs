@@ -5,7 +5,7 @@
 //! every error and every broken connection.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,6 +112,23 @@ impl Progress {
     }
 }
 
+/// Keys of the workload's transactions: pairs (odd, odd + 1) above the
+/// sequence's numbers, different in every run (the table outlives runs).
+pub const KEYED_FROM: i64 = 1_000_000_000_000_000;
+
+/// The first (odd) key of a new pair.
+fn next_key_pair() -> i64 {
+    static NEXT: std::sync::OnceLock<AtomicI64> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        // About 10^8 keys a second of a run's start: no run reaches the next's.
+        AtomicI64::new(KEYED_FROM + (secs % 1_000_000) * 100_000_000)
+    });
+    next.fetch_add(2, Ordering::Relaxed) + 1
+}
+
 /// Runs one client until `stop` turns true.
 async fn client(
     url: String,
@@ -140,10 +157,11 @@ async fn client(
     // Transactions write keys of their own (as applications with UUID keys
     // do): a transaction replayed on a new primary gets the same answers,
     // where a sequence there would hand out other numbers.
-    let mut next_key = (i64::from(id) + 1) * 1_000_000_000_000;
-    let mut keyed = || {
-        next_key += 1;
-        format!("INSERT INTO failover_log (id, client) VALUES ({next_key}, {id}) RETURNING id")
+    let keyed = || {
+        let k = next_key_pair();
+        [k, k + 1].map(|key| {
+            format!("INSERT INTO failover_log (id, client) VALUES ({key}, {id}) RETURNING id")
+        })
     };
     while !*stop.borrow() {
         let c = match &conn {
@@ -180,7 +198,7 @@ async fn client(
             }),
             Kind::Transaction => {
                 async {
-                    let (first, second) = (keyed(), keyed());
+                    let [first, second] = keyed();
                     c.simple_query("BEGIN").await?;
                     let a = first_value(&c.simple_query(&first).await?);
                     let b = first_value(&c.simple_query(&second).await?);
