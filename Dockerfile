@@ -7,6 +7,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compil
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
+COPY sql sql
 COPY benches benches
 COPY examples examples
 RUN cargo build --release --locked --bin pgkeel

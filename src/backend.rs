@@ -77,6 +77,9 @@ pub struct ServerConn {
     pub statements: crate::statements::ConnStatements,
     pub created: Instant,
     pub last_used: Instant,
+    /// Its database has pgkeel's commit token functions for its user
+    /// (`None`: not asked yet).
+    pub commit_tokens: Option<bool>,
 }
 
 impl ServerConn {
@@ -305,6 +308,7 @@ impl ServerConn {
             statements: Default::default(),
             created: now,
             last_used: now,
+            commit_tokens: None,
         })
     }
 

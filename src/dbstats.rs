@@ -25,6 +25,9 @@ pub struct DbCounters {
     pub xact_us: AtomicU64,
     pub query_us: AtomicU64,
     pub wait_us: AtomicU64,
+    /// When old commit tokens were last forgotten in this database (Unix
+    /// seconds; not a statistic, a schedule).
+    pub tokens_expired_at: AtomicU64,
 }
 
 impl DbCounters {

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod cancel;
 pub mod classify;
 pub mod clients;
+pub mod commit_token;
 pub mod config;
 pub mod console;
 pub mod dbstats;

@@ -18,13 +18,14 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
     #[command(subcommand)]
-    import: Option<Import>,
+    import: Option<Command>,
 }
 
-/// Print a pgkeel configuration made from another tool's, with the
-/// settings that have no counterpart listed at its end.
+/// Print something and exit: a pgkeel configuration made from another
+/// tool's (with the settings that have no counterpart listed at its end),
+/// or SQL pgkeel needs installed.
 #[derive(clap::Subcommand, Debug)]
-enum Import {
+enum Command {
     /// From pgbouncer.ini (and its userlist.txt, for [[users]]).
     ImportPgbouncer {
         ini: PathBuf,
@@ -32,6 +33,10 @@ enum Import {
     },
     /// From haproxy.cfg (Patroni's template: primary and replica listens).
     ImportHaproxy { cfg: PathBuf },
+    /// The SQL that installs commit tokens (`[failover] commit_outcome =
+    /// "token"`), to run in every database: `pgkeel commit-outcome-sql |
+    /// psql -d DATABASE`.
+    CommitOutcomeSql,
 }
 
 fn read(path: &PathBuf) -> Result<String, ExitCode> {
@@ -41,16 +46,17 @@ fn read(path: &PathBuf) -> Result<String, ExitCode> {
     })
 }
 
-fn import(cmd: &Import) -> Result<String, ExitCode> {
+fn import(cmd: &Command) -> Result<String, ExitCode> {
     Ok(match cmd {
-        Import::ImportPgbouncer { ini, userlist } => {
+        Command::ImportPgbouncer { ini, userlist } => {
             let users = userlist.as_ref().map(read).transpose()?;
             pgkeel::import::pgbouncer::import(&read(ini)?, users.as_deref())
                 .render(&ini.display().to_string())
         }
-        Import::ImportHaproxy { cfg } => {
+        Command::ImportHaproxy { cfg } => {
             pgkeel::import::haproxy::import(&read(cfg)?).render(&cfg.display().to_string())
         }
+        Command::CommitOutcomeSql => pgkeel::commit_token::SQL.to_owned(),
     })
 }
 

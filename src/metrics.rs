@@ -76,6 +76,10 @@ pub struct Metrics {
     pub transaction_replay_refusals_total: IntCounterVec,
     /// From a server's loss to the replayed answer matching the client's.
     pub transaction_replay_seconds: Histogram,
+    /// COMMITs in flight at a server's loss, by what the new primary said.
+    pub commit_outcomes_total: IntCounterVec,
+    /// Commit tokens written before COMMITs, by result.
+    pub commit_tokens_total: IntCounterVec,
     pub failover_errors_total: IntCounterVec,
     pub session_restores_total: IntCounter,
     pub prepared_statements_prepared_total: IntCounter,
@@ -464,6 +468,22 @@ impl Metrics {
                 ]),
             )
             .unwrap(),
+            commit_outcomes_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_commit_outcomes_total",
+                    "COMMITs in flight when their server died, resolved with a commit token on the new primary, by result (committed: the client got its COMMIT; not_committed: replayed or 40001; unknown: 08006)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            commit_tokens_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_commit_tokens_total",
+                    "Commit tokens pgkeel recorded just before a write transaction's COMMIT (commit_outcome = \"token\"), by result (recorded, refused: the server could not record it)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
             failover_errors_total: IntCounterVec::new(
                 Opts::new(
                     "pgkeel_failover_errors_total",
@@ -641,6 +661,15 @@ impl Metrics {
         }
         r.register(Box::new(m.transaction_replay_seconds.clone()))
             .unwrap();
+        r.register(Box::new(m.commit_outcomes_total.clone()))
+            .unwrap();
+        for result in ["committed", "not_committed", "unknown"] {
+            m.commit_outcomes_total.with_label_values(&[result]);
+        }
+        r.register(Box::new(m.commit_tokens_total.clone())).unwrap();
+        for result in ["recorded", "refused"] {
+            m.commit_tokens_total.with_label_values(&[result]);
+        }
         r.register(Box::new(m.failover_errors_total.clone()))
             .unwrap();
         r.register(Box::new(m.session_restores_total.clone()))

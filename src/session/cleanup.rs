@@ -178,6 +178,9 @@ impl Session {
             }
         }
         if clean {
+            clean = self.tokens_after(&mut server).await;
+        }
+        if clean {
             server.release();
         }
     }

@@ -329,5 +329,6 @@ impl Session {
             // A replay sends it again, as the client's own.
             self.att.st.journal.begin = Some(begin);
         }
+        self.offer_token();
     }
 }

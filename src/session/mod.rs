@@ -9,6 +9,7 @@ pub mod attachment;
 mod begin;
 mod cleanup;
 mod clock;
+mod commit_outcome;
 mod hold;
 mod negotiate;
 pub mod prepared;
@@ -356,7 +357,10 @@ impl Session {
                     Routed::ClientGone => return "client gone",
                 };
                 match self.acquire(route).await {
-                    Ok((conn, on_primary)) => self.attach(conn, on_primary, retry_reads),
+                    Ok((mut conn, on_primary)) => {
+                        self.check_tokens(&mut conn).await;
+                        self.attach(conn, on_primary, retry_reads);
+                    }
                     Err(_) if self.registered.is_killed() => {
                         self.send_fatal(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
                         return "killed from the admin console";

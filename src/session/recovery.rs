@@ -10,6 +10,7 @@ use super::attachment::journal::{self, Refusal};
 use super::attachment::{self, Copy, ServerFatal, State};
 use super::hold::Unavailable;
 use super::Session;
+use crate::commit_token::Token;
 
 /// What a client learns at its next statement after its server was lost
 /// while it sat idle.
@@ -82,7 +83,9 @@ impl Session {
     ) -> Result<(), &'static str> {
         let server = self.server.take().expect("attached");
         self.login.cancel.slot.detach();
-        tracing::warn!(peer = %self.peer, server = %server.pool().key.host, port = server.pool().key.port, error = why, "server connection lost");
+        let key = &server.pool().key;
+        tracing::warn!(peer = %self.peer, server = %key.host, port = key.port, error = why, "server connection lost");
+        let lost_at = (key.host.clone(), key.port);
         drop(server);
         // What was scanned for the client is the client's: it goes out
         // before anything pgkeel says.
@@ -115,8 +118,24 @@ impl Session {
                 st.commit_in_flight,
                 st.server_skip > 0,
             ),
+            commit_token: st.commit_token(),
+            replay_uncommitted: journal::replayable(
+                &st.journal,
+                st.status,
+                false,
+                st.server_skip > 0,
+            )
+            .is_ok(),
         };
         let recovery = recover(st, &facts);
+        if let Recovery::ResolveCommit {
+            token,
+            replay_if_not,
+        } = recovery
+        {
+            self.start_resolve(&facts, failover, token, replay_if_not, lost_at);
+            return Ok(());
+        }
         if recovery == Recovery::ReplayTransaction {
             self.start_replay(&facts, failover);
             return Ok(());
@@ -203,7 +222,7 @@ impl Session {
                 Ok(())
             }
             // Started by `server_lost` itself.
-            Recovery::ReplayTransaction => Ok(()),
+            Recovery::ReplayTransaction | Recovery::ResolveCommit { .. } => Ok(()),
             Recovery::TellLater(lost) => {
                 self.lost = lost;
                 Ok(())
@@ -268,6 +287,11 @@ pub(super) struct Facts {
     pub failover: bool,
     /// The open transaction may run again on a new primary, or why not.
     pub replay_transaction: Result<(), Refusal>,
+    /// The COMMIT in flight recorded this token: the new primary can say
+    /// whether it committed.
+    pub commit_token: Option<Token>,
+    /// Were it found not to have committed, the transaction could run again.
+    pub replay_uncommitted: bool,
 }
 
 /// What to do after losing the attached server.
@@ -279,6 +303,10 @@ pub(super) enum Recovery {
     /// Run the open transaction again on the new primary, verifying every
     /// answer the client already had (`replay.rs`).
     ReplayTransaction,
+    /// Ask the new primary whether the COMMIT in flight committed
+    /// (`commit_outcome.rs`); if it did not, replay the transaction when
+    /// `replay_if_not`.
+    ResolveCommit { token: Token, replay_if_not: bool },
     /// The client waits: one ErrorResponse `code`, then the `owed`
     /// ReadyForQuery messages; `skip_to_sync`: its messages are dropped up
     /// to its Sync, as after any error mid-batch.
@@ -305,7 +333,9 @@ impl Recovery {
         match self {
             Recovery::TellLater(lost) => lost.is_some(),
             Recovery::TellNow { .. } | Recovery::End { .. } | Recovery::Close => true,
-            Recovery::Replay { .. } | Recovery::ReplayTransaction => false,
+            Recovery::Replay { .. }
+            | Recovery::ReplayTransaction
+            | Recovery::ResolveCommit { .. } => false,
         }
     }
 }
@@ -324,6 +354,13 @@ pub(super) fn recover(st: &State, facts: &Facts) -> Recovery {
     let said = st.server_fatal.as_ref().filter(|_| !facts.failover);
     // A crash of another server process is no decision about this one.
     let decided = said.filter(|f| f.code != sqlstate::CRASH_SHUTDOWN);
+    if let Some(token) = facts.commit_token {
+        // Whatever ended the connection, the new primary knows the truth.
+        return Recovery::ResolveCommit {
+            token,
+            replay_if_not: facts.replay_uncommitted && decided.is_none(),
+        };
+    }
     if facts.replay_transaction.is_ok() && decided.is_none() {
         // A failover (or a connection that ended without a word) took an
         // open transaction: it runs again. A server's own reason
@@ -398,6 +435,8 @@ mod tests {
         session_mode: false,
         failover: false,
         replay_transaction: Err(Refusal::Disabled),
+        commit_token: None,
+        replay_uncommitted: false,
     };
 
     fn told(r: Recovery) -> (String, String, u32, bool) {
@@ -491,6 +530,44 @@ mod tests {
         assert!(!Recovery::ReplayTransaction.tells_an_error());
         assert!(Recovery::TellLater(Some(Lost::Transaction)).tells_an_error());
         assert!(!Recovery::TellLater(None).tells_an_error());
+    }
+
+    #[test]
+    fn a_commit_with_a_token_is_resolved_whatever_ended_it() {
+        let st = state(|s| {
+            s.status = TxStatus::InTransaction;
+            s.pending = 1;
+            s.commit_in_flight = true;
+        });
+        let token = Facts {
+            commit_token: Some(Token(7)),
+            replay_uncommitted: true,
+            ..TRANSACTION_MODE
+        };
+        assert_eq!(
+            recover(&st, &token),
+            Recovery::ResolveCommit {
+                token: Token(7),
+                replay_if_not: true
+            }
+        );
+        // The server's own decision: found out, but not run again.
+        let said = state(|s| {
+            s.status = TxStatus::InTransaction;
+            s.pending = 1;
+            s.commit_in_flight = true;
+            s.server_fatal = fatal("57P01");
+        });
+        assert_eq!(
+            recover(&said, &token),
+            Recovery::ResolveCommit {
+                token: Token(7),
+                replay_if_not: false
+            }
+        );
+        // Without a token: unknown, never retryable.
+        let (code, _, _, _) = told(recover(&st, &TRANSACTION_MODE));
+        assert_eq!(code, sqlstate::CONNECTION_FAILURE);
     }
 
     #[test]

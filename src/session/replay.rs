@@ -15,23 +15,26 @@ use crate::config::Route;
 use crate::protocol::sqlstate;
 
 use super::attachment::journal::{Received, Refusal};
+use super::commit_outcome::Resolved;
 use super::recovery::{recover, Facts, Recovery};
 use super::{Session, KILLED};
 
 /// A transaction being replayed.
 pub(super) struct Replay {
     /// The client's messages since the lost attach, as it sent them.
-    journal: BytesMut,
+    pub(super) journal: BytesMut,
     /// The deferred BEGIN that attach sent ahead of them.
-    begin: Option<BytesMut>,
+    pub(super) begin: Option<BytesMut>,
     /// What the client received of the lost attachment.
-    had: Received,
+    pub(super) had: Received,
     /// What the client is told if the replay cannot complete.
-    fallback: Recovery,
+    pub(super) fallback: Recovery,
     /// Its errors count as a failover's.
-    failover_error: bool,
-    attempts: u32,
-    since: Instant,
+    pub(super) failover_error: bool,
+    pub(super) attempts: u32,
+    pub(super) since: Instant,
+    /// First find out whether its COMMIT committed (`commit_outcome.rs`).
+    pub(super) resolve: Option<super::commit_outcome::Resolve>,
 }
 
 impl Session {
@@ -55,6 +58,7 @@ impl Session {
             failover_error: failover || st.server_fatal.is_none(),
             attempts: 1,
             since: Instant::now(),
+            resolve: None,
         }));
         self.replay_result("attempted");
         tracing::info!(peer = %self.peer, user = %self.user.name, "replaying an open transaction on the new primary");
@@ -65,7 +69,17 @@ impl Session {
     /// of whatever the client sent since. Err(why) when the session ends.
     pub(super) async fn resume_replay(&mut self) -> Result<(), &'static str> {
         match self.acquire(Route::Primary).await {
-            Ok((conn, on_primary)) => {
+            Ok((mut conn, on_primary)) => {
+                if self.replay.as_ref().is_some_and(|r| r.resolve.is_some()) {
+                    // A COMMIT in flight: did it commit? Only if not, and
+                    // that is known, does the transaction run again.
+                    match self.resolve_commit(&mut conn).await {
+                        Resolved::Replay => {}
+                        Resolved::Done(result) => return result,
+                    }
+                }
+                self.check_tokens(&mut conn).await;
+                self.may_write = true;
                 let r = self.replay.as_deref().expect("replaying");
                 self.deferred_begin = r.begin.clone();
                 self.attach(conn, on_primary, false);
@@ -77,7 +91,6 @@ impl Session {
                 self.att.bufs.from_client = again;
                 self.prepared.forget_parsed_in(&r.journal);
                 self.att.st.journal.replaying(r.had, r.journal.len());
-                self.may_write = true;
                 Ok(())
             }
             Err(_) if self.registered.is_killed() => {
@@ -144,7 +157,7 @@ impl Session {
         b.replay.clear();
     }
 
-    async fn replay_failed(&mut self, why: Refusal) -> Result<(), &'static str> {
+    pub(super) async fn replay_failed(&mut self, why: Refusal) -> Result<(), &'static str> {
         let r = self.replay.take().expect("replaying");
         self.replay_result("failed");
         self.shared

@@ -12,7 +12,6 @@ use crate::support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use prometheus::core::Metric;
 use support::*;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -204,4 +203,139 @@ async fn open_transactions_survive_their_server_crashing() {
     assert!(refusals(&off, "disabled") >= 1);
     p.shutdown().await;
     off.shutdown().await;
+}
+
+fn outcomes(p: &pgkeel::ProxyHandle, result: &str) -> u64 {
+    p.shared()
+        .metrics
+        .commit_outcomes_total
+        .with_label_values(&[result])
+        .get()
+}
+
+/// Waits until one backend of `appdb` shows `cond` (a pg_stat_activity
+/// condition), and returns its pid.
+async fn backend_where(direct: &Client, cond: &str) -> i32 {
+    let sql = format!(
+        "SELECT coalesce(max(pid), 0)::text FROM pg_stat_activity WHERE datname = 'appdb' AND pid <> pg_backend_pid() AND {cond}"
+    );
+    let pid = std::sync::atomic::AtomicI32::new(0);
+    let seen = wait_until(Duration::from_secs(10), || async {
+        let found: i32 = value(direct, &sql).await.parse().unwrap();
+        pid.store(found, std::sync::atomic::Ordering::Relaxed);
+        found != 0
+    })
+    .await;
+    assert!(seen, "no backend with {cond}");
+    pid.into_inner()
+}
+
+/// With `commit_outcome = "token"`, a COMMIT in flight when its server
+/// crashed is resolved on the server that comes back: not committed (the
+/// crash came while a deferred trigger ran), the transaction is replayed
+/// and commits once; committed (the crash came while the COMMIT waited for
+/// a synchronous standby, after its commit record was written), the client
+/// gets its COMMIT and nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_in_flight_at_a_crash_are_resolved_with_tokens() {
+    let pg = tokio::task::spawn_blocking(common::start_own_pg)
+        .await
+        .unwrap();
+    let direct = common::pg_client(pg.port, "postgres", "postgres", "appdb").await;
+    direct
+        .batch_execute(pgkeel::commit_token::SQL)
+        .await
+        .unwrap();
+    direct
+        .batch_execute(
+            "CREATE TABLE replay_c (id bigint PRIMARY KEY);
+             GRANT ALL ON replay_c TO app;
+             CREATE FUNCTION replay_slow() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$;
+             CREATE CONSTRAINT TRIGGER replay_slow AFTER INSERT ON replay_c
+               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.id = 1)
+               EXECUTE FUNCTION replay_slow()",
+        )
+        .await
+        .unwrap();
+    let p = start(&support::config(
+        pg.port,
+        "pool_size = 4",
+        "[failover]\nhold_timeout = \"30s\"\ncommit_outcome = \"token\"",
+    ))
+    .await;
+
+    // Not committed: killed in the deferred trigger.
+    let g = client(&p).await;
+    g.simple_query("BEGIN").await.unwrap();
+    g.simple_query("INSERT INTO replay_c VALUES (1)")
+        .await
+        .unwrap();
+    let commit = tokio::spawn(async move {
+        let r = g.simple_query("COMMIT").await.map(|_| ());
+        (g, r)
+    });
+    let victim = backend_where(&direct, "state = 'active' AND query = 'COMMIT'").await;
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    let (g, committed) = commit.await.unwrap();
+    committed.unwrap_or_else(|e| panic!("g's COMMIT: {:?}", e.as_db_error()));
+    assert_eq!(outcomes(&p, "not_committed"), 1);
+    assert!(replays(&p, "succeeded") >= 1);
+
+    // Committed: killed while waiting for a synchronous standby that is
+    // not there (its commit record is written).
+    let direct = common::pg_client(pg.port, "postgres", "postgres", "appdb").await;
+    for sql in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'",
+        "SELECT pg_reload_conf()",
+    ] {
+        direct.batch_execute(sql).await.unwrap();
+    }
+    let h = client(&p).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            value(&h, "SHOW synchronous_standby_names").await == "nobody"
+        })
+        .await
+    );
+    h.simple_query("BEGIN").await.unwrap();
+    h.simple_query("INSERT INTO replay_c VALUES (2)")
+        .await
+        .unwrap();
+    let commit = tokio::spawn(async move {
+        let r = h.simple_query("COMMIT").await.map(|_| ());
+        (h, r)
+    });
+    let victim = backend_where(&direct, "wait_event = 'SyncRep'").await;
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    let (h, committed) = commit.await.unwrap();
+    committed.unwrap_or_else(|e| panic!("h's COMMIT: {:?}", e.as_db_error()));
+    assert_eq!(outcomes(&p, "committed"), 1);
+
+    let direct = common::pg_client(pg.port, "postgres", "postgres", "appdb").await;
+    let ids: Vec<i64> = direct
+        .query("SELECT id FROM replay_c ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, [1, 2], "each transaction committed once");
+    assert!(!g.is_closed() && !h.is_closed());
+    assert_eq!(outcomes(&p, "unknown"), 0);
+    assert!(
+        p.shared()
+            .metrics
+            .commit_tokens_total
+            .with_label_values(&["recorded"])
+            .get()
+            >= 2
+    );
+    for sql in [
+        "ALTER SYSTEM RESET synchronous_standby_names",
+        "SELECT pg_reload_conf()",
+    ] {
+        direct.batch_execute(sql).await.unwrap();
+    }
+    p.shutdown().await;
 }

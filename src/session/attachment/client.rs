@@ -59,6 +59,19 @@ pub fn scan_client(
         if b.from_client.len() - pos < len {
             break;
         }
+        if st.token_offer.is_some() && typ == frontend::QUERY && st.token_may_go() {
+            let text = protocol::query_text(typ, &b.from_client[pos..pos + len]);
+            if words::lone_commit(text) {
+                // The token goes first, in the same transaction: its answer
+                // is swallowed like the prelude's.
+                let token = st.token_offer.take().expect("checked");
+                b.to_server.extend_from_slice(&b.from_client[start..pos]);
+                start = pos;
+                token.record(&mut b.to_server);
+                st.swallow += 1;
+                st.token = super::TokenState::Sent(token);
+            }
+        }
         let frame = &b.from_client[pos..pos + len];
         match typ {
             frontend::QUERY | frontend::PARSE => {

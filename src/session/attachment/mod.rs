@@ -35,6 +35,7 @@ use crate::statements::ConnStatements;
 
 use super::prepared::Prepared;
 use crate::classify::effects::{self, Effects};
+use crate::commit_token::Token;
 use journal::Journal;
 
 pub use client::scan_client;
@@ -215,6 +216,27 @@ pub struct State {
     syncs_in_copy: u32,
     /// Transaction replay's record: what the client sent and received.
     pub journal: Journal,
+    /// A commit token pgkeel records ahead of the client's COMMIT
+    /// (`commit_outcome = "token"`, the connection's database has the
+    /// functions, the transaction may write).
+    pub token_offer: Option<Token>,
+    /// The token sent ahead of the COMMIT in flight, and its answer.
+    pub token: TokenState,
+    /// After a recorded token: the COMMIT's CommandComplete reached the client.
+    pub commit_tag_sent: bool,
+}
+
+/// A commit token's progress in one attachment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenState {
+    #[default]
+    None,
+    /// Sent; its answer (swallowed) not read yet.
+    Sent(Token),
+    /// The server recorded it, in the transaction whose COMMIT follows.
+    Recorded(Token),
+    /// The server could not record it: that COMMIT's outcome stays unknown.
+    Refused,
 }
 
 /// What followed the last command the client sent, so that a
@@ -248,6 +270,34 @@ struct LastCommand {
 }
 
 impl State {
+    /// The token of a COMMIT in flight that is all the server owes, if the
+    /// server recorded one: the new primary can say whether it committed.
+    pub fn commit_token(&self) -> Option<Token> {
+        match self.token {
+            TokenState::Recorded(t)
+                if self.commit_in_flight
+                    && self.pending == 1
+                    && !self.unsynced
+                    && self.swallow == 0 =>
+            {
+                Some(t)
+            }
+            _ => None,
+        }
+    }
+
+    /// A token may go ahead of a COMMIT now: the transaction is open and
+    /// has not failed, and the server owes nothing (so the token's answer
+    /// is the next to come back, and is swallowed).
+    fn token_may_go(&self) -> bool {
+        self.status == TxStatus::InTransaction
+            && self.pending == 0
+            && !self.unsynced
+            && self.swallow == 0
+            && self.copy == Copy::None
+            && !self.uncertain
+    }
+
     /// Forwarding one request at a time (`one_request`), a request was
     /// answered and the server is idle: the next request must be routed on
     /// its own, so no more client bytes go to this server.
@@ -316,6 +366,9 @@ impl Default for State {
             input_open: false,
             syncs_in_copy: 0,
             journal: Journal::off(),
+            token_offer: None,
+            token: TokenState::None,
+            commit_tag_sent: false,
         }
     }
 }

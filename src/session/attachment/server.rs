@@ -5,8 +5,9 @@ use bytes::Buf;
 
 use crate::protocol::{self, backend, field, sqlstate, TxStatus, HEADER_LEN};
 
-use super::{Buffers, Copy, State, Track, GROW_STEP};
+use super::{Buffers, Copy, State, TokenState, Track, GROW_STEP};
 use crate::classify::effects::Effects;
+use crate::commit_token;
 
 /// Server messages up to this size reach the client only whole, so a server
 /// that dies mid-result leaves the client's protocol stream in step (pgkeel
@@ -76,9 +77,26 @@ pub fn scan_server(
             return Ok(None);
         }
         let body = &b.from_server[HEADER_LEN..len];
+        // The last answer swallowed is a commit token's, if one was sent.
+        let token = match st.token {
+            TokenState::Sent(t) if st.swallow == 1 => Some(t),
+            _ => None,
+        };
         match typ {
-            backend::READY_FOR_QUERY => st.swallow -= 1,
+            backend::READY_FOR_QUERY => {
+                st.swallow -= 1;
+                if token.is_some() {
+                    // Answered without its `t`: not recorded.
+                    st.token = TokenState::Refused;
+                }
+            }
+            backend::DATA_ROW if token.is_some() && commit_token::data_row_true(body) => {
+                st.token = TokenState::Recorded(token.expect("checked"));
+            }
             backend::PARAMETER_STATUS => record_parameter(st, body),
+            // (The function catches its own errors: this is a cancel, say.
+            // The transaction failed; the client's COMMIT will say so.)
+            backend::ERROR_RESPONSE if token.is_some() => {}
             backend::ERROR_RESPONSE => {
                 let f = protocol::parse_error_fields(body);
                 return Err(format!(
@@ -189,6 +207,9 @@ pub fn scan_server(
                 st.uncertain = true;
             }
             backend::COMMAND_COMPLETE if st.copy != Copy::None => st.copy_finished(false),
+            backend::COMMAND_COMPLETE if matches!(st.token, TokenState::Recorded(_)) => {
+                st.commit_tag_sent = true;
+            }
             backend::ERROR_RESPONSE => {
                 let fields = protocol::parse_error_fields(body);
                 if matches!(
