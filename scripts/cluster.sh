@@ -7,6 +7,8 @@
 #   scripts/cluster.sh switchover [NAME]   planned switchover (to NAME, or any replica)
 #   scripts/cluster.sh kill-leader         SIGKILL the leader's Patroni and PostgreSQL
 #   scripts/cluster.sh kill-member NAME    SIGKILL one member's Patroni and PostgreSQL
+#   scripts/cluster.sh pause-leader        SIGSTOP the leader's Patroni and PostgreSQL until another
+#                                          member holds the leader key, then SIGCONT (a frozen host)
 #   scripts/cluster.sh start-member NAME   start a stopped member again (it rejoins as a replica)
 #   scripts/cluster.sh stop-etcd | start-etcd
 #   scripts/cluster.sh wait-healthy        until one leader and every member streaming
@@ -153,6 +155,21 @@ kill_member() { # name: SIGKILL Patroni and PostgreSQL, as a crash would
     echo "killed $n"
 }
 
+pause_member() { # name: frozen until another member leads, as a stalled host would be
+    local n=$1 pg pids l deadline=$((SECONDS + ${PGKEEL_PAUSE_TIMEOUT:-60}))
+    pg=$(pg_pid "$n")
+    pids="$(patroni_pid "$n") $pg $(pgrep -P "$pg" | tr '\n' ' ')"
+    # shellcheck disable=SC2086 # one pid per word
+    kill -STOP $pids
+    until l=$(leader) && [ -n "$l" ] && [ "$l" != "$n" ]; do
+        [ $SECONDS -ge $deadline ] && break
+        sleep 0.2
+    done
+    # shellcheck disable=SC2086
+    kill -CONT $pids
+    echo "paused $n until ${l:-nobody} led"
+}
+
 stop_member() {
     local n=$1 p
     p=$(patroni_pid "$n")
@@ -293,6 +310,7 @@ case "$cmd" in
     switchover) switchover "$@" ;;
     kill-leader) kill_member "$(leader)" ;;
     kill-member) kill_member "$1" ;;
+    pause-leader) pause_member "$(leader)" ;;
     start-member) start_member "$1" ;;
     stop-etcd) stop_etcd ;;
     start-etcd) start_etcd ;;

@@ -63,9 +63,16 @@ async fn proxy(c: &Cluster) -> pgkeel::ProxyHandle {
 }
 
 async fn proxy_with(c: &Cluster, pool: &str) -> pgkeel::ProxyHandle {
+    // Commit tokens: a COMMIT in flight at a kill is found out, not
+    // reported unknown.
+    let leader = common::pg_client(c.port_of(&c.leader()), "postgres", "postgres", "app").await;
+    leader
+        .batch_execute(pgkeel::commit_token::SQL)
+        .await
+        .unwrap();
     let p = start(&c.pgkeel_config(
         &c.scope,
-        &format!("{pool}\n[failover]\nhold_timeout = \"40s\""),
+        &format!("{pool}\n[failover]\nhold_timeout = \"40s\"\ncommit_outcome = \"token\""),
     ))
     .await;
     let setup = connect(p.local_addr(), "app", "app_password", "app")
@@ -75,7 +82,7 @@ async fn proxy_with(c: &Cluster, pool: &str) -> pgkeel::ProxyHandle {
     p
 }
 
-fn url(p: &pgkeel::ProxyHandle) -> String {
+pub(crate) fn url(p: &pgkeel::ProxyHandle) -> String {
     support::url(p.local_addr(), "app", "app_password", "app")
 }
 
@@ -157,7 +164,7 @@ async fn around_with<F: std::future::Future<Output = ()>>(
 
 /// Waits until pgkeel's topology satisfies `cond` (40 s at most: a killed
 /// leader is replaced once its key expires, after the cluster's TTL).
-async fn pgkeel_sees(
+pub(crate) async fn pgkeel_sees(
     p: &pgkeel::ProxyHandle,
     what: &str,
     cond: impl Fn(&pgkeel::topology::Topology) -> bool,
@@ -174,7 +181,7 @@ async fn pgkeel_sees(
 }
 
 /// Every acknowledged write is on the (new) leader.
-async fn all_acked_writes_present(c: &Cluster, report: &Report) {
+pub(crate) async fn all_acked_writes_present(c: &Cluster, report: &Report) {
     let leader = c.leader();
     let direct = common::pg_client(c.port_of(&leader), "postgres", "postgres", "app").await;
     let acked = report.acked();
@@ -194,31 +201,41 @@ async fn all_acked_writes_present(c: &Cluster, report: &Report) {
 }
 
 /// What transaction replay did in this run.
-fn replays(p: &pgkeel::ProxyHandle) -> String {
+pub(crate) fn replays(p: &pgkeel::ProxyHandle) -> String {
     let m = &p.shared().metrics;
     let n = |r: &str| m.transaction_replays_total.with_label_values(&[r]).get();
+    let o = |r: &str| m.commit_outcomes_total.with_label_values(&[r]).get();
     format!(
-        "transaction replays: {} attempted, {} succeeded, {} failed",
+        "transaction replays: {} attempted, {} succeeded, {} failed; commits in flight: {} committed, {} not committed, {} unknown",
         n("attempted"),
         n("succeeded"),
-        n("failed")
+        n("failed"),
+        o("committed"),
+        o("not_committed"),
+        o("unknown")
     )
 }
 
-/// Every error a client saw was an outcome nobody can know (a statement
-/// or COMMIT in flight when the leader died: 08006): transactions open at
-/// the kill were replayed, not rolled back with 40001.
-fn only_unknown_outcomes(report: &Report) {
+/// Every error a client saw was an outcome nobody can know (an autocommit
+/// write in flight when the leader died: 08006): transactions open at the
+/// kill were replayed, not rolled back with 40001, and COMMITs in flight
+/// were found out with their tokens.
+pub(crate) fn only_unknown_outcomes(report: &Report) {
     for c in &report.clients {
         for (_, code, msg) in &c.errors {
             assert_eq!(code, "08006", "{:?} client was told {msg}", c.kind);
+            assert_eq!(
+                c.kind,
+                workload::Kind::Writer,
+                "a transaction's outcome was not found out: {msg}"
+            );
         }
     }
 }
 
 /// No transaction of the workload's left one of its two rows without the
 /// other (a half-applied transaction).
-async fn no_half_applied_transactions(c: &Cluster) {
+pub(crate) async fn no_half_applied_transactions(c: &Cluster) {
     let leader = c.leader();
     let direct = common::pg_client(c.port_of(&leader), "postgres", "postgres", "app").await;
     let halves: i64 = direct

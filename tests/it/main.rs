@@ -29,6 +29,7 @@ mod support;
 mod admin_console;
 mod auth;
 mod bad_input;
+mod chaos;
 mod cli;
 mod console_compat;
 mod data_path;
