@@ -155,19 +155,28 @@ kill_member() { # name: SIGKILL Patroni and PostgreSQL, as a crash would
     echo "killed $n"
 }
 
-pause_member() { # name: frozen until another member leads, as a stalled host would be
+pause_member() { # name: frozen until another member is the primary, as a stalled host would be
     local n=$1 pg pids l deadline=$((SECONDS + ${PGKEEL_PAUSE_TIMEOUT:-60}))
     pg=$(pg_pid "$n")
-    pids="$(patroni_pid "$n") $pg $(pgrep -P "$pg" | tr '\n' ' ')"
+    # Every process of it: runuser and Patroni itself, the postmaster and its children.
+    pids="$(pgrep -f "patroni $DIR/$n/patroni.yml" | tr '\n' ' ') $pg $(pgrep -P "$pg" | tr '\n' ' ')"
     # shellcheck disable=SC2086 # one pid per word
     kill -STOP $pids
-    until l=$(leader) && [ -n "$l" ] && [ "$l" != "$n" ]; do
-        [ $SECONDS -ge $deadline ] && break
+    # Until another member leads and runs as the primary (only then is the
+    # frozen one sure to be demoted when it wakes up).
+    until l=$(leader) && [ -n "$l" ] && [ "$l" != "$n" ] &&
+        curl -sf "http://127.0.0.1:${API_PORTS[$(member_index "$l")]}/primary" >/dev/null; do
+        if [ $SECONDS -ge $deadline ]; then
+            # shellcheck disable=SC2086
+            kill -CONT $pids
+            echo "no other member became the primary while $n was frozen" >&2
+            return 1
+        fi
         sleep 0.2
     done
     # shellcheck disable=SC2086
     kill -CONT $pids
-    echo "paused $n until ${l:-nobody} led"
+    echo "paused $n until $l was the primary"
 }
 
 stop_member() {

@@ -171,12 +171,8 @@ impl Session {
             }
             Ok(Some("f")) if proves_absence => {
                 self.outcome("not_committed");
-                if res.replay_if_not {
-                    tracing::info!(peer = %self.peer, user = %self.user.name, "a COMMIT in flight at a failover had not committed: replaying its transaction");
-                    return Resolved::Replay;
-                }
-                // Known not to have committed, and not replayable: it was
-                // rolled back, which is worth retrying.
+                // Known not to have committed: it was rolled back, which is
+                // worth retrying, if it cannot run again here.
                 let r = self.replay.as_deref_mut().expect("replaying");
                 r.fallback = Recovery::TellNow {
                     code: sqlstate::SERIALIZATION_FAILURE.to_owned(),
@@ -184,6 +180,10 @@ impl Session {
                     owed: 1,
                     skip_to_sync: false,
                 };
+                if res.replay_if_not {
+                    tracing::info!(peer = %self.peer, user = %self.user.name, "a COMMIT in flight at a failover had not committed: replaying its transaction");
+                    return Resolved::Replay;
+                }
                 Resolved::Done(self.replay_failed(Refusal::Commit).await)
             }
             _ => {

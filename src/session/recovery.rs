@@ -3,7 +3,7 @@
 //! session carries its answer out.
 
 use crate::classify::words;
-use crate::protocol::{self, frontend, sqlstate, Severity, TxStatus};
+use crate::protocol::{self, backend, field, frontend, sqlstate, Severity, TxStatus};
 use crate::topology::{Member, Topology};
 
 use super::attachment::journal::{self, Refusal};
@@ -163,28 +163,28 @@ impl Session {
             .await
     }
 
-    /// The attached server ended an open transaction with 57P01 (as for
-    /// `pg_terminate_backend`, an administrator's decision, passed on as it
-    /// is), but is no longer listening: its postmaster died or it is
-    /// shutting down (a leader killed or stopped), which is a failover.
+    /// The attached server ended an open transaction (or, in session mode,
+    /// the session) with 57P01, as `pg_terminate_backend` does (an
+    /// administrator's decision, passed on as it is), but takes no new
+    /// sessions: its postmaster died, or it is shutting down (a leader
+    /// killed, or stopped to be demoted), which is a failover.
     pub(super) async fn server_went_down(&mut self) -> bool {
         let st = &self.att.st;
         let terminated = st
             .server_fatal
             .as_ref()
             .is_some_and(|f| f.code == sqlstate::ADMIN_SHUTDOWN);
+        if !terminated || (st.status == TxStatus::Idle && !self.keeps_server()) {
+            return false;
+        }
         let Some(key) = self.server.as_ref().map(|s| &s.pool().key) else {
             return false;
         };
-        if !terminated || st.status == TxStatus::Idle {
-            return false;
-        }
-        let addr = (key.host.clone(), key.port);
-        let probe = tokio::net::TcpStream::connect(addr);
-        !matches!(
-            tokio::time::timeout(SERVER_PROBE_TIMEOUT, probe).await,
-            Ok(Ok(_))
-        )
+        let (host, port) = (key.host.clone(), key.port);
+        let probe = takes_sessions(&host, port, &self.user.name, &self.database);
+        !tokio::time::timeout(SERVER_PROBE_TIMEOUT, probe)
+            .await
+            .unwrap_or(false)
     }
 
     /// Does what `recover` decided (but a transaction replay, which
@@ -256,6 +256,48 @@ impl Session {
                     Err("client gone")
                 }
             }
+        }
+    }
+}
+
+/// Whether the server at `host:port` takes new sessions: a StartupMessage
+/// is answered (an authentication request, or a login error), not refused
+/// and not with 57P0x (shutting down, starting up, in recovery).
+async fn takes_sessions(host: &str, port: u16, user: &str, database: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect((host, port)).await else {
+        return false;
+    };
+    let mut startup = pgwire::messages::startup::Startup::new();
+    startup.parameters.insert("user".into(), user.to_owned());
+    startup
+        .parameters
+        .insert("database".into(), database.to_owned());
+    let mut out = bytes::BytesMut::new();
+    if pgwire::messages::Message::encode(&startup, &mut out).is_err()
+        || s.write_all(&out).await.is_err()
+    {
+        return false;
+    }
+    let mut first = bytes::BytesMut::with_capacity(512);
+    loop {
+        match protocol::header(&first) {
+            Some(Ok((backend::ERROR_RESPONSE, len))) if first.len() >= len => {
+                let fields = protocol::parse_error_fields(&first[protocol::HEADER_LEN..len]);
+                let code = protocol::error_field(&fields, field::CODE).unwrap_or("");
+                return !code.starts_with("57P");
+            }
+            Some(Ok((backend::ERROR_RESPONSE, len))) if len <= 8192 => {}
+            Some(Ok(_)) => return true,
+            Some(Err(_)) => return false,
+            None => {}
+        }
+        match s.read_buf(&mut first).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        if first.len() > 8192 {
+            return true;
         }
     }
 }

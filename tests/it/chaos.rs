@@ -147,16 +147,28 @@ async fn inject(
     match kind {
         "kill-leader" | "pause-leader" => {
             let old = c.leader();
-            c.run_async(if kind == "kill-leader" {
-                &["kill-leader"]
-            } else {
-                &["pause-leader"]
+            let said = c
+                .run_async(if kind == "kill-leader" {
+                    &["kill-leader"]
+                } else {
+                    &["pause-leader"]
+                })
+                .await;
+            let moved = wait_until(Duration::from_secs(40), || async {
+                p.shared()
+                    .topology
+                    .load()
+                    .primary
+                    .as_ref()
+                    .is_some_and(|m| m.name != old)
             })
             .await;
-            pgkeel_sees(p, "a new primary", |t| {
-                t.primary.as_ref().is_some_and(|m| m.name != old)
-            })
-            .await;
+            assert!(
+                moved,
+                "after {kind} ({said}): etcd's leader is {}, pgkeel's topology {:?}",
+                c.leader(),
+                p.shared().topology.load()
+            );
             if kind == "kill-leader" {
                 run(c, vec!["start-member".into(), old]).await;
             }
@@ -235,6 +247,10 @@ async fn chaos_run_loses_nothing_and_breaks_no_connection() {
         let session_at = session.ok.load(Ordering::Relaxed);
         inject(c, &p, kind, &file, round).await;
         *injected.entry(kind).or_default() += 1;
+        eprintln!(
+            "chaos: {kind} injected and settled at {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         let resumed = wait_until(Duration::from_secs(60), || async {
             progress.every_client_beyond(&at, 20)
                 && session.ok.load(Ordering::Relaxed) > session_at + 5

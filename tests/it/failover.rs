@@ -205,11 +205,25 @@ pub(crate) fn replays(p: &pgkeel::ProxyHandle) -> String {
     let m = &p.shared().metrics;
     let n = |r: &str| m.transaction_replays_total.with_label_values(&[r]).get();
     let o = |r: &str| m.commit_outcomes_total.with_label_values(&[r]).get();
+    let refused: Vec<String> = pgkeel::metrics::REPLAY_REFUSAL_REASONS
+        .iter()
+        .map(|r| {
+            (
+                r,
+                m.transaction_replay_refusals_total
+                    .with_label_values(&[r])
+                    .get(),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
     format!(
-        "transaction replays: {} attempted, {} succeeded, {} failed; commits in flight: {} committed, {} not committed, {} unknown",
+        "transaction replays: {} attempted, {} succeeded, {} failed; not replayed or failed: [{}]; commits in flight: {} committed, {} not committed, {} unknown",
         n("attempted"),
         n("succeeded"),
         n("failed"),
+        refused.join(", "),
         o("committed"),
         o("not_committed"),
         o("unknown")

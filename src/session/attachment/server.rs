@@ -169,12 +169,16 @@ pub fn scan_server(
         let body = &buf[pos + HEADER_LEN..pos + len];
         // The SQLSTATE class of an ErrorResponse, counted if it reaches the client.
         let mut error_class = None;
-        // A server dying in a crash of another process warns its client
-        // first: pgkeel deals with the loss, so the warning is not the
-        // client's (and a replayed transaction's answer would never have it).
+        // A server ending this connection may warn first (a crash of
+        // another process, 57P02; a shutdown cancelling a COMMIT's wait for
+        // a synchronous standby, 57P01): pgkeel deals with the loss, so the
+        // warning is not the client's (and a replayed transaction's answer
+        // would never have it).
         let crash_warning = typ == backend::NOTICE_RESPONSE
-            && protocol::error_field(&protocol::parse_error_fields(body), field::CODE)
-                == Some(sqlstate::CRASH_SHUTDOWN);
+            && matches!(
+                protocol::error_field(&protocol::parse_error_fields(body), field::CODE),
+                Some(sqlstate::CRASH_SHUTDOWN | sqlstate::ADMIN_SHUTDOWN)
+            );
         match typ {
             backend::READY_FOR_QUERY => {
                 st.status = TxStatus::from_byte(body[0]).ok_or("malformed ReadyForQuery status")?;
@@ -329,6 +333,24 @@ mod tests {
         m.put_i32(pid);
         m.put_slice(b"foo\0\0");
         m
+    }
+
+    #[test]
+    fn warnings_of_a_connection_ending_are_not_the_clients() {
+        let mut b = Buffers::default();
+        let mut st = State {
+            pending: 1,
+            ..State::default()
+        };
+        let mut other = BytesMut::new();
+        protocol::put_notice(&mut other, "01000", "an ordinary warning");
+        for code in [sqlstate::CRASH_SHUTDOWN, sqlstate::ADMIN_SHUTDOWN] {
+            protocol::put_notice(&mut b.from_server, code, "terminating connection");
+        }
+        b.from_server.extend_from_slice(&other);
+        scan_server(&mut b, &mut st, None).unwrap();
+        assert_eq!(b.to_client, other, "only the ordinary warning passes");
+        assert!(b.from_server.is_empty());
     }
 
     #[test]
