@@ -195,22 +195,30 @@ fn refuse_at_accept(shared: &Shared, stream: TcpStream, peer: SocketAddr, limit:
     let _ = stream.try_write(&out);
 }
 
+/// Accepts on `listeners` until shutdown, and serves the clients an
+/// upgrade's handover brings (`adopted`). When this process hands over to
+/// a new one, it stops accepting (the new one holds the same sockets) and
+/// its sessions finish or move.
 pub async fn run(
     shared: Arc<Shared>,
     listeners: Vec<(TcpListener, ListenerRoute)>,
+    mut adopted: mpsc::Receiver<session::Resumed>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
     let (tx, mut accepted) = mpsc::channel::<Accepted>(64);
-    let acceptors: Vec<_> = listeners
+    let mut handing_over = shared.handoff.watch();
+    let mut open = true;
+    let mut acceptors: Vec<_> = listeners
         .into_iter()
         .map(|(l, route)| tokio::spawn(accept(l, route, tx.clone())))
         .collect();
     drop(tx);
     loop {
         tokio::select! {
-            r = accepted.recv() => {
-                let Some((stream, peer, route)) = r else { break };
+            r = accepted.recv(), if open => {
+                // Closed once the acceptors stopped for a handover.
+                let Some((stream, peer, route)) = r else { open = false; continue };
                 let caps = {
                     let p = &shared.config.load().proxy;
                     LoginCaps { total: p.max_login_connections, per_address: p.max_logins_per_address }
@@ -229,6 +237,22 @@ pub async fn run(
                     serve_connection(shared.clone(), stream, peer, route, login).await;
                     shared.metrics.clients_connected.dec();
                 });
+            }
+            Some(resumed) = adopted.recv() => {
+                let shared = shared.clone();
+                shared.metrics.clients_connected.inc();
+                sessions.spawn(async move {
+                    resumed.serve().await;
+                    shared.metrics.clients_connected.dec();
+                });
+            }
+            _ = handing_over.wait_for(|up| *up), if !acceptors.is_empty() => {
+                // Connections already accepted are served (the channel
+                // drains); the queue behind them is the new process's.
+                for a in acceptors.drain(..) {
+                    a.abort();
+                }
+                tracing::info!("handover: stopped accepting; the new process accepts");
             }
             // Reap finished sessions so the set does not grow.
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}

@@ -9,6 +9,7 @@ pub mod attachment;
 mod begin;
 mod cleanup;
 mod clock;
+mod handoff;
 mod hold;
 mod negotiate;
 pub mod prepared;
@@ -18,6 +19,8 @@ pub mod relay;
 mod signal;
 pub mod startup;
 pub mod timers;
+
+pub use handoff::{resume, Resumed};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -123,6 +126,10 @@ struct Session {
     /// The same, and KILL, as futures made once (waited on every turn).
     on_shutdown: Signal,
     on_kill: Signal,
+    /// An upgrade's handover began: an idle session moves to the new process.
+    on_handoff: Signal,
+    /// The new process refused this client: it finishes here.
+    handoff_refused: bool,
     /// This client in `Shared::clients` (state for the admin console, KILL).
     registered: Registered,
 }
@@ -143,6 +150,7 @@ impl Session {
             ..Buffers::default()
         };
         let shutdown = shared.shutdown.clone();
+        let shared_handoff = shared.handoff.watch();
         let registered = shared.clients.register(crate::clients::ClientSpec {
             peer,
             local: client.local_addr().ok(),
@@ -200,6 +208,8 @@ impl Session {
             timeouts: timers::Timeouts::default(),
             on_shutdown: Signal::new(shutdown.clone()),
             on_kill: Signal::new(registered.kill.clone()),
+            on_handoff: Signal::new(shared_handoff),
+            handoff_refused: false,
             shutdown,
             registered,
         }
@@ -294,6 +304,12 @@ impl Session {
                         return "protocol violation";
                     }
                     Err(Ended::Idle(limit)) => return self.timed_out(limit).await,
+                    Err(Ended::Handover) => {
+                        if self.hand_over().await {
+                            return "handed over to the new pgkeel process";
+                        }
+                        continue;
+                    }
                 };
                 if self.skip_until_sync
                     || matches!(
@@ -507,6 +523,12 @@ impl Session {
             if self.registered.is_killed() {
                 return Err(Ended::Killed);
             }
+            // Between transactions, nothing read of the next: the moment
+            // an upgrade's handover can move this client.
+            let can_move = self.can_move();
+            if can_move && self.on_handoff.is_up() {
+                return Err(Ended::Handover);
+            }
             tokio::select! {
                 r = self.client.read_buf(&mut self.att.bufs.from_client) => match r {
                     Ok(0) | Err(_) => return Ok(None),
@@ -518,6 +540,7 @@ impl Session {
                 },
                 _ = &mut self.on_shutdown => return Err(Ended::Shutdown),
                 _ = &mut self.on_kill => return Err(Ended::Killed),
+                _ = &mut self.on_handoff, if can_move => return Err(Ended::Handover),
                 _ = sleep_until(deadline.map(|(_, at)| at)), if deadline.is_some() => {
                     return Err(Ended::Idle(deadline.expect("checked").0));
                 }
@@ -580,6 +603,8 @@ enum Ended {
     Protocol(String),
     /// Silent past a timeout (`client_idle_timeout`, `idle_transaction_timeout`).
     Idle(crate::limits::Limit),
+    /// An upgrade's handover is under way and this session can move.
+    Handover,
 }
 
 /// Sleeps until `at`, or forever.

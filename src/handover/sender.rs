@@ -1,0 +1,219 @@
+//! The old process's side of a handover. It listens on the handover
+//! socket; a new process of the same user connects, gets the listening
+//! sockets, and says it accepts on them; then this process stops
+//! accepting (the sockets stay open: the new process holds them, so no
+//! connection attempt is refused), hands over each idle transaction-mode
+//! client as its session offers itself (`handoff.rs`), until none is left
+//! or `handover_timeout`, and asks to stop (`Shared::stop_requested`).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::wire::{self, Message, SocketInfo, VERSION};
+use crate::handoff::{Offer, MOVED, REFUSED, STAYED};
+use crate::shared::Shared;
+
+/// One of this process's listening sockets (a duplicate of the listener's).
+pub struct Listening {
+    pub info: SocketInfo,
+    pub fd: OwnedFd,
+}
+
+/// How often the drain looks whether pooled clients are left.
+const DRAIN_CHECK: Duration = Duration::from_millis(50);
+
+/// Offers in flight between the sessions and the transport.
+const OFFER_QUEUE: usize = 64;
+
+/// Binds the handover socket at `path`: a stale file (no process answers
+/// on it) is replaced; one a live process listens on is an error. Only
+/// this user may connect (mode 0600; peers are checked again by uid).
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another pgkeel process listens on the handover socket {} (start this one with --takeover to take over from it)",
+                path.display()
+            );
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the handover socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Whether the peer runs as this process's user.
+fn same_user(conn: &UnixStream) -> bool {
+    conn.peer_cred()
+        .is_ok_and(|c| c.uid() == nix::unistd::geteuid().as_raw())
+}
+
+/// Serves the handover socket until one handover is done (or shutdown).
+pub async fn listen(
+    shared: Arc<Shared>,
+    listener: UnixListener,
+    path: PathBuf,
+    sockets: Vec<Listening>,
+) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let conn = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => break,
+        };
+        let Ok((conn, _)) = conn else { continue };
+        if !same_user(&conn) {
+            tracing::warn!("handover: refused a connection from another user");
+            continue;
+        }
+        match give(&shared, &conn, &sockets, &path).await {
+            // The path is the new process's now: not removed.
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "handover failed; serving on"),
+        }
+        if shared.handoff.is_active() {
+            // Past the point of no return (the new process was accepting).
+            shared.handoff.end();
+            shared.stop_requested.notify_one();
+            return;
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Pooled (non-console) clients still served here.
+fn pooled_clients(shared: &Shared) -> usize {
+    shared
+        .clients
+        .all()
+        .iter()
+        .filter(|c| !c.spec.admin)
+        .count()
+}
+
+async fn give(
+    shared: &Arc<Shared>,
+    conn: &UnixStream,
+    sockets: &[Listening],
+    path: &Path,
+) -> anyhow::Result<()> {
+    let timeout = shared.config.load().proxy.handover_timeout.0;
+    let (hello, _) = tokio::time::timeout(timeout, wire::recv(conn))
+        .await
+        .context("no hello")??;
+    let Message::Hello { version, pid } = hello else {
+        bail!("expected a hello, got {hello:?}");
+    };
+    if let Some(reason) = wire::incompatible(version) {
+        let _ = wire::send(
+            conn,
+            &Message::Refused {
+                reason: reason.clone(),
+            },
+            &[],
+        )
+        .await;
+        bail!("refused process {pid}: {reason}");
+    }
+    let infos: Vec<SocketInfo> = sockets.iter().map(|s| s.info).collect();
+    let fds: Vec<_> = sockets.iter().map(|s| s.fd.as_fd()).collect();
+    wire::send(
+        conn,
+        &Message::Listeners {
+            version: VERSION,
+            pid: std::process::id(),
+            sockets: infos,
+        },
+        &fds,
+    )
+    .await?;
+    tracing::info!(pid, "handover: listening sockets given to the new process");
+    let (ready, _) = tokio::time::timeout(timeout, wire::recv(conn))
+        .await
+        .context("the new process did not start")??;
+    if ready != Message::Ready {
+        bail!("expected ready, got {ready:?}");
+    }
+    // From here on this process stops accepting and moves its clients.
+    let (tx, mut offers) = mpsc::channel::<Offer>(OFFER_QUEUE);
+    shared.handoff.begin(tx);
+    let _ = std::fs::remove_file(path);
+    wire::send(conn, &Message::Stopped, &[]).await?;
+    tracing::info!(
+        pid,
+        ?timeout,
+        "handover: the new process accepts; handing over idle clients"
+    );
+    let deadline = Instant::now() + timeout;
+    let mut check = tokio::time::interval(DRAIN_CHECK);
+    let (mut moved, mut refused) = (0u64, 0u64);
+    let metrics = &shared.metrics.handover_clients_total;
+    loop {
+        tokio::select! {
+            Some(offer) = offers.recv() => match hand(conn, offer).await {
+                Ok(true) => {
+                    moved += 1;
+                    metrics.with_label_values(&[MOVED]).inc();
+                }
+                Ok(false) => {
+                    refused += 1;
+                    metrics.with_label_values(&[REFUSED]).inc();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "handover: the new process is gone; the rest finish here");
+                    break;
+                }
+            },
+            _ = check.tick() => if pooled_clients(shared) == 0 { break },
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::info!("handover_timeout reached");
+                break;
+            }
+        }
+    }
+    shared.handoff.end();
+    // Offers still queued go back to their sessions as refused.
+    drop(offers);
+    let stayed = pooled_clients(shared) as u64;
+    metrics.with_label_values(&[STAYED]).inc_by(stayed);
+    let _ = wire::send(conn, &Message::Done { moved, stayed }, &[]).await;
+    tracing::info!(moved, refused, stayed, "handover done; stopping");
+    shared.stop_requested.notify_one();
+    Ok(())
+}
+
+/// Passes one client to the new process; whether it took it. Once the
+/// socket was sent without an answer, the client counts as taken: two
+/// processes must never both read one client's socket.
+async fn hand(conn: &UnixStream, offer: Offer) -> std::io::Result<bool> {
+    let state = Box::new(offer.state);
+    if let Err(e) = wire::send(conn, &Message::Client { state }, &[offer.socket.as_fd()]).await {
+        let _ = offer.taken.send(false);
+        return Err(e);
+    }
+    let answer = wire::recv(conn).await;
+    let taken = match &answer {
+        Ok((Message::Taken { taken, reason }, _)) => {
+            if !taken {
+                tracing::info!(
+                    reason = reason.as_deref().unwrap_or(""),
+                    "handover: the new process refused a client; it finishes here"
+                );
+            }
+            *taken
+        }
+        _ => true,
+    };
+    let _ = offer.taken.send(taken);
+    answer.map(|_| taken)
+}
