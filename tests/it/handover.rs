@@ -1,0 +1,285 @@
+//! An upgrade that keeps client connections, through the real binaries:
+//! pgkeel A serves pgbench (persistent connections, prepared statements,
+//! transaction mode) and a few clients with settings, prepared statements
+//! and an open transaction; pgkeel B starts beside it with `--takeover`
+//! (the same binary: the protocol between them carries a version, so an
+//! old and a new binary work the same way), receives A's listening sockets
+//! and then its idle clients; A exits. No transaction fails, no client
+//! connection closes, new connections all succeed during the switch, the
+//! clients keep their settings, prepared statements and cancel keys.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::{self, shared_pg, TiedProcess};
+use crate::support::{self, connect, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgkeel");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One pgkeel process, its output in a file.
+struct Pgkeel {
+    process: TiedProcess,
+    log: PathBuf,
+}
+
+impl Pgkeel {
+    fn start(config: &Path, log: PathBuf, takeover: bool) -> Pgkeel {
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(config);
+        if takeover {
+            cmd.arg("--takeover");
+        }
+        cmd.env("RUST_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        Pgkeel {
+            process: TiedProcess::spawn(cmd, libc::SIGTERM),
+            log,
+        }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The table pgbench's script works on, this module's own.
+async fn create_table() {
+    let pg = shared_pg();
+    let c = common::pg_client(pg.port, "postgres", "postgres", "appdb").await;
+    c.batch_execute(
+        "DROP TABLE IF EXISTS handover_accounts;
+         CREATE TABLE handover_accounts (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+         INSERT INTO handover_accounts SELECT g FROM generate_series(1, 100) g;
+         GRANT ALL ON handover_accounts TO app;",
+    )
+    .await
+    .unwrap();
+}
+
+const SCRIPT: &str = "\\set id random(1, 100)
+BEGIN;
+UPDATE handover_accounts SET n = n + 1 WHERE id = :id;
+SELECT n FROM handover_accounts WHERE id = :id;
+END;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
+    let pg = shared_pg();
+    create_table().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let socket = dir.path().join("pgkeel.handover");
+    let proxy = format!(
+        "handover_socket = \"{}\"\nhandover_timeout = \"60s\"\nshutdown_timeout = \"5s\"",
+        socket.display()
+    );
+    let text = support::config(pg.port, &proxy, "")
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        )
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{admin_port}\""),
+            1,
+        );
+    let config = dir.path().join("pgkeel.toml");
+    std::fs::write(&config, text).unwrap();
+    let script = dir.path().join("handover.sql");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+
+    let a = Pgkeel::start(&config, dir.path().join("a.out"), false);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok() && socket.exists()
+        })
+        .await,
+        "pgkeel A did not start:\n{}",
+        a.output()
+    );
+
+    // Clients of A with state that must move: settings (a reported one
+    // and another), a protocol-level and an SQL-level prepared statement.
+    let settings = connect(addr, "app", "app_password", "appdb").await.unwrap();
+    settings
+        .batch_execute("SET TimeZone = 'Asia/Tokyo'; SET statement_timeout = '123s'")
+        .await
+        .unwrap();
+    settings
+        .batch_execute("PREPARE handover_plus(int) AS SELECT $1 + 1")
+        .await
+        .unwrap();
+    let stmt = settings
+        .prepare("SELECT n FROM handover_accounts WHERE id = $1")
+        .await
+        .unwrap();
+    settings.query_one(&stmt, &[&1i32]).await.unwrap();
+    // A client whose query is cancelled once it lives on B.
+    let cancelled = connect(addr, "app", "app_password", "appdb").await.unwrap();
+    cancelled.simple_query("SELECT 1").await.unwrap();
+    // A client inside a transaction when the handover starts: it moves
+    // once the transaction ends.
+    let busy = connect(addr, "app", "app_password", "appdb").await.unwrap();
+    busy.batch_execute("BEGIN; UPDATE handover_accounts SET n = n + 1 WHERE id = 100")
+        .await
+        .unwrap();
+
+    let bench = tokio::process::Command::new("pgbench")
+        .args(["-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "12"])
+        .arg("-f")
+        .arg(&script)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app", "appdb"])
+        .env("PGPASSWORD", "app_password")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pgbench starts");
+    // pgbench's transactions flow through A before the upgrade.
+    let pg_client = common::pg_client(pg.port, "postgres", "postgres", "appdb").await;
+    let total = || async {
+        let r = pg_client
+            .query_one("SELECT sum(n)::bigint FROM handover_accounts", &[])
+            .await
+            .unwrap();
+        r.get::<_, i64>(0)
+    };
+    let before = total().await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async { total().await > before + 50 }).await,
+        "no pgbench traffic through A"
+    );
+
+    // New connections keep coming during the switch: every one succeeds.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (opened, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let newcomers = {
+        let (stop, opened, failed) = (stop.clone(), opened.clone(), failed.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match connect(addr, "app", "app_password", "appdb").await {
+                    Ok(c) if c.simple_query("SELECT 1").await.is_ok() => {
+                        opened.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+
+    let b = Pgkeel::start(&config, dir.path().join("b.out"), true);
+    // B took the listeners: A says so once B accepts.
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            a.output().contains("handover: the new process accepts")
+        })
+        .await,
+        "no handover:\nA:\n{}\nB:\n{}",
+        a.output(),
+        b.output()
+    );
+    // The open transaction ends on A; its client then moves too.
+    busy.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || async { !a.process.running() }).await,
+        "A did not exit:\n{}",
+        a.output()
+    );
+    stop.store(true, Ordering::SeqCst);
+    newcomers.await.unwrap();
+    let a_out = a.output();
+    assert!(a_out.contains("handover done"), "{a_out}");
+    assert!(b.process.running(), "B exited:\n{}", b.output());
+
+    // Every client of A lives on B, with its state.
+    for c in [&settings, &cancelled, &busy] {
+        assert!(!c.is_closed(), "a client connection closed:\n{a_out}");
+    }
+    let row = |msgs: Vec<tokio_postgres::SimpleQueryMessage>| {
+        msgs.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_owned()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(row(settings.simple_query("SHOW TimeZone").await.unwrap()), "Asia/Tokyo");
+    assert_eq!(
+        row(settings.simple_query("SHOW statement_timeout").await.unwrap()),
+        "123s"
+    );
+    assert_eq!(
+        row(settings.simple_query("EXECUTE handover_plus(41)").await.unwrap()),
+        "42"
+    );
+    settings.query_one(&stmt, &[&1i32]).await.unwrap();
+    busy.simple_query("SELECT 1").await.unwrap();
+    // Its cancel key works on B: the statement it runs there is cancelled.
+    let token = cancelled.cancel_token();
+    let sleeping = tokio::spawn(async move { cancelled.simple_query("SELECT pg_sleep(60)").await });
+    let sleeping_seen = wait_until(Duration::from_secs(10), || async {
+        let r = pg_client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap();
+        r.get::<_, i64>(0) > 0
+    })
+    .await;
+    assert!(sleeping_seen, "the query to cancel never ran");
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = sleeping.await.unwrap().unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("57014"),
+        "{err}"
+    );
+
+    let out = bench.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench failed:\n{stdout}\n{stderr}\nA:\n{a_out}");
+    assert!(
+        stdout.contains("number of failed transactions: 0 ")
+            && !stdout.contains("aborted")
+            && !stderr.contains("error"),
+        "pgbench saw failures:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "new connections failed");
+    assert!(opened.load(Ordering::SeqCst) > 0);
+    // A moved its clients (pgbench's 4, the 3 above, newcomers) rather
+    // than leaving them to finish.
+    let moved: u64 = a_out
+        .lines()
+        .find(|l| l.contains("handover done"))
+        .and_then(|l| l.split("moved=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(moved >= 7, "moved {moved}:\n{a_out}");
+    // B is the one serving: its admin endpoint answers (A's copy is closed).
+    let (code, _) = support::http_get(admin, "/health").await;
+    assert_eq!(code, 200);
+    drop(b);
+}
