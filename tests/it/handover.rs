@@ -146,7 +146,15 @@ async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
         .args(["-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "12"])
         .arg("-f")
         .arg(&script)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app", "appdb"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "app",
+            "appdb",
+        ])
         .env("PGPASSWORD", "app_password")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -163,7 +171,10 @@ async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
     };
     let before = total().await;
     assert!(
-        wait_until(Duration::from_secs(10), || async { total().await > before + 50 }).await,
+        wait_until(Duration::from_secs(10), || async {
+            total().await > before + 50
+        })
+        .await,
         "no pgbench traffic through A"
     );
 
@@ -222,13 +233,22 @@ async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
             })
             .unwrap()
     };
-    assert_eq!(row(settings.simple_query("SHOW TimeZone").await.unwrap()), "Asia/Tokyo");
     assert_eq!(
-        row(settings.simple_query("SHOW statement_timeout").await.unwrap()),
+        row(settings.simple_query("SHOW TimeZone").await.unwrap()),
+        "Asia/Tokyo"
+    );
+    assert_eq!(
+        row(settings
+            .simple_query("SHOW statement_timeout")
+            .await
+            .unwrap()),
         "123s"
     );
     assert_eq!(
-        row(settings.simple_query("EXECUTE handover_plus(41)").await.unwrap()),
+        row(settings
+            .simple_query("EXECUTE handover_plus(41)")
+            .await
+            .unwrap()),
         "42"
     );
     settings.query_one(&stmt, &[&1i32]).await.unwrap();
@@ -259,7 +279,10 @@ async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
     let out = bench.wait_with_output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pgbench failed:\n{stdout}\n{stderr}\nA:\n{a_out}");
+    assert!(
+        out.status.success(),
+        "pgbench failed:\n{stdout}\n{stderr}\nA:\n{a_out}"
+    );
     assert!(
         stdout.contains("number of failed transactions: 0 ")
             && !stdout.contains("aborted")
