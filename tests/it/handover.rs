@@ -77,10 +77,18 @@ SELECT n FROM handover_accounts WHERE id = :id;
 END;
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
+/// A config in `dir` for two processes taking turns on one port (and one
+/// admin port), with `extra` appended; its addresses.
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    socket: PathBuf,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn setup(extra: &str) -> Setup {
     let pg = shared_pg();
-    create_table().await;
     let dir = tempfile::tempdir().unwrap();
     let (port, admin_port) = (free_port(), free_port());
     let socket = dir.path().join("pgkeel.handover");
@@ -88,7 +96,7 @@ async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
         "handover_socket = \"{}\"\nhandover_timeout = \"60s\"\nshutdown_timeout = \"5s\"",
         socket.display()
     );
-    let text = support::config(pg.port, &proxy, "")
+    let text = support::config(pg.port, &proxy, extra)
         .replacen(
             "listen = \"127.0.0.1:0\"",
             &format!("listen = \"127.0.0.1:{port}\""),
@@ -101,20 +109,58 @@ async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
         );
     let config = dir.path().join("pgkeel.toml");
     std::fs::write(&config, text).unwrap();
+    Setup {
+        config,
+        socket,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+        dir,
+    }
+}
+
+impl Setup {
+    /// The first process, once it accepts and listens for a takeover.
+    async fn start_old(&self) -> Pgkeel {
+        let a = Pgkeel::start(&self.config, self.dir.path().join("a.out"), false);
+        assert!(
+            wait_until(Duration::from_secs(20), || async {
+                tokio::net::TcpStream::connect(self.addr).await.is_ok() && self.socket.exists()
+            })
+            .await,
+            "pgkeel A did not start:\n{}",
+            a.output()
+        );
+        a
+    }
+
+    /// The second, with `--takeover`, once the first stopped accepting.
+    async fn take_over(&self, a: &Pgkeel) -> Pgkeel {
+        let b = Pgkeel::start(&self.config, self.dir.path().join("b.out"), true);
+        assert!(
+            wait_until(Duration::from_secs(20), || async {
+                a.output().contains("handover: the new process accepts")
+            })
+            .await,
+            "no handover:\nA:\n{}\nB:\n{}",
+            a.output(),
+            b.output()
+        );
+        b
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
+    let pg = shared_pg();
+    create_table().await;
+    let setup = setup("");
+    let Setup {
+        addr, admin, dir, ..
+    } = &setup;
+    let (addr, admin, port) = (*addr, *admin, addr.port());
     let script = dir.path().join("handover.sql");
     std::fs::write(&script, SCRIPT).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-
-    let a = Pgkeel::start(&config, dir.path().join("a.out"), false);
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok() && socket.exists()
-        })
-        .await,
-        "pgkeel A did not start:\n{}",
-        a.output()
-    );
+    let a = setup.start_old().await;
 
     // Clients of A with state that must move: settings (a reported one
     // and another), a protocol-level and an SQL-level prepared statement.
@@ -197,17 +243,8 @@ async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
         })
     };
 
-    let b = Pgkeel::start(&config, dir.path().join("b.out"), true);
-    // B took the listeners: A says so once B accepts.
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            a.output().contains("handover: the new process accepts")
-        })
-        .await,
-        "no handover:\nA:\n{}\nB:\n{}",
-        a.output(),
-        b.output()
-    );
+    // B takes the listeners: A says so once B accepts.
+    let b = setup.take_over(&a).await;
     // The open transaction ends on A; its client then moves too.
     busy.batch_execute("COMMIT").await.unwrap();
     assert!(
@@ -305,4 +342,66 @@ async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
     let (code, _) = support::http_get(admin, "/health").await;
     assert_eq!(code, 200);
     drop(b);
+}
+
+async fn pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get::<_, i32>(0)
+}
+
+/// Clients that cannot move (session mode here) finish on the old process,
+/// which serves them until they leave, and exits then; the others move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_mode_client_finishes_on_the_old_process() {
+    let setup = setup(
+        "[[users]]\nname = \"handover_session\"\npassword = \"hs_password\"\nserver_user = \"app\"\nserver_password = \"app_password\"\npool_mode = \"session\"\n",
+    );
+    let a = setup.start_old().await;
+    let addr = setup.addr;
+    let stays = connect(addr, "handover_session", "hs_password", "appdb")
+        .await
+        .unwrap();
+    let server_pid = pid(&stays).await;
+    let moves = connect(addr, "app", "app_password", "appdb").await.unwrap();
+    moves.simple_query("SELECT 1").await.unwrap();
+    let b = setup.take_over(&a).await;
+    // The transaction-mode client moves; the session-mode one is still
+    // served by A, on the same server connection.
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            b.output()
+                .contains("client taken over from the old process")
+        })
+        .await,
+        "nothing moved:\nA:\n{}\nB:\n{}",
+        a.output(),
+        b.output()
+    );
+    moves.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(pid(&stays).await, server_pid);
+    assert!(
+        a.process.running(),
+        "A left its session-mode client:\n{}",
+        a.output()
+    );
+    // New logins, session mode too, go to B.
+    let newcomer = connect(addr, "handover_session", "hs_password", "appdb")
+        .await
+        .unwrap();
+    newcomer.simple_query("SELECT 1").await.unwrap();
+    drop(stays);
+    assert!(
+        wait_until(Duration::from_secs(20), || async { !a.process.running() }).await,
+        "A did not exit after its last client left:\n{}",
+        a.output()
+    );
+    assert!(
+        a.output().contains("moved=1 refused=0 stayed=0"),
+        "{}",
+        a.output()
+    );
+    assert!(!moves.is_closed() && !newcomer.is_closed());
+    moves.simple_query("SELECT 1").await.unwrap();
 }
