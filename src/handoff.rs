@@ -74,13 +74,21 @@ pub struct Offer {
 pub struct Handoff {
     active: watch::Sender<bool>,
     offers: Mutex<Option<mpsc::Sender<Offer>>>,
+    /// In the new process: the old one, while it still serves clients. A
+    /// CancelRequest for a key this process does not know goes there.
+    predecessor: Mutex<Option<mpsc::Sender<(i32, i32)>>>,
 }
+
+/// Cancels on their way to the old process; beyond this many, more are
+/// dropped (a CancelRequest is best effort, in PostgreSQL too).
+pub const CANCEL_QUEUE: usize = 1024;
 
 impl Default for Handoff {
     fn default() -> Self {
         Handoff {
             active: watch::channel(false).0,
             offers: Mutex::new(None),
+            predecessor: Mutex::new(None),
         }
     }
 }
@@ -106,6 +114,20 @@ impl Handoff {
     /// offers are refused from now on, and the sessions finish here.
     pub fn end(&self) {
         self.offers.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// CancelRequests for unknown keys go to the old process on `to` (none:
+    /// it is gone).
+    pub fn forward_cancels_to(&self, to: Option<mpsc::Sender<(i32, i32)>>) {
+        *self.predecessor.lock().unwrap_or_else(|e| e.into_inner()) = to;
+    }
+
+    /// Passes a CancelRequest for a key this process does not know to the
+    /// old process, if one still serves clients.
+    pub fn forward_cancel(&self, pid: i32, secret: i32) {
+        if let Some(to) = &*self.predecessor.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = to.try_send((pid, secret));
+        }
     }
 
     /// Offers a session; true once the new process has taken it (the

@@ -131,9 +131,16 @@ impl Takeover {
     ) -> anyhow::Result<()> {
         let conn = &self.conn;
         wire::send(conn, &Message::Ready, &[]).await?;
-        let (stopped, _) = wire::recv(conn).await?;
+        let (stopped, mut fds) = wire::recv(conn).await?;
         if stopped != Message::Stopped {
             bail!("expected stopped, got {stopped:?}");
+        }
+        if let Some(fd) = fds.pop() {
+            let std = std::os::unix::net::UnixStream::from(fd);
+            std.set_nonblocking(true)?;
+            let (tx, rx) = mpsc::channel(crate::handoff::CANCEL_QUEUE);
+            shared.handoff.forward_cancels_to(Some(tx));
+            tokio::spawn(cancels_to(shared.clone(), UnixStream::from_std(std)?, rx));
         }
         // The path is free: the next upgrade finds this process there.
         match sender::bind(&self.path) {
@@ -177,6 +184,22 @@ impl Takeover {
             }
         }
     }
+}
+
+/// Passes CancelRequests for keys this process does not know to the old
+/// process, until it is gone.
+async fn cancels_to(shared: Arc<Shared>, mut to: UnixStream, mut keys: mpsc::Receiver<(i32, i32)>) {
+    use tokio::io::AsyncWriteExt;
+    while let Some((pid, secret)) = keys.recv().await {
+        if to
+            .write_all(&wire::put_cancel_record(pid, secret))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    shared.handoff.forward_cancels_to(None);
 }
 
 fn adopt_client(

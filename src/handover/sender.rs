@@ -148,7 +148,13 @@ async fn give(
     let (tx, mut offers) = mpsc::channel::<Offer>(OFFER_QUEUE);
     shared.handoff.begin(tx);
     let _ = std::fs::remove_file(path);
-    wire::send(conn, &Message::Stopped, &[]).await?;
+    // CancelRequests for the clients still here now reach the new
+    // process: it passes them back on this pair's other end.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    wire::send(conn, &Message::Stopped, &[theirs.as_fd()]).await?;
+    drop(theirs);
+    ours.set_nonblocking(true)?;
+    tokio::spawn(cancels_from(shared.clone(), UnixStream::from_std(ours)?));
     tracing::info!(
         pid,
         ?timeout,
@@ -190,6 +196,18 @@ async fn give(
     tracing::info!(moved, refused, stayed, "handover done; stopping");
     shared.stop_requested.notify_one();
     Ok(())
+}
+
+/// Carries out the CancelRequests the new process passes back, for
+/// clients still served here, until it closes its end (or this process
+/// stops).
+async fn cancels_from(shared: Arc<Shared>, mut from: UnixStream) {
+    use tokio::io::AsyncReadExt;
+    let mut record = [0u8; wire::CANCEL_RECORD];
+    while from.read_exact(&mut record).await.is_ok() {
+        let (pid, secret) = wire::cancel_record(&record);
+        crate::session::startup::cancel(&shared, pid, secret).await;
+    }
 }
 
 /// Passes one client to the new process; whether it took it. Once the

@@ -74,6 +74,8 @@ pub enum Message {
     /// New → old: accepting on the sockets.
     Ready,
     /// Old → new: stopped accepting; the handover socket's path is free.
+    /// Attached: a socket for the CancelRequests of clients still on the
+    /// old process (`CANCEL_RECORD`s, new → old).
     Stopped,
     /// Old → new: an idle client, its socket attached.
     Client { state: Box<SessionState> },
@@ -82,6 +84,25 @@ pub enum Message {
     Taken { taken: bool, reason: Option<String> },
     /// Old → new: no more clients; the old process exits.
     Done { moved: u64, stayed: u64 },
+}
+
+/// A CancelRequest passed back to the old process: its key, as the
+/// client sent it (process id, secret; big-endian).
+pub const CANCEL_RECORD: usize = 8;
+
+pub fn put_cancel_record(pid: i32, secret: i32) -> [u8; CANCEL_RECORD] {
+    let mut r = [0u8; CANCEL_RECORD];
+    r[..4].copy_from_slice(&pid.to_be_bytes());
+    r[4..].copy_from_slice(&secret.to_be_bytes());
+    r
+}
+
+pub fn cancel_record(r: &[u8; CANCEL_RECORD]) -> (i32, i32) {
+    let (pid, secret) = r.split_at(4);
+    (
+        i32::from_be_bytes(pid.try_into().expect("4 bytes")),
+        i32::from_be_bytes(secret.try_into().expect("4 bytes")),
+    )
 }
 
 /// Sends `msg` with `fds` attached.
@@ -180,6 +201,16 @@ pub fn incompatible(version: u32) -> Option<String> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn cancel_records_round_trip() {
+        for (pid, secret) in [(1, -1), (i32::MAX, i32::MIN), (0, 0)] {
+            assert_eq!(
+                cancel_record(&put_cancel_record(pid, secret)),
+                (pid, secret)
+            );
+        }
+    }
 
     #[test]
     fn only_the_same_version_is_compatible() {

@@ -391,6 +391,41 @@ async fn a_session_mode_client_finishes_on_the_old_process() {
         .await
         .unwrap();
     newcomer.simple_query("SELECT 1").await.unwrap();
+    // Its CancelRequest reaches B, which passes it back to A.
+    let token = stays.cancel_token();
+    let stays = Arc::new(stays);
+    let sleeping = {
+        let stays = stays.clone();
+        tokio::spawn(async move {
+            stays
+                .simple_query("SELECT pg_sleep(60) -- handover_stays")
+                .await
+        })
+    };
+    let pg = shared_pg();
+    let watcher = common::pg_client(pg.port, "postgres", "postgres", "appdb").await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60) -- handover_stays' AND state = 'active'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                > 0
+        })
+        .await,
+        "the query to cancel never ran"
+    );
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = sleeping.await.unwrap().unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("57014"),
+        "{err}"
+    );
     drop(stays);
     assert!(
         wait_until(Duration::from_secs(20), || async { !a.process.running() }).await,
