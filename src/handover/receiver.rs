@@ -40,6 +40,12 @@ impl Takeover {
                 path.display()
             )
         })?;
+        if !sender::same_user(&conn) {
+            bail!(
+                "{} is served by another user's process: not taken over",
+                path.display()
+            );
+        }
         wire::send(
             &conn,
             &Message::Hello {

@@ -37,7 +37,12 @@ const OFFER_QUEUE: usize = 64;
 /// on it) is replaced; one a live process listens on is an error. Only
 /// this user may connect (mode 0600; peers are checked again by uid).
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            // Never removed: a wrong path must not cost someone a file.
+            bail!("{} exists and is not a socket", path.display());
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!(
                 "another pgkeel process listens on the handover socket {} (start this one with --takeover to take over from it)",
@@ -52,8 +57,9 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-/// Whether the peer runs as this process's user.
-fn same_user(conn: &UnixStream) -> bool {
+/// Whether the peer runs as this process's user (whoever can connect
+/// gets the listening sockets and the clients).
+pub(super) fn same_user(conn: &UnixStream) -> bool {
     conn.peer_cred()
         .is_ok_and(|c| c.uid() == nix::unistd::geteuid().as_raw())
 }
@@ -234,4 +240,31 @@ async fn hand(conn: &UnixStream, offer: Offer) -> std::io::Result<bool> {
     };
     let _ = offer.taken.send(taken);
     answer.map(|_| taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_a_live_one_or_another_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sock");
+        let live = bind(&path).unwrap();
+        assert!(bind(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("another pgkeel process"));
+        drop(live);
+        // The file is left behind, stale: replaced.
+        assert!(path.exists());
+        let _again = bind(&path).unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "x").unwrap();
+        assert!(bind(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("not a socket"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+    }
 }

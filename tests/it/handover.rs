@@ -440,3 +440,44 @@ async fn a_session_mode_client_finishes_on_the_old_process() {
     assert!(!moves.is_closed() && !newcomer.is_closed());
     moves.simple_query("SELECT 1").await.unwrap();
 }
+
+/// A process of another protocol version is refused before anything
+/// moves: the running one serves on and still listens for a takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_version_is_refused_and_nothing_changes() {
+    use pgkeel::handover::wire::{self, Message, VERSION};
+    let setup = setup("");
+    let a = setup.start_old().await;
+    let client = connect(setup.addr, "app", "app_password", "appdb")
+        .await
+        .unwrap();
+    let peer = tokio::net::UnixStream::connect(&setup.socket)
+        .await
+        .unwrap();
+    let hello = Message::Hello {
+        version: VERSION + 1,
+        pid: std::process::id(),
+    };
+    wire::send(&peer, &hello, &[]).await.unwrap();
+    let (answer, fds) = wire::recv(&peer).await.unwrap();
+    assert!(fds.is_empty(), "sockets were sent to an incompatible peer");
+    match answer {
+        Message::Refused { reason } => assert!(reason.contains("version"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    client.simple_query("SELECT 1").await.unwrap();
+    let newcomer = connect(setup.addr, "app", "app_password", "appdb")
+        .await
+        .unwrap();
+    newcomer.simple_query("SELECT 1").await.unwrap();
+    assert!(a.process.running() && setup.socket.exists());
+    // A compatible takeover still works afterwards.
+    let _b = setup.take_over(&a).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async { !a.process.running() }).await,
+        "A did not exit:\n{}",
+        a.output()
+    );
+    client.simple_query("SELECT 1").await.unwrap();
+    newcomer.simple_query("SELECT 1").await.unwrap();
+}
