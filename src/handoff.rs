@@ -99,6 +99,14 @@ impl Handoff {
         self.active.subscribe()
     }
 
+    /// Resolves once a handover began.
+    pub fn raised(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.watch();
+        async move {
+            let _ = rx.wait_for(|up| *up).await;
+        }
+    }
+
     pub fn is_active(&self) -> bool {
         *self.active.borrow()
     }
