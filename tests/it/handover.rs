@@ -104,7 +104,7 @@ fn setup(extra: &str) -> Setup {
         )
         .replacen(
             "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{admin_port}\""),
+            &format!("listen = \"127.0.0.1:{admin_port}\"\nusers = [\"app\"]"),
             1,
         );
     let config = dir.path().join("pgkeel.toml");
@@ -135,7 +135,12 @@ impl Setup {
 
     /// The second, with `--takeover`, once the first stopped accepting.
     async fn take_over(&self, a: &Pgkeel) -> Pgkeel {
-        let b = Pgkeel::start(&self.config, self.dir.path().join("b.out"), true);
+        self.take_over_with(a, &self.config).await
+    }
+
+    /// The same, on another configuration file.
+    async fn take_over_with(&self, a: &Pgkeel, config: &Path) -> Pgkeel {
+        let b = Pgkeel::start(config, self.dir.path().join("b.out"), true);
         assert!(
             wait_until(Duration::from_secs(20), || async {
                 a.output().contains("handover: the new process accepts")
@@ -189,7 +194,7 @@ async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
         .unwrap();
 
     let bench = tokio::process::Command::new("pgbench")
-        .args(["-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "12"])
+        .args(["-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "20"])
         .arg("-f")
         .arg(&script)
         .args([
@@ -257,6 +262,23 @@ async fn an_upgrade_under_pgbench_keeps_every_client_and_transaction() {
     let a_out = a.output();
     assert!(a_out.contains("handover done"), "{a_out}");
     assert!(b.process.running(), "B exited:\n{}", b.output());
+    // pgbench's four connections are B's now (its console lists them).
+    let console = connect(addr, "app", "app_password", "pgkeel")
+        .await
+        .unwrap();
+    let on_b = console
+        .simple_query("SHOW CLIENTS")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                r.get("application_name") == Some("pgbench")
+            }
+            _ => false,
+        })
+        .count();
+    assert_eq!(on_b, 4, "pgbench clients on B:\nA:\n{a_out}");
 
     // Every client of A lives on B, with its state.
     for c in [&settings, &cancelled, &busy] {
@@ -480,4 +502,59 @@ async fn a_peer_of_another_version_is_refused_and_nothing_changes() {
     );
     client.simple_query("SELECT 1").await.unwrap();
     newcomer.simple_query("SELECT 1").await.unwrap();
+}
+
+/// A client the new process refuses (its configuration no longer has the
+/// user) goes on on the old process, which exits once it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_the_new_process_refuses_goes_on_on_the_old_one() {
+    let gone = "[[users]]\nname = \"handover_gone\"\npassword = \"hg_password\"\nserver_user = \"app\"\nserver_password = \"app_password\"\n";
+    let setup = setup(gone);
+    let b_config = setup.dir.path().join("b.toml");
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&b_config, text.replace(gone, "")).unwrap();
+    let a = setup.start_old().await;
+    let refused = connect(setup.addr, "handover_gone", "hg_password", "appdb")
+        .await
+        .unwrap();
+    refused
+        .batch_execute("SET application_name = 'handover_refused'")
+        .await
+        .unwrap();
+    let moves = connect(setup.addr, "app", "app_password", "appdb")
+        .await
+        .unwrap();
+    let _b = setup.take_over_with(&a, &b_config).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            a.output().contains("the new process refused a client")
+        })
+        .await,
+        "no refusal:\n{}",
+        a.output()
+    );
+    // Still A's, with its setting.
+    let msgs = refused.simple_query("SHOW application_name").await.unwrap();
+    assert!(
+        msgs.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("handover_refused"))),
+        "{msgs:?}"
+    );
+    moves.simple_query("SELECT 1").await.unwrap();
+    assert!(
+        a.process.running(),
+        "A left a client it kept:\n{}",
+        a.output()
+    );
+    drop(refused);
+    assert!(
+        wait_until(Duration::from_secs(20), || async { !a.process.running() }).await,
+        "A did not exit after its last client left:\n{}",
+        a.output()
+    );
+    assert!(
+        a.output().contains("moved=1 refused=1 stayed=0"),
+        "{}",
+        a.output()
+    );
+    moves.simple_query("SELECT 1").await.unwrap();
 }
