@@ -558,3 +558,96 @@ async fn a_client_the_new_process_refuses_goes_on_on_the_old_one() {
     );
     moves.simple_query("SELECT 1").await.unwrap();
 }
+
+/// `--takeover` with no process to take over from says so and exits 1.
+#[test]
+fn a_takeover_with_nobody_to_take_over_from_fails_clearly() {
+    let setup = setup("");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("--takeover")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("no pgkeel process to take over from"),
+        "{text}"
+    );
+    // Nothing was bound: the port is free.
+    assert!(std::net::TcpListener::bind(setup.addr).is_ok());
+}
+
+/// A TLS client's session keys cannot move: it finishes on the old
+/// process, whose TLS session goes on, while a plain client moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_finishes_on_the_old_process() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (certs.path().join("c.pem"), certs.path().join("c.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let setup = setup("");
+    let text = std::fs::read_to_string(&setup.config).unwrap().replace(
+        "[tls]\n",
+        &format!("[tls]\ncert = {cert_path:?}\nkey = {key_path:?}\n"),
+    );
+    std::fs::write(&setup.config, text).unwrap();
+    let a = setup.start_old().await;
+    // Encrypted, the certificate unchecked (sslmode=require).
+    let unchecked = pgkeel::tls::Tls::build(&pgkeel::config::TlsConfig {
+        server_tls_mode: pgkeel::config::ServerTlsMode::Require,
+        ..Default::default()
+    })
+    .unwrap()
+    .server;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(setup.addr.port())
+        .user("app")
+        .password("app_password")
+        .dbname("appdb")
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let (tls_client, conn) = cfg
+        .connect(pgkeel::tls::postgres::MakeRustls::new(unchecked))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tls_client.simple_query("SELECT 1").await.unwrap();
+    let plain = connect(setup.addr, "app", "app_password", "appdb")
+        .await
+        .unwrap();
+    plain.simple_query("SELECT 1").await.unwrap();
+    let b = setup.take_over(&a).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            b.output()
+                .contains("client taken over from the old process")
+        })
+        .await,
+        "nothing moved:\nA:\n{}\nB:\n{}",
+        a.output(),
+        b.output()
+    );
+    // Still served by A over its TLS session (moved, the session would break).
+    tls_client.simple_query("SELECT 1").await.unwrap();
+    assert!(
+        a.process.running(),
+        "A left its TLS client:\n{}",
+        a.output()
+    );
+    drop(tls_client);
+    assert!(
+        wait_until(Duration::from_secs(20), || async { !a.process.running() }).await,
+        "A did not exit after its TLS client left:\n{}",
+        a.output()
+    );
+    assert!(
+        a.output().contains("moved=1 refused=0 stayed=0"),
+        "{}",
+        a.output()
+    );
+    plain.simple_query("SELECT 1").await.unwrap();
+}
