@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,9 @@ pub struct Offer {
 /// A handover under way (or not), shared by every session of the old process.
 pub struct Handoff {
     active: watch::Sender<bool>,
+    /// The same flag, read by every session between transactions without
+    /// the channel's lock.
+    raised: AtomicBool,
     offers: Mutex<Option<mpsc::Sender<Offer>>>,
     /// In the new process: the old one, while it still serves clients. A
     /// CancelRequest for a key this process does not know goes there.
@@ -87,6 +91,7 @@ impl Default for Handoff {
     fn default() -> Self {
         Handoff {
             active: watch::channel(false).0,
+            raised: AtomicBool::new(false),
             offers: Mutex::new(None),
             predecessor: Mutex::new(None),
         }
@@ -108,13 +113,14 @@ impl Handoff {
     }
 
     pub fn is_active(&self) -> bool {
-        *self.active.borrow()
+        self.raised.load(Ordering::Relaxed)
     }
 
     /// A new process took the listeners: sessions offer themselves on `to`
     /// as they become idle.
     pub fn begin(&self, to: mpsc::Sender<Offer>) {
         *self.offers.lock().unwrap_or_else(|e| e.into_inner()) = Some(to);
+        self.raised.store(true, Ordering::Relaxed);
         self.active.send_replace(true);
     }
 

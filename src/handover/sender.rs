@@ -30,6 +30,10 @@ pub struct Listening {
 /// How often the drain looks whether pooled clients are left.
 const DRAIN_CHECK: Duration = Duration::from_millis(50);
 
+/// How long the new process may take to answer for one client (it
+/// rebuilds a session without any I/O: far less than this).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Offers in flight between the sessions and the transport.
 const OFFER_QUEUE: usize = 64;
 
@@ -225,7 +229,10 @@ async fn hand(conn: &UnixStream, offer: Offer) -> std::io::Result<bool> {
         let _ = offer.taken.send(false);
         return Err(e);
     }
-    let answer = wire::recv(conn).await;
+    let answer = match tokio::time::timeout(ANSWER_TIMEOUT, wire::recv(conn)).await {
+        Ok(a) => a,
+        Err(_) => Err(std::io::Error::other("the new process did not answer")),
+    };
     let taken = match &answer {
         Ok((Message::Taken { taken, reason }, _)) => {
             if !taken {

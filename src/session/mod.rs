@@ -526,7 +526,7 @@ impl Session {
             // Between transactions, nothing read of the next: the moment
             // an upgrade's handover can move this client.
             let can_move = self.can_move();
-            if can_move && self.on_handoff.is_up() {
+            if can_move && self.shared.handoff.is_active() {
                 return Err(Ended::Handover);
             }
             tokio::select! {
