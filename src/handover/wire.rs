@@ -6,7 +6,8 @@
 //!
 //! The conversation (new → old, old → new):
 //! `Hello` →, ← `Listeners` + the listening sockets (or `Refused`),
-//! `Ready` → (the new process accepts), ← `Stopped` (the old one does not),
+//! `Ready` → (the new process accepts), ← `Stopped` + a socket for the
+//! CancelRequests of clients left on the old process (it accepts no more),
 //! then ← `Client` + its socket, `Taken` → for each idle client, ← `Done`.
 
 use std::io::{self, IoSlice, IoSliceMut};
@@ -29,6 +30,9 @@ pub const VERSION: u32 = 1;
 /// The longest message either side reads (a client's state with many
 /// prepared statements stays far below it).
 pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// How much of a message's body is set aside ahead of what arrived.
+const READ_STEP: usize = 64 << 10;
 
 /// Descriptors one message may carry (listeners: the main one,
 /// `[[listeners]]`, admin, metrics).
@@ -183,8 +187,13 @@ pub async fn recv(sock: &UnixStream) -> io::Result<(Message, Vec<OwnedFd>)> {
             "handover message of {len} bytes exceeds {MAX_MESSAGE}"
         )));
     }
-    let mut body = vec![0u8; len];
-    read_exact(sock, &mut body, &mut fds).await?;
+    // Grown as bytes arrive, not by the declared length.
+    let mut body = Vec::new();
+    while body.len() < len {
+        let start = body.len();
+        body.resize(start + (len - start).min(READ_STEP), 0);
+        read_exact(sock, &mut body[start..], &mut fds).await?;
+    }
     let msg = serde_json::from_slice(&body).map_err(io::Error::other)?;
     Ok((msg, fds))
 }
@@ -250,6 +259,19 @@ mod tests {
         q.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"x");
         p.write_all(b"y").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_large_message_arrives_whole() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let reason = "x".repeat(3 * READ_STEP + 17);
+        let msg = Message::Refused { reason };
+        let sending = {
+            let msg = msg.clone();
+            tokio::spawn(async move { send(&a, &msg, &[]).await.unwrap() })
+        };
+        assert_eq!(recv(&b).await.unwrap().0, msg);
+        sending.await.unwrap();
     }
 
     #[tokio::test]
