@@ -140,7 +140,12 @@ impl Setup {
 
     /// The same, on another configuration file.
     async fn take_over_with(&self, a: &Pgkeel, config: &Path) -> Pgkeel {
-        let b = Pgkeel::start(config, self.dir.path().join("b.out"), true);
+        self.take_over_as(a, config, "b.out").await
+    }
+
+    /// The same, with its output in `log`.
+    async fn take_over_as(&self, a: &Pgkeel, config: &Path, log: &str) -> Pgkeel {
+        let b = Pgkeel::start(config, self.dir.path().join(log), true);
         assert!(
             wait_until(Duration::from_secs(20), || async {
                 a.output().contains("handover: the new process accepts")
@@ -650,4 +655,46 @@ async fn a_tls_client_finishes_on_the_old_process() {
         a.output()
     );
     plain.simple_query("SELECT 1").await.unwrap();
+}
+
+/// The process that took over listens for the next upgrade: a client
+/// moves twice (A, B, C) with its settings and statements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_upgrades_in_a_row_move_a_client_twice() {
+    let setup = setup("");
+    let a = setup.start_old().await;
+    let c = connect(setup.addr, "app", "app_password", "appdb")
+        .await
+        .unwrap();
+    c.batch_execute("SET search_path = handover_twice, public")
+        .await
+        .unwrap();
+    let stmt = c.prepare("SELECT $1::int * 2").await.unwrap();
+    let b = setup.take_over(&a).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async { !a.process.running() }).await,
+        "A did not exit:\n{}",
+        a.output()
+    );
+    // B listens on the handover socket once A gave up the path.
+    assert!(
+        wait_until(Duration::from_secs(20), || async { setup.socket.exists() }).await,
+        "B does not listen for a takeover:\n{}",
+        b.output()
+    );
+    let next = setup.take_over_as(&b, &setup.config, "c.out").await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async { !b.process.running() }).await,
+        "B did not exit:\n{}",
+        b.output()
+    );
+    assert!(b.output().contains("moved=1"), "{}", b.output());
+    let n: i32 = c.query_one(&stmt, &[&21i32]).await.unwrap().get(0);
+    assert_eq!(n, 42);
+    let r = c.simple_query("SHOW search_path").await.unwrap();
+    assert!(
+        r.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("handover_twice, public"))),
+        "{r:?}"
+    );
+    assert!(next.process.running());
 }
