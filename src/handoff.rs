@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,17 @@ pub struct NamedState {
     pub original: Option<Vec<u8>>,
 }
 
+/// What became of a session's offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The new process serves the client now.
+    Taken,
+    /// The new process would not take it: it finishes here.
+    Refused,
+    /// No handover (any more): it goes on here.
+    NoHandover,
+}
+
 /// A session offering itself: its socket (a duplicate: the session closes
 /// its own once `taken` says true) and its state.
 pub struct Offer {
@@ -77,6 +88,12 @@ pub struct Handoff {
     /// The same flag, read by every session between transactions without
     /// the channel's lock.
     raised: AtomicBool,
+    /// Counts handovers begun: a session the new process refused (or that
+    /// found none under way) is not offered again in the same one.
+    generation: AtomicU64,
+    /// Raised by the next `begin` (then replaced): what idle sessions
+    /// wait on, so one that was passed over waits for the next handover.
+    round: Mutex<watch::Sender<bool>>,
     offers: Mutex<Option<mpsc::Sender<Offer>>>,
     /// In the new process: the old one, while it still serves clients. A
     /// CancelRequest for a key this process does not know goes there.
@@ -92,6 +109,8 @@ impl Default for Handoff {
         Handoff {
             active: watch::channel(false).0,
             raised: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            round: Mutex::new(watch::channel(false).0),
             offers: Mutex::new(None),
             predecessor: Mutex::new(None),
         }
@@ -99,9 +118,19 @@ impl Default for Handoff {
 }
 
 impl Handoff {
-    /// The flag sessions wait on between transactions (raised once).
+    /// The flag sessions wait on between transactions.
     pub fn watch(&self) -> watch::Receiver<bool> {
         self.active.subscribe()
+    }
+
+    /// Raised when the next handover begins (a session waits on it while
+    /// idle; one made after a handover began learns of it from
+    /// `is_active` at its next message).
+    pub fn round(&self) -> watch::Receiver<bool> {
+        self.round
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .subscribe()
     }
 
     /// Resolves once a handover began.
@@ -120,14 +149,32 @@ impl Handoff {
     /// as they become idle.
     pub fn begin(&self, to: mpsc::Sender<Offer>) {
         *self.offers.lock().unwrap_or_else(|e| e.into_inner()) = Some(to);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         self.raised.store(true, Ordering::Relaxed);
         self.active.send_replace(true);
+        let mut round = self.round.lock().unwrap_or_else(|e| e.into_inner());
+        round.send_replace(true);
+        *round = watch::channel(false).0;
     }
 
     /// The new process takes no more clients (timeout, or it is gone):
     /// offers are refused from now on, and the sessions finish here.
     pub fn end(&self) {
         self.offers.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// The new process went away before it was done: this process serves
+    /// on as before (its listeners are given back by the sender), and a
+    /// later handover starts afresh.
+    pub fn abort(&self) {
+        self.end();
+        self.raised.store(false, Ordering::Relaxed);
+        self.active.send_replace(false);
+    }
+
+    /// The current handover's number (0: none yet).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// CancelRequests for unknown keys go to the old process on `to` (none:
@@ -144,16 +191,16 @@ impl Handoff {
         }
     }
 
-    /// Offers a session; true once the new process has taken it (the
+    /// Offers a session; `Taken` once the new process serves it (the
     /// caller then closes its socket without a word to the client).
-    pub async fn offer(&self, state: SessionState, socket: OwnedFd) -> bool {
+    pub async fn offer(&self, state: SessionState, socket: OwnedFd) -> Answer {
         let Some(to) = self
             .offers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
         else {
-            return false;
+            return Answer::NoHandover;
         };
         let (taken, answer) = oneshot::channel();
         let offer = Offer {
@@ -162,9 +209,14 @@ impl Handoff {
             taken,
         };
         if to.send(offer).await.is_err() {
-            return false;
+            return Answer::NoHandover;
         }
-        answer.await.unwrap_or(false)
+        match answer.await {
+            Ok(true) => Answer::Taken,
+            Ok(false) => Answer::Refused,
+            // Dropped in the queue: the handover ended meanwhile.
+            Err(_) => Answer::NoHandover,
+        }
     }
 }
 
@@ -206,18 +258,25 @@ mod tests {
     async fn offers_are_refused_without_a_handover_and_after_its_end() {
         let h = Handoff::default();
         let fd = || std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-        assert!(!h.offer(state(), fd()).await);
+        assert_eq!(h.offer(state(), fd()).await, Answer::NoHandover);
+        let first_round = h.round();
         let (tx, mut rx) = mpsc::channel(1);
         h.begin(tx);
         assert!(h.is_active());
+        assert_eq!(h.generation(), 1);
+        // Those waiting were woken; a new waiter waits for the next one.
+        assert!(*first_round.borrow());
+        assert!(!*h.round().borrow());
         let taker = tokio::spawn(async move {
             let o: Offer = rx.recv().await.unwrap();
             assert_eq!(o.state.user, "u");
             o.taken.send(true).unwrap();
         });
-        assert!(h.offer(state(), fd()).await);
+        assert_eq!(h.offer(state(), fd()).await, Answer::Taken);
         taker.await.unwrap();
         h.end();
-        assert!(!h.offer(state(), fd()).await);
+        assert_eq!(h.offer(state(), fd()).await, Answer::NoHandover);
+        h.abort();
+        assert!(!h.is_active() && !*h.watch().borrow());
     }
 }

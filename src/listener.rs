@@ -195,30 +195,37 @@ fn refuse_at_accept(shared: &Shared, stream: TcpStream, peer: SocketAddr, limit:
     let _ = stream.try_write(&out);
 }
 
+/// What an upgrade's handover brings the listener.
+pub enum Brought {
+    /// A client the old process passed over, to serve here.
+    Client(Box<session::Resumed>),
+    /// This process's listening sockets again: the new process it was
+    /// handing over to went away before it was done.
+    Listeners(Vec<(TcpListener, ListenerRoute)>),
+}
+
 /// Accepts on `listeners` until shutdown, and serves the clients an
-/// upgrade's handover brings (`adopted`). When this process hands over to
+/// upgrade's handover brings (`brought`). When this process hands over to
 /// a new one, it stops accepting (the new one holds the same sockets) and
 /// its sessions finish or move.
 pub async fn run(
     shared: Arc<Shared>,
     listeners: Vec<(TcpListener, ListenerRoute)>,
-    mut adopted: mpsc::Receiver<session::Resumed>,
+    mut brought: mpsc::Receiver<Brought>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
     let (tx, mut accepted) = mpsc::channel::<Accepted>(64);
     let mut handing_over = shared.handoff.watch();
-    let mut open = true;
     let mut acceptors: Vec<_> = listeners
         .into_iter()
         .map(|(l, route)| tokio::spawn(accept(l, route, tx.clone())))
         .collect();
-    drop(tx);
     loop {
         tokio::select! {
-            r = accepted.recv(), if open => {
-                // Closed once the acceptors stopped for a handover.
-                let Some((stream, peer, route)) = r else { open = false; continue };
+            r = accepted.recv() => {
+                // The listener keeps a sender: never closed.
+                let Some((stream, peer, route)) = r else { break };
                 let caps = {
                     let p = &shared.config.load().proxy;
                     LoginCaps { total: p.max_login_connections, per_address: p.max_logins_per_address }
@@ -238,14 +245,24 @@ pub async fn run(
                     shared.metrics.clients_connected.dec();
                 });
             }
-            Some(resumed) = adopted.recv() => {
-                let shared = shared.clone();
-                shared.metrics.clients_connected.inc();
-                sessions.spawn(async move {
-                    resumed.serve().await;
-                    shared.metrics.clients_connected.dec();
-                });
-            }
+            Some(b) = brought.recv() => match b {
+                Brought::Client(resumed) => {
+                    let shared = shared.clone();
+                    shared.metrics.clients_connected.inc();
+                    sessions.spawn(async move {
+                        resumed.serve().await;
+                        shared.metrics.clients_connected.dec();
+                    });
+                }
+                Brought::Listeners(listeners) => {
+                    acceptors.extend(
+                        listeners
+                            .into_iter()
+                            .map(|(l, route)| tokio::spawn(accept(l, route, tx.clone()))),
+                    );
+                    tracing::info!("handover abandoned: accepting again");
+                }
+            },
             _ = handing_over.wait_for(|up| *up), if !acceptors.is_empty() => {
                 // Connections already accepted are served (the channel
                 // drains); the queue behind them is the new process's.
@@ -260,6 +277,7 @@ pub async fn run(
         }
     }
     // Stop accepting: the sockets close with their tasks.
+    drop(tx);
     drop(accepted);
     for a in acceptors {
         a.abort();

@@ -214,16 +214,16 @@ impl Proxy {
                 shared.metrics.clone(),
             ))
         });
-        let (adopt, adopted) = tokio::sync::mpsc::channel(64);
+        let (bring, brought) = tokio::sync::mpsc::channel(64);
         let listener = tokio::spawn(crate::listener::run(
             shared.clone(),
             listeners,
-            adopted,
+            brought,
             shutdown_rx,
         ));
         match (takeover, handover_path) {
             (Some(t), _) => {
-                tokio::spawn(t.run(shared.clone(), handover_sockets, adopt));
+                tokio::spawn(t.run(shared.clone(), handover_sockets, bring));
             }
             (None, Some(path)) => {
                 if let Some(l) = handover_listener {
@@ -232,6 +232,7 @@ impl Proxy {
                         l,
                         path,
                         handover_sockets,
+                        bring,
                     ));
                 }
             }

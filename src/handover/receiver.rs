@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::sender::{self, Listening};
 use super::wire::{self, Message, SocketInfo, SocketKind, VERSION};
+use crate::listener::Brought;
 use crate::session::Resumed;
 use crate::shared::Shared;
 
@@ -118,13 +119,13 @@ impl Takeover {
         mut self,
         shared: Arc<Shared>,
         sockets: Vec<Listening>,
-        adopt: mpsc::Sender<Resumed>,
+        brought: mpsc::Sender<Brought>,
     ) {
         // Sockets of the old process this one's config does not name.
         for (s, _) in self.sockets.drain(..) {
             tracing::warn!(kind = ?s.kind, address = %s.bound, "the old process listened here but this configuration does not: not taken over");
         }
-        if let Err(e) = self.serve(&shared, sockets, adopt).await {
+        if let Err(e) = self.serve(&shared, sockets, brought).await {
             tracing::warn!(error = %format!("{e:#}"), pid = self.old_pid, "handover ended early");
         }
     }
@@ -133,7 +134,7 @@ impl Takeover {
         &self,
         shared: &Arc<Shared>,
         sockets: Vec<Listening>,
-        adopt: mpsc::Sender<Resumed>,
+        brought: mpsc::Sender<Brought>,
     ) -> anyhow::Result<()> {
         let conn = &self.conn;
         wire::send(conn, &Message::Ready, &[]).await?;
@@ -156,6 +157,7 @@ impl Takeover {
                     l,
                     self.path.clone(),
                     sockets,
+                    brought.clone(),
                 ));
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "no handover socket"),
@@ -170,7 +172,10 @@ impl Takeover {
                 Message::Client { state } => {
                     let (taken, reason) = match (fds.pop(), fds.is_empty()) {
                         (Some(fd), true) => match adopt_client(shared, fd, *state) {
-                            Ok(r) => (adopt.send(r).await.is_ok(), None),
+                            Ok(r) => (
+                                brought.send(Brought::Client(Box::new(r))).await.is_ok(),
+                                None,
+                            ),
                             Err(why) => (false, Some(why)),
                         },
                         _ => (false, Some("expected one socket".to_owned())),

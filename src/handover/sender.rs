@@ -17,8 +17,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::wire::{self, Message, SocketInfo, VERSION};
+use super::wire::{self, Message, SocketInfo, SocketKind, VERSION};
+use crate::config::ListenerRoute;
 use crate::handoff::{Offer, MOVED, REFUSED, STAYED};
+use crate::listener::Brought;
 use crate::shared::Shared;
 
 /// One of this process's listening sockets (a duplicate of the listener's).
@@ -69,11 +71,14 @@ pub(super) fn same_user(conn: &UnixStream) -> bool {
 }
 
 /// Serves the handover socket until one handover is done (or shutdown).
+/// `brought` gives the listener its sockets back if the new process goes
+/// away before it is done.
 pub async fn listen(
     shared: Arc<Shared>,
-    listener: UnixListener,
+    mut listener: UnixListener,
     path: PathBuf,
     sockets: Vec<Listening>,
+    brought: mpsc::Sender<Brought>,
 ) {
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -92,13 +97,59 @@ pub async fn listen(
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "handover failed; serving on"),
         }
         if shared.handoff.is_active() {
-            // Past the point of no return (the new process was accepting).
-            shared.handoff.end();
-            shared.stop_requested.notify_one();
-            return;
+            // The new process accepted, then went away: accept again, and
+            // take the path back (the new process may have bound it).
+            if let Err(e) = take_back(&shared, &sockets, &brought).await {
+                tracing::error!(error = %format!("{e:#}"), "cannot accept again after a failed handover");
+            }
+            match bind(&path) {
+                Ok(l) => listener = l,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "no handover socket any more");
+                    return;
+                }
+            }
         }
     }
     let _ = std::fs::remove_file(&path);
+}
+
+/// After the new process went away mid-handover: this process accepts
+/// on its sockets again (its duplicates of them) and keeps its clients.
+async fn take_back(
+    shared: &Arc<Shared>,
+    sockets: &[Listening],
+    brought: &mpsc::Sender<Brought>,
+) -> std::io::Result<()> {
+    shared.handoff.abort();
+    let mut listeners = Vec::new();
+    for s in sockets {
+        let std = std::net::TcpListener::from(s.fd.try_clone()?);
+        std.set_nonblocking(true)?;
+        let l = tokio::net::TcpListener::from_std(std)?;
+        let endpoints = match s.info.kind {
+            SocketKind::Main => {
+                listeners.push((l, ListenerRoute::Auto));
+                continue;
+            }
+            SocketKind::Extra { route } => {
+                listeners.push((l, route));
+                continue;
+            }
+            SocketKind::Admin => crate::admin::Endpoints::All,
+            SocketKind::Metrics => crate::admin::Endpoints::MetricsOnly,
+        };
+        tokio::spawn(crate::admin::run(
+            shared.clone(),
+            l,
+            endpoints,
+            shared.shutdown.clone(),
+        ));
+    }
+    brought
+        .send(Brought::Listeners(listeners))
+        .await
+        .map_err(|_| std::io::Error::other("the listener has stopped"))
 }
 
 /// Pooled (non-console) clients still served here.
@@ -185,11 +236,16 @@ async fn give(
                     refused += 1;
                     metrics.with_label_values(&[REFUSED]).inc();
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "handover: the new process is gone; the rest finish here");
-                    break;
-                }
+                Err(e) => bail!("the new process is gone: {e}"),
             },
+            // The new process never speaks unasked: readable is its end.
+            r = conn.readable() => {
+                let mut byte = [0u8; 1];
+                match (r, conn.try_read(&mut byte)) {
+                    (Ok(()), Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    _ => bail!("the new process went away"),
+                }
+            }
             _ = check.tick() => if pooled_clients(shared) == 0 { break },
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::info!("handover_timeout reached");

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::{startup::Login, Session};
 use crate::config::{ListenerRoute, PoolMode};
-use crate::handoff::SessionState;
+use crate::handoff::{Answer, SessionState};
 use crate::limits::{ClientCaps, Kind};
 use crate::shared::Shared;
 use crate::tls::Stream;
@@ -29,7 +29,7 @@ pub struct Facts {
     pub tls: bool,
     /// Bytes of the next request already read from the socket.
     pub buffered: bool,
-    /// The new process already refused this client once.
+    /// This handover already refused this client (or had ended).
     pub refused: bool,
 }
 
@@ -62,13 +62,22 @@ impl Session {
                 || self.skip_until_sync,
             tls: self.client.is_tls(),
             buffered: !self.att.bufs.from_client.is_empty(),
-            refused: self.handoff_refused,
+            refused: self.handoff_tried == self.shared.handoff.generation(),
         }
     }
 
     /// Whether this session would move now if a handover were under way.
     pub(super) fn can_move(&self) -> bool {
         movable(self.handoff_facts()).is_none()
+    }
+
+    /// Whether it could move at the next handover, this one's refusal aside.
+    pub(super) fn could_move(&self) -> bool {
+        movable(Facts {
+            refused: false,
+            ..self.handoff_facts()
+        })
+        .is_none()
     }
 
     fn handoff_state(&self) -> SessionState {
@@ -95,23 +104,28 @@ impl Session {
 
     /// Offers this session to the new process: true once it serves the
     /// client (this one then closes its copy of the socket, saying nothing).
-    /// Refused, the session goes on here and is not offered again.
+    /// Otherwise the session goes on here and is not offered again in this
+    /// handover.
     pub(super) async fn hand_over(&mut self) -> bool {
+        self.handoff_tried = self.shared.handoff.generation();
         let Some(socket) = self
             .client
             .tcp()
             .and_then(|t| t.as_fd().try_clone_to_owned().ok())
         else {
-            self.handoff_refused = true;
+            self.on_handoff = super::signal::Signal::new(self.shared.handoff.round());
             return false;
         };
-        let taken = self
+        let answer = self
             .shared
             .handoff
             .offer(self.handoff_state(), socket)
             .await;
-        self.handoff_refused = !taken;
-        taken
+        if answer != Answer::Taken {
+            // Not again in this handover: waits for the next one.
+            self.on_handoff = super::signal::Signal::new(self.shared.handoff.round());
+        }
+        answer == Answer::Taken
     }
 }
 

@@ -128,8 +128,9 @@ struct Session {
     on_kill: Signal,
     /// An upgrade's handover began: an idle session moves to the new process.
     on_handoff: Signal,
-    /// The new process refused this client: it finishes here.
-    handoff_refused: bool,
+    /// The handover (`Handoff::generation`) this session last offered
+    /// itself to: not again in the same one.
+    handoff_tried: u64,
     /// This client in `Shared::clients` (state for the admin console, KILL).
     registered: Registered,
 }
@@ -150,7 +151,7 @@ impl Session {
             ..Buffers::default()
         };
         let shutdown = shared.shutdown.clone();
-        let shared_handoff = shared.handoff.watch();
+        let shared_handoff = shared.handoff.round();
         let registered = shared.clients.register(crate::clients::ClientSpec {
             peer,
             local: client.local_addr().ok(),
@@ -209,7 +210,7 @@ impl Session {
             on_shutdown: Signal::new(shutdown.clone()),
             on_kill: Signal::new(registered.kill.clone()),
             on_handoff: Signal::new(shared_handoff),
-            handoff_refused: false,
+            handoff_tried: 0,
             shutdown,
             registered,
         }
@@ -525,10 +526,11 @@ impl Session {
             }
             // Between transactions, nothing read of the next: the moment
             // an upgrade's handover can move this client.
-            let can_move = self.can_move();
-            if can_move && self.shared.handoff.is_active() {
+            if self.can_move() && self.shared.handoff.is_active() {
                 return Err(Ended::Handover);
             }
+            // Woken by the next handover's start, if idle then.
+            let could_move = self.could_move();
             tokio::select! {
                 r = self.client.read_buf(&mut self.att.bufs.from_client) => match r {
                     Ok(0) | Err(_) => return Ok(None),
@@ -540,7 +542,7 @@ impl Session {
                 },
                 _ = &mut self.on_shutdown => return Err(Ended::Shutdown),
                 _ = &mut self.on_kill => return Err(Ended::Killed),
-                _ = &mut self.on_handoff, if can_move => return Err(Ended::Handover),
+                _ = &mut self.on_handoff, if could_move => return Err(Ended::Handover),
                 _ = sleep_until(deadline.map(|(_, at)| at)), if deadline.is_some() => {
                     return Err(Ended::Idle(deadline.expect("checked").0));
                 }

@@ -36,6 +36,11 @@ struct Pgkeel {
 
 impl Pgkeel {
     fn start(config: &Path, log: PathBuf, takeover: bool) -> Pgkeel {
+        Pgkeel::start_stopped_by(config, log, takeover, libc::SIGTERM)
+    }
+
+    /// `stop` sends `signal` (SIGKILL: a process that dies mid-handover).
+    fn start_stopped_by(config: &Path, log: PathBuf, takeover: bool, signal: i32) -> Pgkeel {
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.arg("--config").arg(config);
@@ -46,7 +51,7 @@ impl Pgkeel {
             .stdout(out.try_clone().unwrap())
             .stderr(out);
         Pgkeel {
-            process: TiedProcess::spawn(cmd, libc::SIGTERM),
+            process: TiedProcess::spawn(cmd, signal),
             log,
         }
     }
@@ -145,7 +150,18 @@ impl Setup {
 
     /// The same, with its output in `log`.
     async fn take_over_as(&self, a: &Pgkeel, config: &Path, log: &str) -> Pgkeel {
-        let b = Pgkeel::start(config, self.dir.path().join(log), true);
+        self.take_over_stopped_by(a, config, log, libc::SIGTERM)
+            .await
+    }
+
+    async fn take_over_stopped_by(
+        &self,
+        a: &Pgkeel,
+        config: &Path,
+        log: &str,
+        signal: i32,
+    ) -> Pgkeel {
+        let b = Pgkeel::start_stopped_by(config, self.dir.path().join(log), true, signal);
         assert!(
             wait_until(Duration::from_secs(20), || async {
                 a.output().contains("handover: the new process accepts")
@@ -697,4 +713,56 @@ async fn two_upgrades_in_a_row_move_a_client_twice() {
         "{r:?}"
     );
     assert!(next.process.running());
+}
+
+/// The new process dies mid-handover: the old one accepts again and keeps
+/// the clients it still has; a later takeover works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_process_accepts_again_when_the_new_one_dies_midway() {
+    let setup = setup(
+        "[[users]]\nname = \"handover_kept\"\npassword = \"hk_password\"\nserver_user = \"app\"\nserver_password = \"app_password\"\npool_mode = \"session\"\n",
+    );
+    let a = setup.start_old().await;
+    // Keeps A handing over (it cannot move).
+    let kept = connect(setup.addr, "handover_kept", "hk_password", "appdb")
+        .await
+        .unwrap();
+    let mut b = setup
+        .take_over_stopped_by(&a, &setup.config, "b.out", libc::SIGKILL)
+        .await;
+    b.process.stop();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            a.output().contains("handover abandoned: accepting again")
+        })
+        .await,
+        "A did not take its sockets back:\n{}",
+        a.output()
+    );
+    // New logins land on A again; its own client is still served.
+    let newcomer = connect(setup.addr, "app", "app_password", "appdb")
+        .await
+        .unwrap();
+    newcomer.simple_query("SELECT 1").await.unwrap();
+    kept.simple_query("SELECT 1").await.unwrap();
+    assert!(a.process.running() && setup.socket.exists());
+    // A takeover after that moves the newcomer; A exits once `kept` leaves.
+    let c = setup.take_over_as(&a, &setup.config, "c.out").await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            c.output()
+                .contains("client taken over from the old process")
+        })
+        .await,
+        "nothing moved:\nA:\n{}\nC:\n{}",
+        a.output(),
+        c.output()
+    );
+    drop(kept);
+    assert!(
+        wait_until(Duration::from_secs(20), || async { !a.process.running() }).await,
+        "A did not exit:\n{}",
+        a.output()
+    );
+    newcomer.simple_query("SELECT 1").await.unwrap();
 }
