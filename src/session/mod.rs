@@ -526,7 +526,7 @@ impl Session {
             }
             // Between transactions, nothing read of the next: the moment
             // an upgrade's handover can move this client.
-            if self.can_move() && self.shared.handoff.is_active() {
+            if self.shared.handoff.is_active() && self.can_move() {
                 return Err(Ended::Handover);
             }
             // Woken by the next handover's start, if idle then.
