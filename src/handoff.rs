@@ -118,7 +118,8 @@ impl Default for Handoff {
 }
 
 impl Handoff {
-    /// The flag sessions wait on between transactions.
+    /// Up while a handover is under way (the listener and the admin
+    /// endpoints stop accepting when it goes up).
     pub fn watch(&self) -> watch::Receiver<bool> {
         self.active.subscribe()
     }
