@@ -70,6 +70,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let handing_over = shared.handoff.raised();
+    tokio::pin!(handing_over);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -82,6 +84,8 @@ pub async fn run(
                 }
             },
             _ = shutdown.changed() => return,
+            // An upgrade: the new process answers on this same socket.
+            _ = &mut handing_over => return,
         };
         let cfg = shared.config.load();
         let cap = cfg.admin.max_http_connections as usize;

@@ -99,6 +99,26 @@ impl CancelRegistry {
         }
     }
 
+    /// Registers a key another pgkeel process gave a client it hands over
+    /// (so the client's CancelRequests keep working here); `None` if this
+    /// process already uses that key.
+    pub fn adopt(self: &Arc<Self>, pid: i32, secret: i32) -> Option<Registration> {
+        let slot = Arc::new(CancelSlot::default());
+        let mut map = self.map.lock().expect("cancel registry poisoned");
+        match map.entry((pid, secret)) {
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(slot.clone());
+                Some(Registration {
+                    registry: self.clone(),
+                    pid,
+                    secret,
+                    slot,
+                })
+            }
+        }
+    }
+
     /// Gives `reg` a key with process id `pid` (a session-mode client's
     /// server process) and a new secret, keeping its slot.
     pub fn rekey(&self, reg: &mut Registration, pid: i32) {
@@ -161,6 +181,17 @@ mod tests {
         drop(r);
         assert!(reg.is_empty());
         assert!(reg.lookup(pid, secret).is_none());
+    }
+
+    #[test]
+    fn an_adopted_key_routes_and_a_key_in_use_is_not_adopted() {
+        let reg = Arc::new(CancelRegistry::default());
+        let mine = reg.register();
+        assert!(reg.adopt(mine.pid, mine.secret).is_none());
+        let a = reg.adopt(12, 34).expect("a free key");
+        assert!(reg.slot(12, 34).is_some());
+        drop(a);
+        assert!(reg.slot(12, 34).is_none());
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub mod console;
 pub mod dbstats;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handoff;
+pub mod handover;
 pub mod import;
 pub mod limits;
 pub mod listener;

@@ -195,21 +195,36 @@ fn refuse_at_accept(shared: &Shared, stream: TcpStream, peer: SocketAddr, limit:
     let _ = stream.try_write(&out);
 }
 
+/// What an upgrade's handover brings the listener.
+pub enum Brought {
+    /// A client the old process passed over, to serve here.
+    Client(Box<session::Resumed>),
+    /// This process's listening sockets again: the new process it was
+    /// handing over to went away before it was done.
+    Listeners(Vec<(TcpListener, ListenerRoute)>),
+}
+
+/// Accepts on `listeners` until shutdown, and serves the clients an
+/// upgrade's handover brings (`brought`). When this process hands over to
+/// a new one, it stops accepting (the new one holds the same sockets) and
+/// its sessions finish or move.
 pub async fn run(
     shared: Arc<Shared>,
     listeners: Vec<(TcpListener, ListenerRoute)>,
+    mut brought: mpsc::Receiver<Brought>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
     let (tx, mut accepted) = mpsc::channel::<Accepted>(64);
-    let acceptors: Vec<_> = listeners
+    let mut handing_over = shared.handoff.watch();
+    let mut acceptors: Vec<_> = listeners
         .into_iter()
         .map(|(l, route)| tokio::spawn(accept(l, route, tx.clone())))
         .collect();
-    drop(tx);
     loop {
         tokio::select! {
             r = accepted.recv() => {
+                // The listener keeps a sender: never closed.
                 let Some((stream, peer, route)) = r else { break };
                 let caps = {
                     let p = &shared.config.load().proxy;
@@ -230,12 +245,39 @@ pub async fn run(
                     shared.metrics.clients_connected.dec();
                 });
             }
+            Some(b) = brought.recv() => match b {
+                Brought::Client(resumed) => {
+                    let shared = shared.clone();
+                    shared.metrics.clients_connected.inc();
+                    sessions.spawn(async move {
+                        resumed.serve().await;
+                        shared.metrics.clients_connected.dec();
+                    });
+                }
+                Brought::Listeners(listeners) => {
+                    acceptors.extend(
+                        listeners
+                            .into_iter()
+                            .map(|(l, route)| tokio::spawn(accept(l, route, tx.clone()))),
+                    );
+                    tracing::info!("handover abandoned: accepting again");
+                }
+            },
+            _ = handing_over.wait_for(|up| *up), if !acceptors.is_empty() => {
+                // Connections already accepted are served (the channel
+                // drains); the queue behind them is the new process's.
+                for a in acceptors.drain(..) {
+                    a.abort();
+                }
+                tracing::info!("handover: stopped accepting; the new process accepts");
+            }
             // Reap finished sessions so the set does not grow.
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             _ = shutdown.changed() => break,
         }
     }
     // Stop accepting: the sockets close with their tasks.
+    drop(tx);
     drop(accepted);
     for a in acceptors {
         a.abort();

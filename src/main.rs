@@ -17,6 +17,11 @@ struct Cli {
     /// Validate FILE and exit (0 when valid).
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
+    /// Take over from the pgkeel process running with this configuration
+    /// (found on its handover socket): its listening sockets, then its idle
+    /// clients; it exits once they have moved or finished.
+    #[arg(long)]
+    takeover: bool,
     #[command(subcommand)]
     import: Option<Command>,
 }
@@ -125,7 +130,22 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let handle = match pgkeel::Proxy::start(config).await {
+        let takeover = if cli.takeover {
+            let Some(path) = pgkeel::handover::socket_path(&config) else {
+                tracing::error!("--takeover needs a handover socket: [proxy] handover_socket is \"off\", or empty with listen port 0");
+                return ExitCode::FAILURE;
+            };
+            match pgkeel::handover::Takeover::connect(&path).await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
+        let handle = match pgkeel::Proxy::start_with(config, takeover).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!("{e:#}");

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub prepared_statements_evictions_total: IntCounter,
     pub pinned_clients: IntGauge,
     pub client_pins_total: IntCounterVec,
+    /// Idle clients offered to a new process at an upgrade, by outcome
+    /// (`moved`, `refused`), and those that finished here (`stayed`).
+    pub handover_clients_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
     /// 0 after a reload found the file invalid, until a valid one is loaded.
     pub config_last_reload_successful: IntGauge,
@@ -525,6 +528,14 @@ impl Metrics {
                 &["feature"],
             )
             .unwrap(),
+            handover_clients_total: IntCounterVec::new(
+                Opts::new(
+                    "pgkeel_handover_clients_total",
+                    "Clients at an upgrade's handover: moved to the new process, refused by it, or stayed to finish here",
+                ),
+                &["result"],
+            )
+            .unwrap(),
             config_reloads_total: IntCounterVec::new(
                 Opts::new(
                     "pgkeel_config_reloads_total",
@@ -686,6 +697,11 @@ impl Metrics {
             m.client_pins_total.with_label_values(&[f.name()]);
         }
         r.register(Box::new(m.routed_total.clone())).unwrap();
+        r.register(Box::new(m.handover_clients_total.clone()))
+            .unwrap();
+        for result in crate::handoff::RESULTS {
+            m.handover_clients_total.with_label_values(&[result]);
+        }
         r.register(Box::new(m.config_reloads_total.clone()))
             .unwrap();
         for result in ["ok", "error"] {

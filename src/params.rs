@@ -212,6 +212,11 @@ impl Params {
         self.1 = extra;
     }
 
+    /// The hidden setting names the client set (`remember_hidden`).
+    pub fn hidden(&self) -> &[String] {
+        &self.2
+    }
+
     /// Names of settings `pg_settings` hides that the client has set: from
     /// now on they are read back with the others.
     pub fn remember_hidden(&mut self, names: impl IntoIterator<Item = String>) {

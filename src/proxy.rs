@@ -13,6 +13,9 @@ use tokio::task::JoinHandle;
 
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ListenerRoute};
+use crate::handover::sender::Listening;
+use crate::handover::wire::{SocketInfo, SocketKind};
+use crate::handover::Takeover;
 use crate::metrics::Metrics;
 use crate::pool::Pools;
 use crate::shared::{ConfigInfo, Shared};
@@ -37,10 +40,47 @@ pub struct ProxyHandle {
     shared: Arc<Shared>,
 }
 
+/// Binds `addr` for `kind`, or takes the old process's socket for it at
+/// an upgrade; keeps a duplicate for the next upgrade's handover.
+async fn listen_on(
+    addr: SocketAddr,
+    kind: SocketKind,
+    what: &str,
+    takeover: &mut Option<Takeover>,
+    kept: &mut Vec<Listening>,
+) -> anyhow::Result<TcpListener> {
+    let inherited = takeover.as_mut().and_then(|t| t.take(kind, addr));
+    let l = match inherited {
+        Some(l) => l.map_err(|e| anyhow::anyhow!("cannot take over {addr} ({what}): {e}"))?,
+        None => TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}): {e}"))?,
+    };
+    kept.push(Listening {
+        info: SocketInfo {
+            kind,
+            configured: addr,
+            bound: l.local_addr()?,
+        },
+        fd: std::os::fd::AsFd::as_fd(&l).try_clone_to_owned()?,
+    });
+    Ok(l)
+}
+
 impl Proxy {
     /// Binds the listeners, starts health checks (waiting for the first
     /// round, so roles are known), and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<ProxyHandle> {
+        Proxy::start_with(config, None).await
+    }
+
+    /// `start`, taking over the listening sockets and then the idle
+    /// clients of a running process (`pgkeel --takeover`) when `takeover`
+    /// is given, instead of binding them.
+    pub async fn start_with(
+        config: Config,
+        mut takeover: Option<Takeover>,
+    ) -> anyhow::Result<ProxyHandle> {
         let pool_slots: u64 = config
             .users
             .iter()
@@ -48,35 +88,40 @@ impl Proxy {
             .sum::<u64>()
             * config.servers.len().max(3) as u64;
         crate::system::raise_open_files(crate::system::files_needed(&config.proxy, pool_slots));
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr))?;
+        let kept = &mut Vec::new();
+        let t = &mut takeover;
+        let listener = listen_on(config.listen_addr, SocketKind::Main, "main", t, kept).await?;
         let local_addr = listener.local_addr()?;
         let mut listeners = vec![(listener, ListenerRoute::Auto)];
         let mut extra_addrs = Vec::new();
         for (addr, route) in &config.listeners {
-            let l = TcpListener::bind(addr).await.map_err(|e| {
-                anyhow::anyhow!("cannot listen on {addr} ({route:?} listener): {e}")
-            })?;
+            let kind = SocketKind::Extra { route: *route };
+            let l = listen_on(*addr, kind, &format!("{route:?} listener"), t, kept).await?;
             extra_addrs.push((l.local_addr()?, *route));
             listeners.push((l, *route));
         }
         let admin = match config.admin_addr {
-            Some(a) => Some(
-                TcpListener::bind(a)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {a} (admin): {e}"))?,
-            ),
+            Some(a) => Some(listen_on(a, SocketKind::Admin, "admin", t, kept).await?),
             None => None,
         };
         let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
         let metrics_listener = match config.metrics_addr {
-            Some(a) => Some(
-                TcpListener::bind(a)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {a} (metrics): {e}"))?,
-            ),
+            Some(a) => Some(listen_on(a, SocketKind::Metrics, "metrics", t, kept).await?),
             None => None,
+        };
+        let handover_sockets = std::mem::take(kept);
+        // Without a takeover, this process listens for the next upgrade's
+        // at once (with one, after the old process gave up the path).
+        let handover_path = crate::handover::socket_path(&config);
+        let handover_listener = match (&handover_path, &takeover) {
+            (Some(p), None) => match crate::handover::sender::bind(p) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "no handover socket: upgrades cannot take over from this process");
+                    None
+                }
+            },
+            _ => None,
         };
         let metrics_addr = metrics_listener
             .as_ref()
@@ -133,6 +178,7 @@ impl Proxy {
             stop_requested: Default::default(),
             limits: Arc::default(),
             mock_key: Default::default(),
+            handoff: Default::default(),
         });
         shared
             .metrics
@@ -168,7 +214,30 @@ impl Proxy {
                 shared.metrics.clone(),
             ))
         });
-        let listener = tokio::spawn(crate::listener::run(shared.clone(), listeners, shutdown_rx));
+        let (bring, brought) = tokio::sync::mpsc::channel(64);
+        let listener = tokio::spawn(crate::listener::run(
+            shared.clone(),
+            listeners,
+            brought,
+            shutdown_rx,
+        ));
+        match (takeover, handover_path) {
+            (Some(t), _) => {
+                tokio::spawn(t.run(shared.clone(), handover_sockets, bring));
+            }
+            (None, Some(path)) => {
+                if let Some(l) = handover_listener {
+                    tokio::spawn(crate::handover::sender::listen(
+                        shared.clone(),
+                        l,
+                        path,
+                        handover_sockets,
+                        bring,
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
         tracing::info!(listen = %local_addr, extra = ?extra_addrs, admin = ?admin_addr, "pgkeel is ready");
         Ok(ProxyHandle {
             local_addr,

@@ -90,8 +90,9 @@ pub fn loaded_at_start(shared: &Shared, path: &Path) {
 
 /// Keys (and tables) that keep their running value until a restart: the
 /// ones `apply` keeps. SHOW CONFIG calls them not changeable.
-pub const RESTART_ONLY: [&str; 10] = [
+pub const RESTART_ONLY: [&str; 11] = [
     "proxy.listen",
+    "proxy.handover_socket",
     "listeners",
     "admin.listen",
     "admin.metrics_listen",
@@ -130,6 +131,7 @@ pub fn apply(shared: &Shared, mut new: Config) -> Vec<String> {
     }
     keep!("proxy.listen", proxy.listen);
     keep!("proxy.listen", listen_addr);
+    keep!("proxy.handover_socket", proxy.handover_socket);
     keep!("listeners", listeners);
     keep!("admin.listen", admin.listen);
     keep!("admin.listen", admin_addr);

@@ -55,6 +55,8 @@ pub struct Shared {
     pub mock_key: crate::auth::mock::MockKey,
     /// TLS built from `[tls]`: swapped by a reload whose certificates load.
     pub tls: ArcSwap<crate::tls::Tls>,
+    /// An upgrade's handover of idle clients to a new process (`handover/`).
+    pub handoff: crate::handoff::Handoff,
 }
 
 impl Shared {

@@ -178,6 +178,16 @@ pub struct ProxyConfig {
     pub tcp_keepalive_idle: Dur,
     pub tcp_keepalive_interval: Dur,
     pub tcp_keepalive_count: u32,
+
+    // Upgrades that keep client connections (docs/deploying.md "Rolling
+    // upgrade with the handover"). Both need a restart to change.
+    /// The Unix socket a new process started with `--takeover` finds this
+    /// one on; "" derives `/tmp/pgkeel-<listen port>.handover` (none for
+    /// port 0), "off" turns the handover off.
+    pub handover_socket: String,
+    /// How long the old process hands over clients as they become idle
+    /// (and waits for those that cannot move) before it exits.
+    pub handover_timeout: Dur,
 }
 
 impl Default for ProxyConfig {
@@ -213,6 +223,8 @@ impl Default for ProxyConfig {
             tcp_keepalive_idle: d(60),
             tcp_keepalive_interval: d(10),
             tcp_keepalive_count: 6,
+            handover_socket: String::new(),
+            handover_timeout: d(60),
         }
     }
 }

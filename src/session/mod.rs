@@ -10,6 +10,7 @@ mod begin;
 mod cleanup;
 mod clock;
 mod commit_outcome;
+mod handoff;
 mod hold;
 mod negotiate;
 pub mod prepared;
@@ -20,6 +21,8 @@ mod replay;
 mod signal;
 pub mod startup;
 pub mod timers;
+
+pub use handoff::{resume, Resumed};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -129,6 +132,11 @@ struct Session {
     /// The same, and KILL, as futures made once (waited on every turn).
     on_shutdown: Signal,
     on_kill: Signal,
+    /// An upgrade's handover began: an idle session moves to the new process.
+    on_handoff: Signal,
+    /// The handover (`Handoff::generation`) this session last offered
+    /// itself to: not again in the same one.
+    handoff_tried: u64,
     /// This client in `Shared::clients` (state for the admin console, KILL).
     registered: Registered,
 }
@@ -149,6 +157,7 @@ impl Session {
             ..Buffers::default()
         };
         let shutdown = shared.shutdown.clone();
+        let shared_handoff = shared.handoff.round();
         let registered = shared.clients.register(crate::clients::ClientSpec {
             peer,
             local: client.local_addr().ok(),
@@ -208,6 +217,8 @@ impl Session {
             timeouts: timers::Timeouts::default(),
             on_shutdown: Signal::new(shutdown.clone()),
             on_kill: Signal::new(registered.kill.clone()),
+            on_handoff: Signal::new(shared_handoff),
+            handoff_tried: 0,
             shutdown,
             registered,
         }
@@ -312,6 +323,12 @@ impl Session {
                         return "protocol violation";
                     }
                     Err(Ended::Idle(limit)) => return self.timed_out(limit).await,
+                    Err(Ended::Handover) => {
+                        if self.hand_over().await {
+                            return "handed over to the new pgkeel process";
+                        }
+                        continue;
+                    }
                 };
                 if self.skip_until_sync
                     || matches!(
@@ -538,6 +555,13 @@ impl Session {
             if self.registered.is_killed() {
                 return Err(Ended::Killed);
             }
+            // Between transactions, nothing read of the next: the moment
+            // an upgrade's handover can move this client.
+            if self.shared.handoff.is_active() && self.can_move() {
+                return Err(Ended::Handover);
+            }
+            // Woken by the next handover's start, if idle then.
+            let could_move = self.could_move();
             tokio::select! {
                 r = self.client.read_buf(&mut self.att.bufs.from_client) => match r {
                     Ok(0) | Err(_) => return Ok(None),
@@ -549,6 +573,7 @@ impl Session {
                 },
                 _ = &mut self.on_shutdown => return Err(Ended::Shutdown),
                 _ = &mut self.on_kill => return Err(Ended::Killed),
+                _ = &mut self.on_handoff, if could_move => return Err(Ended::Handover),
                 _ = sleep_until(deadline.map(|(_, at)| at)), if deadline.is_some() => {
                     return Err(Ended::Idle(deadline.expect("checked").0));
                 }
@@ -611,6 +636,8 @@ enum Ended {
     Protocol(String),
     /// Silent past a timeout (`client_idle_timeout`, `idle_transaction_timeout`).
     Idle(crate::limits::Limit),
+    /// An upgrade's handover is under way and this session can move.
+    Handover,
 }
 
 /// Sleeps until `at`, or forever.

@@ -251,6 +251,30 @@ impl Prepared {
         self.names.is_empty()
     }
 
+    /// The client's statements, for a handover to a new process.
+    pub fn export(&self) -> Vec<crate::handoff::NamedState> {
+        self.names
+            .iter()
+            .map(|(name, n)| crate::handoff::NamedState {
+                name: name.to_vec(),
+                body: n.stmt.body.to_vec(),
+                sql_text: n.sql_text.as_deref().map(<[u8]>::to_vec),
+                original: n.original.as_deref().map(<[u8]>::to_vec),
+            })
+            .collect()
+    }
+
+    /// Takes in a statement another process exported; it is prepared on a
+    /// server connection at its first use, as any other.
+    pub fn import(&mut self, s: crate::handoff::NamedState) {
+        let stmt = self.cache.intern(&s.body);
+        self.names_have_effects |= !stmt.effects.is_empty();
+        self.names_commit |= stmt.commits;
+        let mut named = Named::new(stmt, s.sql_text.map(Vec::into_boxed_slice));
+        named.original = s.original.map(Vec::into_boxed_slice);
+        self.names.insert(s.name.into_boxed_slice(), named);
+    }
+
     /// DEALLOCATE ALL / DISCARD ALL: the client's names are gone.
     pub fn forget_all(&mut self) {
         self.names.clear();

@@ -184,6 +184,26 @@ async fn read_startup_packet(stream: &mut Stream) -> Result<Option<BytesMut>, Re
     Ok(Some(body))
 }
 
+/// Carries out a CancelRequest for the client with key (`pid`, `secret`):
+/// to the server running its query, or waking its statement held for a
+/// primary. A key this process does not know may be a client still on the
+/// process it took over from at an upgrade: it goes there.
+pub async fn cancel(shared: &Shared, pid: i32, secret: i32) {
+    let Some(slot) = shared.cancels.slot(pid, secret) else {
+        shared.handoff.forward_cancel(pid, secret);
+        return;
+    };
+    match slot.current() {
+        Some(key) => {
+            if let Err(e) = crate::backend::send_cancel(&key).await {
+                tracing::warn!(error = %e, server = %key.addr, "cannot forward cancel request");
+            }
+        }
+        // No server: the statement may be held for a primary.
+        None => slot.cancel_held(),
+    }
+}
+
 /// Runs the startup phase. Bounded by `client_login_timeout` by the caller.
 pub async fn handshake(
     shared: &Arc<Shared>,
@@ -241,17 +261,7 @@ pub async fn handshake(
                     let pid = body.get_i32();
                     let secret = body.get_i32();
                     shared.metrics.cancel_requests_total.inc();
-                    if let Some(slot) = shared.cancels.slot(pid, secret) {
-                        match slot.current() {
-                            Some(key) => {
-                                if let Err(e) = crate::backend::send_cancel(&key).await {
-                                    tracing::warn!(error = %e, server = %key.addr, "cannot forward cancel request");
-                                }
-                            }
-                            // No server: the statement may be held for a primary.
-                            None => slot.cancel_held(),
-                        }
-                    }
+                    cancel(shared, pid, secret).await;
                 }
                 return Ok(Handshake::Done);
             }

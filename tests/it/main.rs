@@ -39,6 +39,7 @@ mod docs;
 mod drivers;
 mod failover;
 mod fleet;
+mod handover;
 mod harness_smoke;
 mod hostile_frames;
 mod hostile_limits;
