@@ -2,9 +2,11 @@
 -- every database whose clients commit through pgkeel, as a superuser (or
 -- the database owner):  pgkeel commit-outcome-sql | psql -d DATABASE
 -- Safe to run again. Each write transaction's COMMIT is preceded by a call
--- of pgkeel.commit_token(random uuid) in the same transaction; if the server
--- dies while committing, pgkeel asks the new primary whether the token is
--- there, i.e. whether the transaction committed.
+-- of pgkeel.commit_token(random uuid) in the same transaction, and each
+-- autocommit INSERT/UPDATE/DELETE/MERGE is followed by one of
+-- pgkeel.commit_token_strict in the same query; if the server dies while
+-- committing, pgkeel asks the new primary whether the token is there, i.e.
+-- whether the transaction committed.
 CREATE SCHEMA IF NOT EXISTS pgkeel;
 CREATE TABLE IF NOT EXISTS pgkeel.commit_tokens (
     token uuid PRIMARY KEY,
@@ -22,6 +24,14 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
     RETURN false;
 END $$;
+
+-- The same for an autocommit write pgkeel sends with it in one query (one
+-- implicit transaction): no error is caught, so that if the write commits,
+-- its token does too.
+CREATE OR REPLACE FUNCTION pgkeel.commit_token_strict(t uuid) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO pgkeel.commit_tokens (token) VALUES (t) RETURNING true
+$$;
 
 -- Whether the transaction that recorded token t committed.
 CREATE OR REPLACE FUNCTION pgkeel.commit_token_known(t uuid) RETURNS boolean
@@ -42,7 +52,7 @@ $$;
 REVOKE ALL ON SCHEMA pgkeel FROM PUBLIC;
 GRANT USAGE ON SCHEMA pgkeel TO PUBLIC;
 REVOKE ALL ON pgkeel.commit_tokens FROM PUBLIC;
-REVOKE ALL ON FUNCTION pgkeel.commit_token(uuid), pgkeel.commit_token_known(uuid),
-    pgkeel.commit_tokens_expire() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION pgkeel.commit_token(uuid), pgkeel.commit_token_known(uuid),
-    pgkeel.commit_tokens_expire() TO PUBLIC;
+REVOKE ALL ON FUNCTION pgkeel.commit_token(uuid), pgkeel.commit_token_strict(uuid),
+    pgkeel.commit_token_known(uuid), pgkeel.commit_tokens_expire() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgkeel.commit_token(uuid), pgkeel.commit_token_strict(uuid),
+    pgkeel.commit_token_known(uuid), pgkeel.commit_tokens_expire() TO PUBLIC;

@@ -11,7 +11,7 @@ pub const SQL: &str = include_str!("../sql/commit_outcome.sql");
 
 /// Whether this connection's database has the functions and its user may
 /// call them (one row: `t` or `f`; never an error).
-pub const READY_QUERY: &str = "SELECT coalesce(has_function_privilege(to_regprocedure('pgkeel.commit_token(uuid)'), 'EXECUTE') AND has_function_privilege(to_regprocedure('pgkeel.commit_token_known(uuid)'), 'EXECUTE'), false)";
+pub const READY_QUERY: &str = "SELECT coalesce(has_function_privilege(to_regprocedure('pgkeel.commit_token(uuid)'), 'EXECUTE') AND has_function_privilege(to_regprocedure('pgkeel.commit_token_strict(uuid)'), 'EXECUTE') AND has_function_privilege(to_regprocedure('pgkeel.commit_token_known(uuid)'), 'EXECUTE'), false)";
 
 /// Forgets old tokens (pgkeel runs it now and then, between transactions).
 pub const EXPIRE_QUERY: &str = "SELECT pgkeel.commit_tokens_expire()";
@@ -42,6 +42,17 @@ impl Token {
         );
     }
 
+    /// An autocommit write's text with the token recorded after it, in the
+    /// same query (one implicit transaction). The newline ends a trailing
+    /// `--` comment; an extra `;` is an empty statement.
+    pub fn after(self, sql: &[u8]) -> String {
+        format!(
+            "{}\n;SELECT pgkeel.commit_token_strict('{}')",
+            String::from_utf8_lossy(sql),
+            self.uuid()
+        )
+    }
+
     /// The query that says whether it committed (`t` or `f`).
     pub fn lookup(self) -> String {
         format!("SELECT pgkeel.commit_token_known('{}')", self.uuid())
@@ -66,6 +77,14 @@ mod tests {
         assert!(t
             .lookup()
             .contains("'01234567-89ab-cdef-0011-223344556677'"));
+    }
+
+    #[test]
+    fn a_write_carries_its_token_after_it() {
+        assert_eq!(
+            Token(2).after(b"INSERT INTO t VALUES (1) -- note"),
+            "INSERT INTO t VALUES (1) -- note\n;SELECT pgkeel.commit_token_strict('00000000-0000-0000-0000-000000000002')"
+        );
     }
 
     #[test]

@@ -424,6 +424,22 @@ fn lone(sql: &[u8]) -> Option<End> {
     it.next().is_none().then(|| end_of(&first))
 }
 
+/// Exactly one statement, an INSERT, UPDATE, DELETE or MERGE: one that
+/// may run in a transaction block with another (unlike VACUUM or CREATE
+/// INDEX CONCURRENTLY).
+pub fn lone_dml(sql: &[u8]) -> bool {
+    let first = |s: &Statement| {
+        s.words()
+            .next()
+            .is_some_and(|w| w.is_any(&[b"insert", b"update", b"delete", b"merge"]))
+    };
+    if let Some(s) = plainly_one(sql) {
+        return first(&s);
+    }
+    let mut it = statements(sql);
+    it.next().is_some_and(|s| first(&s)) && it.next().is_none()
+}
+
 /// Exactly one statement, a plain COMMIT or END (no AND CHAIN, not
 /// PREPARED).
 pub fn lone_commit(sql: &[u8]) -> bool {
@@ -449,6 +465,28 @@ mod tests {
         statements(sql.as_bytes())
             .map(|s| String::from_utf8_lossy(s.text).trim().to_owned())
             .collect()
+    }
+
+    #[test]
+    fn lone_dml_is_one_insert_update_delete_or_merge() {
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "insert into t values (1) returning id;",
+            "/* app */ UPDATE t SET x = 1",
+            "DELETE FROM t WHERE 'a;b' = x;  ",
+            "MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE",
+        ] {
+            assert!(lone_dml(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)",
+            "VACUUM t",
+            "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+            "",
+        ] {
+            assert!(!lone_dml(sql.as_bytes()), "{sql}");
+        }
     }
 
     #[test]

@@ -32,8 +32,11 @@ pub(super) struct Resolve {
     token: Token,
     /// Not committed (and known to be): run the transaction again.
     replay_if_not: bool,
-    /// The COMMIT's CommandComplete already reached the client.
+    /// The COMMIT's CommandComplete already reached the client (for an
+    /// autocommit write, the write's own).
     tag_sent: bool,
+    /// The token trailed an autocommit write (no COMMIT of the client's).
+    autocommit: bool,
     /// The server that died, (host, port).
     lost: (String, u16),
 }
@@ -86,7 +89,9 @@ impl Session {
         let m = &self.shared.metrics;
         match std::mem::take(&mut self.att.st.token) {
             TokenState::Recorded(_) => m.commit_tokens_total.with_label_values(&["recorded"]).inc(),
-            TokenState::Refused => m.commit_tokens_total.with_label_values(&["refused"]).inc(),
+            TokenState::Refused | TokenState::Trailing { .. } => {
+                m.commit_tokens_total.with_label_values(&["refused"]).inc()
+            }
             TokenState::Sent(_) | TokenState::None => return true,
         }
         let now = SystemTime::now()
@@ -119,6 +124,7 @@ impl Session {
         lost: (String, u16),
     ) {
         let tag_sent = self.att.st.commit_tag_sent;
+        let autocommit = self.att.st.status == TxStatus::Idle;
         self.shared
             .metrics
             .commit_tokens_total
@@ -137,6 +143,7 @@ impl Session {
                 token,
                 replay_if_not,
                 tag_sent,
+                autocommit,
                 lost,
             });
         }
@@ -155,6 +162,19 @@ impl Session {
         let same_server = (key.host.as_str(), key.port) == (res.lost.0.as_str(), res.lost.1);
         let proves_absence = self.shared.topology.load().synchronous || same_server;
         match found.as_ref().map(|v| v.as_deref()) {
+            Ok(Some("t")) if res.autocommit && !res.tag_sent => {
+                // It committed, but its answer (rows it returned, its tag)
+                // never arrived and cannot be made up: said as it is.
+                self.outcome("committed");
+                let r = self.replay.as_deref_mut().expect("replaying");
+                r.fallback = Recovery::TellNow {
+                    code: sqlstate::CONNECTION_FAILURE.to_owned(),
+                    message: "the server failed over after this statement committed, before its answer arrived: it committed, and is not run again".to_owned(),
+                    owed: 1,
+                    skip_to_sync: false,
+                };
+                Resolved::Done(self.replay_failed(Refusal::Commit).await)
+            }
             Ok(Some("t")) => {
                 self.outcome("committed");
                 self.replay = None;

@@ -119,9 +119,10 @@ impl Session {
                 st.server_skip > 0,
             ),
             commit_token: st.commit_token(),
+            // (An autocommit write with a token is a whole transaction too.)
             replay_uncommitted: journal::replayable(
                 &st.journal,
-                st.status,
+                TxStatus::InTransaction,
                 false,
                 st.server_skip > 0,
             )

@@ -235,7 +235,8 @@ async fn backend_where(direct: &Client, cond: &str) -> i32 {
 /// crash came while a deferred trigger ran), the transaction is replayed
 /// and commits once; committed (the crash came while the COMMIT waited for
 /// a synchronous standby, after its commit record was written), the client
-/// gets its COMMIT and nothing runs twice.
+/// gets its COMMIT and nothing runs twice. The same for autocommit writes,
+/// whose token rides in their own query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_in_flight_at_a_crash_are_resolved_with_tokens() {
     let pg = tokio::task::spawn_blocking(common::start_own_pg)
@@ -282,6 +283,28 @@ async fn commits_in_flight_at_a_crash_are_resolved_with_tokens() {
     assert_eq!(outcomes(&p, "not_committed"), 1);
     assert!(replays(&p, "succeeded") >= 1);
 
+    // An autocommit write in flight carries its token in its own query:
+    // killed while it runs (not committed), it is replayed and commits once.
+    let direct = common::pg_client(pg.port, "postgres", "postgres", "appdb").await;
+    let w = client(&p).await;
+    let write = tokio::spawn(async move {
+        let r = value(
+            &w,
+            "INSERT INTO replay_c SELECT 3 FROM pg_sleep(0.5) RETURNING id",
+        )
+        .await;
+        (w, r)
+    });
+    let victim = backend_where(
+        &direct,
+        "state = 'active' AND query LIKE 'INSERT INTO replay_c SELECT 3%'",
+    )
+    .await;
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    let (w, id) = write.await.unwrap();
+    assert_eq!(id, "3");
+    assert_eq!(outcomes(&p, "not_committed"), 2);
+
     // Committed: killed while waiting for a synchronous standby that is
     // not there (its commit record is written).
     let direct = common::pg_client(pg.port, "postgres", "postgres", "appdb").await;
@@ -311,6 +334,30 @@ async fn commits_in_flight_at_a_crash_are_resolved_with_tokens() {
     let (h, committed) = commit.await.unwrap();
     committed.unwrap_or_else(|e| panic!("h's COMMIT: {:?}", e.as_db_error()));
     assert_eq!(outcomes(&p, "committed"), 1);
+    // The same for an autocommit write: it committed, but its answer was
+    // still in the server's buffer, and cannot be made up: the client is
+    // told it committed (08006, never 40001), and it is not run again.
+    let direct = common::pg_client(pg.port, "postgres", "postgres", "appdb").await;
+    let write = tokio::spawn(async move {
+        let r = w
+            .simple_query("INSERT INTO replay_c VALUES (4)")
+            .await
+            .map(|_| ());
+        (w, r)
+    });
+    let victim = backend_where(&direct, "wait_event = 'SyncRep'").await;
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    let (w, wrote) = write.await.unwrap();
+    let err = wrote.expect_err("its answer was lost");
+    assert_eq!(sqlstate(&err), "08006");
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("it committed"),
+        "{err:?}"
+    );
+    assert_eq!(outcomes(&p, "committed"), 2);
 
     let direct = common::pg_client(pg.port, "postgres", "postgres", "appdb").await;
     let ids: Vec<i64> = direct
@@ -320,8 +367,8 @@ async fn commits_in_flight_at_a_crash_are_resolved_with_tokens() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(ids, [1, 2], "each transaction committed once");
-    assert!(!g.is_closed() && !h.is_closed());
+    assert_eq!(ids, [1, 2, 3, 4], "each transaction committed once");
+    assert!(!g.is_closed() && !h.is_closed() && !w.is_closed());
     assert_eq!(outcomes(&p, "unknown"), 0);
     assert!(
         p.shared()
@@ -329,7 +376,7 @@ async fn commits_in_flight_at_a_crash_are_resolved_with_tokens() {
             .commit_tokens_total
             .with_label_values(&["recorded"])
             .get()
-            >= 2
+            >= 3
     );
     for sql in [
         "ALTER SYSTEM RESET synchronous_standby_names",

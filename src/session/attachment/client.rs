@@ -59,6 +59,14 @@ pub fn scan_client(
         if b.from_client.len() - pos < len {
             break;
         }
+        // An autocommit write that carries a token after it (below).
+        let mut trail = None;
+        if st.token_offer.is_some() && typ == frontend::QUERY && st.token_may_trail() {
+            let text = protocol::query_text(typ, &b.from_client[pos..pos + len]);
+            if words::lone_dml(text) {
+                trail = st.token_offer.take();
+            }
+        }
         if st.token_offer.is_some() && typ == frontend::QUERY && st.token_may_go() {
             let text = protocol::query_text(typ, &b.from_client[pos..pos + len]);
             if words::lone_commit(text) {
@@ -123,6 +131,20 @@ pub fn scan_client(
             }
         };
         let sent = verdict != Verdict::Dropped;
+        if let Some(token) = trail.filter(|_| verdict == Verdict::Forward) {
+            // One query, one implicit transaction: the write and its token
+            // commit together or not at all.
+            let sql = token.after(protocol::query_text(typ, &b.from_client[pos..pos + len]));
+            b.to_server.extend_from_slice(&b.from_client[start..pos]);
+            protocol::put_query(&mut b.to_server, &sql);
+            start = pos + len;
+            st.token = super::TokenState::Trailing {
+                token,
+                statement_done: false,
+                recorded: false,
+            };
+            st.commit_in_flight = true;
+        }
         if let Some(t) = track.as_deref_mut() {
             st.pending += t.prepared.take_injected();
         }

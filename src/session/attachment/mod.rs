@@ -237,6 +237,14 @@ pub enum TokenState {
     Recorded(Token),
     /// The server could not record it: that COMMIT's outcome stays unknown.
     Refused,
+    /// Sent after an autocommit write, in its query: the write's own
+    /// answer comes first (`statement_done` once its CommandComplete
+    /// passed), then the token's (held back; `recorded` once it said t).
+    Trailing {
+        token: Token,
+        statement_done: bool,
+        recorded: bool,
+    },
 }
 
 /// What followed the last command the client sent, so that a
@@ -273,29 +281,41 @@ impl State {
     /// The token of a COMMIT in flight that is all the server owes, if the
     /// server recorded one: the new primary can say whether it committed.
     pub fn commit_token(&self) -> Option<Token> {
-        match self.token {
-            TokenState::Recorded(t)
-                if self.commit_in_flight
-                    && self.pending == 1
-                    && !self.unsynced
-                    && self.swallow == 0 =>
-            {
-                Some(t)
-            }
-            _ => None,
-        }
+        let token = match self.token {
+            TokenState::Recorded(t) if self.swallow == 0 => t,
+            // The strict token commits if the write does: sent is enough
+            // (pgkeel's prelude may be still unanswered ahead of it).
+            TokenState::Trailing { token, .. } => token,
+            _ => return None,
+        };
+        (self.commit_in_flight && self.pending == 1 && !self.unsynced).then_some(token)
     }
 
     /// A token may go ahead of a COMMIT now: the transaction is open and
     /// has not failed, and the server owes nothing (so the token's answer
     /// is the next to come back, and is swallowed).
     fn token_may_go(&self) -> bool {
-        self.status == TxStatus::InTransaction
-            && self.pending == 0
+        self.idle_for_token() && self.status == TxStatus::InTransaction
+    }
+
+    /// The server owes nothing and nothing is in the way of a token.
+    fn idle_for_token(&self) -> bool {
+        self.pending == 0
             && !self.unsynced
             && self.swallow == 0
             && self.copy == Copy::None
             && !self.uncertain
+    }
+
+    /// An autocommit write may carry a token after it now: nothing of the
+    /// client's is in flight (pgkeel's prelude may be: its answers come
+    /// first and are swallowed as ever).
+    fn token_may_trail(&self) -> bool {
+        self.pending == 0
+            && !self.unsynced
+            && self.copy == Copy::None
+            && !self.uncertain
+            && self.status == TxStatus::Idle
     }
 
     /// Forwarding one request at a time (`one_request`), a request was

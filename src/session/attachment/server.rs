@@ -53,6 +53,46 @@ fn rename_own_notifications(buf: &mut [u8], skip: usize, server: i32, client: i3
     }
 }
 
+/// Whether a message of an autocommit write that carries a token after it
+/// reaches the client: the write's own answer does, the token's (after the
+/// write's CommandComplete) does not, but for an error (the token failed, so
+/// the write was rolled back: the client must know).
+fn trailing_token(st: &mut State, typ: u8, body: &[u8]) -> bool {
+    let TokenState::Trailing {
+        token,
+        statement_done,
+        recorded,
+    } = &mut st.token
+    else {
+        return true;
+    };
+    match typ {
+        backend::COMMAND_COMPLETE if !*statement_done => {
+            *statement_done = true;
+            st.commit_tag_sent = true;
+            true
+        }
+        backend::COMMAND_COMPLETE => {
+            st.token = if *recorded {
+                TokenState::Recorded(*token)
+            } else {
+                TokenState::Refused
+            };
+            false
+        }
+        backend::DATA_ROW if *statement_done => {
+            *recorded |= commit_token::data_row_true(body);
+            false
+        }
+        backend::ROW_DESCRIPTION if *statement_done => false,
+        backend::ERROR_RESPONSE | backend::READY_FOR_QUERY => {
+            st.token = TokenState::Refused;
+            true
+        }
+        _ => true,
+    }
+}
+
 /// Moves server bytes from `from_server` to `to_client`: whole messages,
 /// except ones over `WHOLE_MESSAGE_LIMIT`, which pass in pieces. Only
 /// headers (and ReadyForQuery's status byte, and ErrorResponse severities)
@@ -263,7 +303,7 @@ pub fn scan_server(
                 }
             }
         }
-        if crash_warning {
+        if crash_warning || !trailing_token(st, typ, body) {
             forward = false;
         }
         if !forward {
