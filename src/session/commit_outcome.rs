@@ -37,6 +37,8 @@ pub(super) struct Resolve {
     tag_sent: bool,
     /// The token trailed an autocommit write (no COMMIT of the client's).
     autocommit: bool,
+    /// That write's whole answer, held back when its server died.
+    held: Option<bytes::BytesMut>,
     /// The server that died, (host, port).
     lost: (String, u16),
 }
@@ -125,6 +127,15 @@ impl Session {
     ) {
         let tag_sent = self.att.st.commit_tag_sent;
         let autocommit = self.att.st.status == TxStatus::Idle;
+        let held = std::mem::take(&mut self.att.bufs.held);
+        let held = matches!(
+            self.att.st.token,
+            TokenState::Trailing {
+                statement_done: true,
+                ..
+            }
+        )
+        .then_some(held);
         self.shared
             .metrics
             .commit_tokens_total
@@ -144,6 +155,7 @@ impl Session {
                 replay_if_not,
                 tag_sent,
                 autocommit,
+                held,
                 lost,
             });
         }
@@ -162,7 +174,7 @@ impl Session {
         let same_server = (key.host.as_str(), key.port) == (res.lost.0.as_str(), res.lost.1);
         let proves_absence = self.shared.topology.load().synchronous || same_server;
         match found.as_ref().map(|v| v.as_deref()) {
-            Ok(Some("t")) if res.autocommit && !res.tag_sent => {
+            Ok(Some("t")) if res.autocommit && !res.tag_sent && res.held.is_none() => {
                 // It committed, but its answer (rows it returned, its tag)
                 // never arrived and cannot be made up: said as it is.
                 self.outcome("committed");
@@ -181,7 +193,10 @@ impl Session {
                 tracing::info!(peer = %self.peer, user = %self.user.name, "a COMMIT in flight at a failover had committed: the client gets its COMMIT");
                 let sent = self
                     .reply(|out| {
-                        if !res.tag_sent {
+                        if let Some(answer) = &res.held {
+                            // The write's own answer, held back: now it is true.
+                            out.extend_from_slice(answer);
+                        } else if !res.tag_sent {
                             protocol::put_command_complete(out, "COMMIT");
                         }
                         protocol::put_ready(out, TxStatus::Idle);

@@ -315,6 +315,7 @@ impl Session {
         self.att.st.own_pid = Some((server_pid, self.login.cancel.pid));
         self.att.st.log = self.query_log();
         self.att.bufs.replay.clear();
+        self.att.bufs.held.clear();
         self.prepared.reset_queue();
         self.restore_params();
         if let Some(begin) = self.deferred_begin.take() {

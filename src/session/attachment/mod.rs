@@ -75,6 +75,9 @@ pub struct Buffers {
     pub replay: BytesMut,
     /// Rewritten client messages, before they join `to_server`.
     pub rewrite: BytesMut,
+    /// An autocommit write's answer, held back until its commit token's
+    /// answer is in (`commit_outcome = "token"`).
+    pub held: BytesMut,
 }
 
 impl Buffers {
@@ -88,7 +91,8 @@ impl Buffers {
             .max(self.from_server.capacity())
             .max(self.to_client.capacity())
             .max(self.replay.capacity())
-            .max(self.rewrite.capacity());
+            .max(self.rewrite.capacity())
+            .max(self.held.capacity());
         if largest <= SHRINK_ABOVE {
             return;
         }
@@ -99,6 +103,7 @@ impl Buffers {
             &mut self.to_client,
             &mut self.replay,
             &mut self.rewrite,
+            &mut self.held,
         ] {
             shrink(buf);
         }
@@ -222,7 +227,9 @@ pub struct State {
     pub token_offer: Option<Token>,
     /// The token sent ahead of the COMMIT in flight, and its answer.
     pub token: TokenState,
-    /// After a recorded token: the COMMIT's CommandComplete reached the client.
+    /// After a recorded token: the COMMIT's CommandComplete reached the
+    /// client (for an autocommit write: its whole answer is in
+    /// `Buffers::held`).
     pub commit_tag_sent: bool,
 }
 
@@ -654,7 +661,7 @@ impl Attachment {
         if !b.from_server.is_empty() {
             return Release::NotYet(NotYet::PartialMessage);
         }
-        if !b.to_server.is_empty() || !b.to_client.is_empty() {
+        if !b.to_server.is_empty() || !b.to_client.is_empty() || !b.held.is_empty() {
             return Release::NotYet(NotYet::Unflushed);
         }
         if track.is_some_and(|t| !t.prepared.settled()) {

@@ -53,24 +53,42 @@ fn rename_own_notifications(buf: &mut [u8], skip: usize, server: i32, client: i3
     }
 }
 
-/// Whether a message of an autocommit write that carries a token after it
-/// reaches the client: the write's own answer does, the token's (after the
-/// write's CommandComplete) does not, but for an error (the token failed, so
-/// the write was rolled back: the client must know).
-fn trailing_token(st: &mut State, typ: u8, body: &[u8]) -> bool {
+/// An autocommit write's answer (and its token's) is held back while it
+/// runs, at most this much: a client that has seen nothing of it can have
+/// it run again if its server dies before it commits.
+pub const HOLD_LIMIT: usize = 64 * 1024;
+
+/// What becomes of a server message while an autocommit write carries a
+/// token after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trail {
+    /// Forwarded as ever.
+    Pass,
+    /// The write's answer: held back until the token's answer is in.
+    Hold,
+    /// The token's answer: not the client's.
+    Drop,
+    /// The token's CommandComplete: dropped, and the held answer goes out.
+    DropRelease,
+    /// The held answer goes out, then this message (an error: the write
+    /// failed, or its token did and took the write with it; or more than
+    /// `HOLD_LIMIT` held).
+    Release,
+}
+
+fn trailing_token(st: &mut State, typ: u8, body: &[u8], held: usize) -> Trail {
     let TokenState::Trailing {
         token,
         statement_done,
         recorded,
     } = &mut st.token
     else {
-        return true;
+        return Trail::Pass;
     };
     match typ {
         backend::COMMAND_COMPLETE if !*statement_done => {
             *statement_done = true;
-            st.commit_tag_sent = true;
-            true
+            Trail::Hold
         }
         backend::COMMAND_COMPLETE => {
             st.token = if *recorded {
@@ -78,18 +96,26 @@ fn trailing_token(st: &mut State, typ: u8, body: &[u8]) -> bool {
             } else {
                 TokenState::Refused
             };
-            false
+            // The client now has the write's whole answer.
+            st.commit_tag_sent = true;
+            Trail::DropRelease
         }
         backend::DATA_ROW if *statement_done => {
             *recorded |= commit_token::data_row_true(body);
-            false
+            Trail::Drop
         }
-        backend::ROW_DESCRIPTION if *statement_done => false,
+        backend::ROW_DESCRIPTION if *statement_done => Trail::Drop,
         backend::ERROR_RESPONSE | backend::READY_FOR_QUERY => {
             st.token = TokenState::Refused;
-            true
+            Trail::Release
         }
-        _ => true,
+        _ if held + HEADER_LEN + body.len() > HOLD_LIMIT => {
+            // Too much to hold: it goes out, and the write can no longer
+            // run again unseen (a replay is then verified as any other).
+            st.token = TokenState::Sent(*token);
+            Trail::Release
+        }
+        _ => Trail::Hold,
     }
 }
 
@@ -303,12 +329,33 @@ pub fn scan_server(
                 }
             }
         }
-        if crash_warning || !trailing_token(st, typ, body) {
-            forward = false;
+        let trail = if crash_warning {
+            Trail::Drop
+        } else {
+            trailing_token(st, typ, body, b.held.len())
+        };
+        match trail {
+            Trail::Pass => {}
+            Trail::Drop | Trail::DropRelease => forward = false,
+            Trail::Hold => {
+                forward = false;
+                b.held.extend_from_slice(&buf[pos..pos + len]);
+            }
+            Trail::Release => {
+                // The held answer first, then this message.
+                b.to_client.extend_from_slice(&buf[start..pos]);
+                b.to_client.extend_from_slice(&b.held);
+                b.held.clear();
+                (start, cut) = (pos, true);
+            }
         }
         if !forward {
             b.to_client.extend_from_slice(&buf[start..pos]);
             (start, cut) = (pos + len, true);
+            if trail == Trail::DropRelease {
+                b.to_client.extend_from_slice(&b.held);
+                b.held.clear();
+            }
         } else if is_preamble(typ) && !st.responded {
             st.preamble += 1;
         } else {
@@ -373,6 +420,69 @@ mod tests {
         m.put_i32(pid);
         m.put_slice(b"foo\0\0");
         m
+    }
+
+    #[test]
+    fn an_autocommit_writes_answer_waits_for_its_token() {
+        use crate::commit_token::Token;
+        use crate::session::attachment::testing::msg;
+        let mut st = State {
+            pending: 1,
+            commit_in_flight: true,
+            token: TokenState::Trailing {
+                token: Token(9),
+                statement_done: false,
+                recorded: false,
+            },
+            ..State::default()
+        };
+        let mut b = Buffers::default();
+        let answer = [
+            msg(backend::ROW_DESCRIPTION, b"\0\0"),
+            msg(backend::DATA_ROW, &[0, 1, 0, 0, 0, 2, b'4', b'2']),
+            msg(backend::COMMAND_COMPLETE, b"INSERT 0 1\0"),
+        ]
+        .concat();
+        b.from_server.extend_from_slice(&answer);
+        scan_server(&mut b, &mut st, None).unwrap();
+        assert!(b.to_client.is_empty(), "held until the token is in");
+        assert_eq!(&b.held[..], &answer[..]);
+        assert_eq!(st.commit_token(), Some(Token(9)));
+        // The token's answer: taken out; the write's goes out, then the
+        // ReadyForQuery.
+        let token = [
+            msg(backend::ROW_DESCRIPTION, b"\0\0"),
+            msg(backend::DATA_ROW, &[0, 1, 0, 0, 0, 1, b't']),
+            msg(backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+        ]
+        .concat();
+        let ready = msg(backend::READY_FOR_QUERY, b"I");
+        b.from_server.extend_from_slice(&token);
+        b.from_server.extend_from_slice(&ready);
+        scan_server(&mut b, &mut st, None).unwrap();
+        assert_eq!(b.to_client, [answer.clone(), ready].concat());
+        assert!(b.held.is_empty());
+        assert_eq!(st.token, TokenState::Recorded(Token(9)));
+        // A failed write: its error goes out at once.
+        let mut st = State {
+            pending: 1,
+            token: TokenState::Trailing {
+                token: Token(9),
+                statement_done: false,
+                recorded: false,
+            },
+            ..State::default()
+        };
+        let mut b = Buffers::default();
+        protocol::put_error(
+            &mut b.from_server,
+            protocol::Severity::Error,
+            "23505",
+            "duplicate",
+        );
+        scan_server(&mut b, &mut st, None).unwrap();
+        assert!(!b.to_client.is_empty());
+        assert_eq!(st.token, TokenState::Refused);
     }
 
     #[test]
