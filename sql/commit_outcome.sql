@@ -13,16 +13,17 @@ CREATE TABLE IF NOT EXISTS pgkeel.commit_tokens (
     at timestamptz NOT NULL DEFAULT now()
 );
 
--- Records a token; false (and nothing recorded) if it cannot, so that the
--- client's transaction never fails because of pgkeel (in a READ ONLY
--- transaction, say).
+-- Records a token in the calling transaction, if it wrote anything (else
+-- false: nothing for its COMMIT to lose). No error is caught: if the
+-- transaction commits, its token does too.
 CREATE OR REPLACE FUNCTION pgkeel.commit_token(t uuid) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF pg_current_xact_id_if_assigned() IS NULL THEN
+        RETURN false;
+    END IF;
     INSERT INTO pgkeel.commit_tokens (token) VALUES (t);
     RETURN true;
-EXCEPTION WHEN OTHERS THEN
-    RETURN false;
 END $$;
 
 -- The same for an autocommit write pgkeel sends with it in one query (one

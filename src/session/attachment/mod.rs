@@ -225,7 +225,8 @@ pub struct State {
     /// (`commit_outcome = "token"`, the connection's database has the
     /// functions, the transaction may write).
     pub token_offer: Option<Token>,
-    /// The token sent ahead of the COMMIT in flight, and its answer.
+    /// The token sent ahead of the COMMIT in flight (or with an autocommit
+    /// write), and its answer.
     pub token: TokenState,
     /// After a recorded token: the COMMIT's CommandComplete reached the
     /// client (for an autocommit write: its whole answer is in
@@ -240,9 +241,11 @@ pub enum TokenState {
     None,
     /// Sent; its answer (swallowed) not read yet.
     Sent(Token),
-    /// The server recorded it, in the transaction whose COMMIT follows.
+    /// Answered: recorded in the transaction whose COMMIT follows (or
+    /// that transaction wrote nothing, and its COMMIT can lose nothing).
     Recorded(Token),
-    /// The server could not record it: that COMMIT's outcome stays unknown.
+    /// The token failed (and the transaction with it): that COMMIT's
+    /// outcome stays unknown.
     Refused,
     /// Sent after an autocommit write, in its query: the write's own
     /// answer comes first (`statement_done` once its CommandComplete
@@ -289,9 +292,10 @@ impl State {
     /// server recorded one: the new primary can say whether it committed.
     pub fn commit_token(&self) -> Option<Token> {
         let token = match self.token {
-            TokenState::Recorded(t) if self.swallow == 0 => t,
-            // The strict token commits if the write does: sent is enough
-            // (pgkeel's prelude may be still unanswered ahead of it).
+            // A token commits if its transaction does: sent is enough (its
+            // answer may be lost with the server; pgkeel's prelude may be
+            // still unanswered ahead of a trailing one).
+            TokenState::Recorded(t) | TokenState::Sent(t) => t,
             TokenState::Trailing { token, .. } => token,
             _ => return None,
         };

@@ -152,16 +152,18 @@ pub fn scan_server(
             backend::READY_FOR_QUERY => {
                 st.swallow -= 1;
                 if token.is_some() {
-                    // Answered without its `t`: not recorded.
+                    // Answered without a row: it failed.
                     st.token = TokenState::Refused;
                 }
             }
-            backend::DATA_ROW if token.is_some() && commit_token::data_row_true(body) => {
+            // t: recorded; f: the transaction wrote nothing. Either way a
+            // lookup after a loss tells the truth.
+            backend::DATA_ROW if token.is_some() => {
                 st.token = TokenState::Recorded(token.expect("checked"));
             }
             backend::PARAMETER_STATUS => record_parameter(st, body),
-            // (The function catches its own errors: this is a cancel, say.
-            // The transaction failed; the client's COMMIT will say so.)
+            // (The token failed, and the transaction with it: the client's
+            // COMMIT will say so.)
             backend::ERROR_RESPONSE if token.is_some() => {}
             backend::ERROR_RESPONSE => {
                 let f = protocol::parse_error_fields(body);

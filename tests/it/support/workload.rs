@@ -86,6 +86,12 @@ fn first_value(msgs: &[SimpleQueryMessage]) -> Option<String> {
     })
 }
 
+/// The server's (or pgkeel's) message, else the driver's.
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+}
+
 fn code(e: &tokio_postgres::Error) -> String {
     e.code()
         .map(|c| c.code().to_owned())
@@ -237,7 +243,7 @@ async fn client(
             }
             Err(e) => {
                 r.errors
-                    .push((started.elapsed().as_secs_f64(), code(&e), e.to_string()));
+                    .push((started.elapsed().as_secs_f64(), code(&e), message(&e)));
                 if kind == Kind::Transaction && !c.is_closed() {
                     // Leave no transaction open behind an error.
                     let _ = c.simple_query("ROLLBACK").await;
