@@ -127,6 +127,12 @@ impl PooledConn {
         self.lent_at.elapsed()
     }
 
+    /// When the pool slot was granted: the client's state time on attach
+    /// reuses it instead of reading the clock again.
+    pub fn lent_at(&self) -> Instant {
+        self.lent_at
+    }
+
     /// Returns a clean connection to the idle stack (or closes it if it is past its lifetime).
     pub fn release(mut self) {
         let mut conn = self.conn.take().expect("released once");
@@ -136,8 +142,10 @@ impl PooledConn {
             return;
         }
         let s = self.pool.settings.load();
-        conn.last_used = Instant::now();
-        if conn.created.elapsed() >= s.lifetime || self.pool.is_stale(&conn) {
+        // One clock read for the idle time's start and the lifetime check.
+        let now = Instant::now();
+        conn.last_used = now;
+        if now.saturating_duration_since(conn.created) >= s.lifetime || self.pool.is_stale(&conn) {
             self.pool.closed(conn);
             return;
         }
