@@ -363,7 +363,10 @@ impl Pool {
             lent.conn = Some(conn);
             return Ok(lent);
         }
-        lent.conn = Some(self.connect().await?);
+        // Boxed: a connect's state (~2 KiB) would otherwise be part of
+        // every session's task, idle or not, for the rare checkout that
+        // opens a connection.
+        lent.conn = Some(Box::pin(self.connect()).await?);
         Ok(lent)
     }
 
