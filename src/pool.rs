@@ -24,6 +24,12 @@ pub type ServerParams = Vec<(String, String)>;
 /// `used` (PgBouncer's sv_used). Every checkout probes the socket anyway.
 const STALE_CHECK_AFTER: Duration = Duration::from_millis(50);
 
+/// A connection given back this recently, on which the runtime has seen
+/// nothing arrive since, is lent without asking the kernel (one `recv`
+/// per transaction saved). Longer idle, the kernel is asked: the runtime's
+/// readiness may lag a server's close by a reactor turn.
+const TRUST_RUNTIME_FOR: Duration = Duration::from_millis(10);
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub host: String,
@@ -355,7 +361,7 @@ impl Pool {
             // ago has closed every idle connection to it.
             if now.saturating_duration_since(conn.created) >= s.lifetime
                 || idle_for >= s.idle_timeout
-                || !quiet(&conn.stream)
+                || !lendable(&conn.stream, idle_for)
             {
                 self.closed(conn);
                 continue;
@@ -460,6 +466,17 @@ fn quiet(stream: &crate::tls::Stream) -> bool {
     stream.tcp().is_some_and(crate::backend::socket_quiet)
 }
 
+/// Quiet, as far as a checkout needs to know: given back within
+/// `TRUST_RUNTIME_FOR` with no readiness seen since, or quiet by the
+/// kernel's word (`quiet`).
+fn lendable(stream: &crate::tls::Stream, idle_for: Duration) -> bool {
+    let trusted = idle_for < TRUST_RUNTIME_FOR
+        && stream
+            .tcp()
+            .is_some_and(|t| !crate::backend::readiness_seen(t));
+    trusted || quiet(stream)
+}
+
 /// All pools. Looked up once per client login and cached by the session.
 #[derive(Default)]
 pub struct Pools {
@@ -550,7 +567,9 @@ impl Pools {
 
 #[cfg(test)]
 mod tests {
+    use super::{lendable, TRUST_RUNTIME_FOR};
     use crate::backend::socket_quiet as quiet;
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
 
@@ -566,6 +585,26 @@ mod tests {
     async fn quiet_once_delivered(s: &TcpStream) -> bool {
         s.readable().await.unwrap();
         quiet(s)
+    }
+
+    #[tokio::test]
+    async fn a_recent_connection_is_lent_on_the_runtimes_word_until_something_arrives() {
+        let recent = Duration::ZERO;
+        let (ours, mut theirs) = pair().await;
+        let ours = crate::tls::Stream::plain(ours);
+        assert!(lendable(&ours, recent), "open and silent");
+        theirs.write_all(b"E").await.unwrap();
+        ours.readable().await.unwrap();
+        assert!(!lendable(&ours, recent), "the runtime saw bytes arrive");
+        let (ours, theirs) = pair().await;
+        let ours = crate::tls::Stream::plain(ours);
+        drop(theirs);
+        ours.readable().await.unwrap();
+        assert!(!lendable(&ours, recent), "the runtime saw the close");
+        assert!(
+            !lendable(&ours, TRUST_RUNTIME_FOR),
+            "and so does the kernel"
+        );
     }
 
     #[tokio::test]

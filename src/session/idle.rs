@@ -10,6 +10,8 @@
 //! idle clients hand back beyond it is freed.
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::task::Poll;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -88,9 +90,16 @@ pub async fn read(client: &mut Stream, bufs: &mut Buffers, idle: bool) -> std::i
             client.readable().await?;
             refill(bufs);
             ensure_room(&mut bufs.from_client, FIRST_READ.max(SHRINK_TO));
-            match client.try_read_buf(&mut bufs.from_client) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => release(bufs),
-                r => return r,
+            // One poll of an ordinary read (not `try_read`): a short read
+            // clears the socket's readiness, so the relay's next read of
+            // this client waits instead of finding EAGAIN first.
+            let once = {
+                let mut read = std::pin::pin!(client.read_buf(&mut bufs.from_client));
+                std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+            };
+            match once {
+                Poll::Ready(r) => return r,
+                Poll::Pending => release(bufs),
             }
         }
     }

@@ -103,16 +103,6 @@ impl Stream {
         }
     }
 
-    /// Reads what the socket holds now, without waiting (`WouldBlock`
-    /// when nothing: the readiness `readable` saw is then cleared). Plain
-    /// TCP only; a TLS stream answers `WouldBlock` (read it with `read_buf`).
-    pub fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
-        match &self.0 {
-            Inner::Plain(s) => s.try_read_buf(buf),
-            _ => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-
     /// Borrowed read and write halves, usable at once (the relay's
     /// `select!`). Plain TCP splits for free; TLS shares one state.
     pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
