@@ -100,7 +100,8 @@ pidfile = $WORK/pgbouncer.pid
 $PREPARED_LINE
 INI
 chown -R postgres: "$WORK" 2>/dev/null || true
-as_postgres "$PGBOUNCER" -d "$WORK/pgbouncer.ini"
+# runuser's login session resets the open-file limit: raise it again inside.
+as_postgres bash -c "ulimit -n $(ulimit -Hn); exec \"\$0\" -d \"\$1\"" "$PGBOUNCER" "$WORK/pgbouncer.ini"
 TIMEOUT=10 wait_for test -s "$WORK/pgbouncer.pid"
 BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")
 PIDS+=("$BOUNCER_PID")
@@ -236,10 +237,12 @@ for n in $IDLE_CLIENTS; do
         # The tool answers "ready N errors E" once every client has had its
         # answer, then idles until its standard input closes.
         coproc IDLE { "$IDLE_BIN" --clients "$n" --url "host=127.0.0.1 port=$port user=bench password=bench dbname=bench" 2>"$WORK/idle.$t.$n.log"; }
+        # Bash unsets the coproc's variables once it exits: keep them.
+        idle_pid=$IDLE_PID idle_in=${IDLE[1]}
         read -r _ connected _ errors <&"${IDLE[0]}" || { connected=0; errors=$n; }
         after=$(rss_kb "$pid")
-        eval "exec ${IDLE[1]}>&-"
-        wait "$IDLE_PID" 2>/dev/null || true
+        eval "exec $idle_in>&-" 2>/dev/null || true
+        wait "$idle_pid" 2>/dev/null || true
         per=$(python3 -c "print(round(($after - $before) / $n, 2))")
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$t" "$connected" "$errors" "$before" "$after" "$per" >> "$IDLE_RAW"
         echo "  $n idle clients, $t: $connected connected, $errors errors, RSS $before -> $after KiB, $per KiB per client"

@@ -17,6 +17,10 @@ use clap::Parser;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 
+/// A login not done by then counts as an error (a proxy out of sockets
+/// never answers).
+const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Parser)]
 struct Args {
     /// libpq-style connection string of the proxy (or server).
@@ -40,11 +44,15 @@ async fn main() -> anyhow::Result<()> {
         let (config, logins, errors) = (config.clone(), logins.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let permit = logins.acquire_owned().await.expect("never closed");
-            let (client, conn) = match config.connect(tokio_postgres::NoTls).await {
-                Ok(c) => c,
-                Err(e) => {
+            let login = tokio::time::timeout(LOGIN_TIMEOUT, config.connect(tokio_postgres::NoTls));
+            let (client, conn) = match login.await {
+                Ok(Ok(c)) => c,
+                failed => {
                     if errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                        eprintln!("connect: {e}");
+                        match failed {
+                            Ok(Err(e)) => eprintln!("connect: {e}"),
+                            _ => eprintln!("connect: no answer in {LOGIN_TIMEOUT:?}"),
+                        }
                     }
                     return None;
                 }

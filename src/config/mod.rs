@@ -178,6 +178,12 @@ pub struct ProxyConfig {
     pub tcp_keepalive_idle: Dur,
     pub tcp_keepalive_interval: Dur,
     pub tcp_keepalive_count: u32,
+
+    // The runtime (docs/performance.md "The runtime").
+    /// Runtime worker threads; 0: one per core. One worker spends less CPU
+    /// per transaction where the proxy shares few cores with its clients
+    /// and servers; more spread clients over more cores. Needs a restart.
+    pub worker_threads: u32,
 }
 
 impl Default for ProxyConfig {
@@ -213,6 +219,7 @@ impl Default for ProxyConfig {
             tcp_keepalive_idle: d(60),
             tcp_keepalive_interval: d(10),
             tcp_keepalive_count: 6,
+            worker_threads: 0,
         }
     }
 }
