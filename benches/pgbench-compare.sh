@@ -15,7 +15,12 @@
 # OUT (benches/results/latest.md), SKIP_BUILD=1, KEEP=1 (keep the work dir),
 # PGKEEL_BIN (target/release/pgkeel), BASELINE (another pgkeel binary, e.g.
 # built from an earlier commit: adds a "pgkeel-baseline" target, split on,
-# to the same interleaved rounds, to measure a change).
+# to the same interleaved rounds, to measure a change), BASELINE_ENV
+# (environment for the baseline instance only, e.g. "TOKIO_WORKER_THREADS=1"
+# with BASELINE=target/release/pgkeel to compare runtime settings), IDLE_CLIENTS
+# ("1000 10000": after the workloads, that many idle clients are opened
+# against PgBouncer and pgkeel in turn, one query each, and the proxy's
+# resident memory per idle client is reported; "" skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -33,12 +38,16 @@ PGKEEL_NOSPLIT_PORT=${PGKEEL_NOSPLIT_PORT:-56434}
 PGKEEL_BASELINE_PORT=${PGKEEL_BASELINE_PORT:-56435}
 PGKEEL_BIN=${PGKEEL_BIN:-target/release/pgkeel}
 ALL_WORKLOADS="select-simple select-extended select-prepared tpcb tpcb-prepared connect-per-txn single-client"
-WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS}
+WORKLOADS=${WORKLOADS-$ALL_WORKLOADS}
+IDLE_CLIENTS=${IDLE_CLIENTS-1000 10000}
+# 10,000 idle clients need as many sockets in the proxy and in the client
+# tool (PgBouncer inherits this limit; pgkeel raises its own).
+ulimit -n "$(ulimit -Hn)"
 
 install_packages postgresql-15 postgresql-client-15 pgbouncer ca-certificates
 if [ -z "${SKIP_BUILD:-}" ]; then
     section "building pgkeel (release)"
-    cargo build --release --bin pgkeel
+    cargo build --release --bin pgkeel --example idle_clients
 fi
 
 # Other work on the machine skews every absolute number: say how busy it was.
@@ -85,13 +94,14 @@ auth_type = scram-sha-256
 auth_file = $WORK/userlist.txt
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
-max_client_conn = 1000
+max_client_conn = 20000
 logfile = $WORK/pgbouncer.log
 pidfile = $WORK/pgbouncer.pid
 $PREPARED_LINE
 INI
 chown -R postgres: "$WORK" 2>/dev/null || true
-as_postgres "$PGBOUNCER" -d "$WORK/pgbouncer.ini"
+# runuser's login session resets the open-file limit: raise it again inside.
+as_postgres bash -c "ulimit -n $(ulimit -Hn); exec \"\$0\" -d \"\$1\"" "$PGBOUNCER" "$WORK/pgbouncer.ini"
 TIMEOUT=10 wait_for test -s "$WORK/pgbouncer.pid"
 BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")
 PIDS+=("$BOUNCER_PID")
@@ -99,13 +109,15 @@ PIDS+=("$BOUNCER_PID")
 # Two pgkeel instances: as shipped (read/write split on: every statement is
 # classified, and with no replica here reads fall back to the primary), and
 # with read_write_split = false, so the difference is the split's cost.
-start_pgkeel_bench() { # name port split [binary] -> sets PID_<name>
-    local name=$1 port=$2 split=$3 bin=${4:-$PGKEEL_BIN}
+start_pgkeel_bench() { # name port split [binary [env]] -> sets PID_<name>
+    local name=$1 port=$2 split=$3 bin=${4:-$PGKEEL_BIN} env=${5:-}
     cat > "$WORK/$name.toml" <<TOML
 [proxy]
 listen = "127.0.0.1:$port"
 pool_mode = "transaction"
 pool_size = $POOL_SIZE
+max_client_connections = 20000
+max_login_connections = 20000
 [admin]
 listen = ""
 [log]
@@ -125,7 +137,8 @@ port = $PG_PORT
 TOML
     local pid=""
     if [ -x "$bin" ]; then
-        "$bin" --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+        # shellcheck disable=SC2086
+        env $env "$bin" --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
         pid=$!
         PIDS+=("$pid")
         TIMEOUT=20 wait_for pg_isready -h 127.0.0.1 -p "$port" || { echo "$name did not start: see $WORK/$name.log"; pid=""; }
@@ -139,7 +152,7 @@ start_pgkeel_bench pgkeel "$PGKEEL_PORT" true
 start_pgkeel_bench pgkeel-nosplit "$PGKEEL_NOSPLIT_PORT" false
 TARGETS=(direct pgbouncer pgkeel pgkeel-nosplit)
 if [ -n "${BASELINE:-}" ]; then
-    start_pgkeel_bench pgkeel-baseline "$PGKEEL_BASELINE_PORT" true "$BASELINE"
+    start_pgkeel_bench pgkeel-baseline "$PGKEEL_BASELINE_PORT" true "$BASELINE" "${BASELINE_ENV:-}"
     TARGETS+=(pgkeel-baseline)
 fi
 
@@ -207,6 +220,35 @@ for w in $WORKLOADS; do
     done
 done
 
+# Idle clients: resident memory per client, PgBouncer and pgkeel in turn.
+rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+IDLE_RAW="$WORK/idle.tsv"
+: > "$IDLE_RAW"
+IDLE_BIN=target/release/examples/idle_clients
+for n in $IDLE_CLIENTS; do
+    section "$n idle clients"
+    for t in pgbouncer pgkeel; do
+        case $t in
+            pgbouncer) pid=$BOUNCER_PID port=$BOUNCER_PORT ;;
+            pgkeel) pid=$PID_pgkeel port=$PGKEEL_PORT ;;
+        esac
+        [ -n "$pid" ] || continue
+        before=$(rss_kb "$pid")
+        # The tool answers "ready N errors E" once every client has had its
+        # answer, then idles until its standard input closes.
+        coproc IDLE { "$IDLE_BIN" --clients "$n" --url "host=127.0.0.1 port=$port user=bench password=bench dbname=bench" 2>"$WORK/idle.$t.$n.log"; }
+        # Bash unsets the coproc's variables once it exits: keep them.
+        idle_pid=$IDLE_PID idle_in=${IDLE[1]}
+        read -r _ connected _ errors <&"${IDLE[0]}" || { connected=0; errors=$n; }
+        after=$(rss_kb "$pid")
+        eval "exec $idle_in>&-" 2>/dev/null || true
+        wait "$idle_pid" 2>/dev/null || true
+        per=$(python3 -c "print(round(($after - $before) / $n, 2))")
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$t" "$connected" "$errors" "$before" "$after" "$per" >> "$IDLE_RAW"
+        echo "  $n idle clients, $t: $connected connected, $errors errors, RSS $before -> $after KiB, $per KiB per client"
+    done
+done
+
 mkdir -p "$(dirname "$OUT")"
 {
     echo "# pgbench: direct vs PgBouncer vs pgkeel"
@@ -237,6 +279,14 @@ for w, targets in rows.items():
         ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}"
         print(f"| {w} | {t} | {status or f(tps)} | {f(lat, 3)} | {f(cpu, 1)} | {ratio(tps, base.get('pgbouncer'))} | {ratio(tps, base.get('direct'))} |" + (f" {ratio(tps, base.get('pgkeel-baseline'))} |" if base_col else ""))
 PY
+    if [ -s "$IDLE_RAW" ]; then
+        echo
+        echo "Idle clients: each connects (SCRAM), runs SELECT 1 and stays idle; resident memory of the proxy before and after (VmRSS)."
+        echo
+        echo "| idle clients | target | connected | errors | RSS before KiB | RSS after KiB | KiB per idle client |"
+        echo "|---:|---|---:|---:|---:|---:|---:|"
+        while IFS=$'\t' read -r n t c e b a p; do echo "| $n | $t | $c | $e | $b | $a | $p |"; done < "$IDLE_RAW"
+    fi
 } > "$OUT"
 section "results ($OUT)"
 cat "$OUT"

@@ -396,6 +396,13 @@ pub fn socket_quiet(stream: &TcpStream) -> bool {
     )
 }
 
+/// The runtime has seen the socket readable since its last read cleared
+/// that (bytes or a close arrived): no syscall, only the runtime's flags.
+pub fn readiness_seen(stream: &TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    stream.poll_read_ready(&mut cx).is_ready()
+}
+
 enum TlsRefused {
     Io(std::io::Error),
     Other(BackendError),

@@ -93,9 +93,16 @@ impl ClientInfo {
 
     /// Changes the state (and its start time) if it differs.
     pub fn set_state(&self, s: ClientState) {
+        self.set_state_at(s, None);
+    }
+
+    /// The same, with the state's start time when the caller has just read
+    /// the clock (`None`: read it here, only if the state changes).
+    fn set_state_at(&self, s: ClientState, at: Option<Instant>) {
         if self.state.load(Ordering::Relaxed) != s as u8 {
+            let at = at.unwrap_or_else(Instant::now);
             self.since_us
-                .store(self.us_since_epoch(Instant::now()), Ordering::Relaxed);
+                .store(self.us_since_epoch(at), Ordering::Relaxed);
             // SeqCst pairs with `Pause`: a client either sees the pause, or
             // PAUSE sees it asking for a server and waits for it.
             self.state.store(s as u8, Ordering::SeqCst);
@@ -135,11 +142,15 @@ impl ClientInfo {
     /// The client got `server`.
     pub fn attached(&self, server: &mut PooledConn) {
         self.set_pool(server.pool());
+        let lent_at = server.lent_at();
         let conn = server.conn();
-        self.server_id.store(conn.id, Ordering::Relaxed);
-        self.server_created_us
-            .store(self.us_since_epoch(conn.created), Ordering::Relaxed);
-        self.set_state(ClientState::Active);
+        // A transaction-mode client often gets the same connection again.
+        if self.server_id.swap(conn.id, Ordering::Relaxed) != conn.id {
+            self.server_created_us
+                .store(self.us_since_epoch(conn.created), Ordering::Relaxed);
+        }
+        // Active since the loan began (the pool read the clock then).
+        self.set_state_at(ClientState::Active, Some(lent_at));
     }
 
     pub fn pool(&self) -> Option<Arc<Pool>> {

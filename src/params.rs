@@ -197,7 +197,9 @@ impl Params {
     pub fn differing(&self, have: &Params) -> Vec<&'static str> {
         self.0
             .iter()
-            .filter(|(n, v)| have.get(n) != Some(v.as_str()))
+            // Both sides hold canonical names: compared directly, without
+            // `get`'s case-insensitive search of the tracked names.
+            .filter(|(n, v)| !have.0.iter().any(|(h, hv)| h == n && hv == v))
             .map(|(n, _)| *n)
             .collect()
     }

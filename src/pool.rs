@@ -24,6 +24,12 @@ pub type ServerParams = Vec<(String, String)>;
 /// `used` (PgBouncer's sv_used). Every checkout probes the socket anyway.
 const STALE_CHECK_AFTER: Duration = Duration::from_millis(50);
 
+/// A connection given back this recently, on which the runtime has seen
+/// nothing arrive since, is lent without asking the kernel (one `recv`
+/// per transaction saved). Longer idle, the kernel is asked: the runtime's
+/// readiness may lag a server's close by a reactor turn.
+const TRUST_RUNTIME_FOR: Duration = Duration::from_millis(10);
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub host: String,
@@ -127,6 +133,12 @@ impl PooledConn {
         self.lent_at.elapsed()
     }
 
+    /// When the pool slot was granted: the client's state time on attach
+    /// reuses it instead of reading the clock again.
+    pub fn lent_at(&self) -> Instant {
+        self.lent_at
+    }
+
     /// Returns a clean connection to the idle stack (or closes it if it is past its lifetime).
     pub fn release(mut self) {
         let mut conn = self.conn.take().expect("released once");
@@ -136,8 +148,10 @@ impl PooledConn {
             return;
         }
         let s = self.pool.settings.load();
-        conn.last_used = Instant::now();
-        if conn.created.elapsed() >= s.lifetime || self.pool.is_stale(&conn) {
+        // One clock read for the idle time's start and the lifetime check.
+        let now = Instant::now();
+        conn.last_used = now;
+        if now.saturating_duration_since(conn.created) >= s.lifetime || self.pool.is_stale(&conn) {
             self.pool.closed(conn);
             return;
         }
@@ -347,7 +361,7 @@ impl Pool {
             // ago has closed every idle connection to it.
             if now.saturating_duration_since(conn.created) >= s.lifetime
                 || idle_for >= s.idle_timeout
-                || !quiet(&conn.stream)
+                || !lendable(&conn.stream, idle_for)
             {
                 self.closed(conn);
                 continue;
@@ -355,7 +369,10 @@ impl Pool {
             lent.conn = Some(conn);
             return Ok(lent);
         }
-        lent.conn = Some(self.connect().await?);
+        // Boxed: a connect's state (~2 KiB) would otherwise be part of
+        // every session's task, idle or not, for the rare checkout that
+        // opens a connection.
+        lent.conn = Some(Box::pin(self.connect()).await?);
         Ok(lent)
     }
 
@@ -449,6 +466,17 @@ fn quiet(stream: &crate::tls::Stream) -> bool {
     stream.tcp().is_some_and(crate::backend::socket_quiet)
 }
 
+/// Quiet, as far as a checkout needs to know: given back within
+/// `TRUST_RUNTIME_FOR` with no readiness seen since, or quiet by the
+/// kernel's word (`quiet`).
+fn lendable(stream: &crate::tls::Stream, idle_for: Duration) -> bool {
+    let trusted = idle_for < TRUST_RUNTIME_FOR
+        && stream
+            .tcp()
+            .is_some_and(|t| !crate::backend::readiness_seen(t));
+    trusted || quiet(stream)
+}
+
 /// All pools. Looked up once per client login and cached by the session.
 #[derive(Default)]
 pub struct Pools {
@@ -539,7 +567,9 @@ impl Pools {
 
 #[cfg(test)]
 mod tests {
+    use super::{lendable, TRUST_RUNTIME_FOR};
     use crate::backend::socket_quiet as quiet;
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
 
@@ -555,6 +585,26 @@ mod tests {
     async fn quiet_once_delivered(s: &TcpStream) -> bool {
         s.readable().await.unwrap();
         quiet(s)
+    }
+
+    #[tokio::test]
+    async fn a_recent_connection_is_lent_on_the_runtimes_word_until_something_arrives() {
+        let recent = Duration::ZERO;
+        let (ours, mut theirs) = pair().await;
+        let ours = crate::tls::Stream::plain(ours);
+        assert!(lendable(&ours, recent), "open and silent");
+        theirs.write_all(b"E").await.unwrap();
+        ours.readable().await.unwrap();
+        assert!(!lendable(&ours, recent), "the runtime saw bytes arrive");
+        let (ours, theirs) = pair().await;
+        let ours = crate::tls::Stream::plain(ours);
+        drop(theirs);
+        ours.readable().await.unwrap();
+        assert!(!lendable(&ours, recent), "the runtime saw the close");
+        assert!(
+            !lendable(&ours, TRUST_RUNTIME_FOR),
+            "and so does the kernel"
+        );
     }
 
     #[tokio::test]

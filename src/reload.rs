@@ -90,9 +90,10 @@ pub fn loaded_at_start(shared: &Shared, path: &Path) {
 
 /// Keys (and tables) that keep their running value until a restart: the
 /// ones `apply` keeps. SHOW CONFIG calls them not changeable.
-pub const RESTART_ONLY: [&str; 11] = [
+pub const RESTART_ONLY: [&str; 12] = [
     "proxy.listen",
     "proxy.handover_socket",
+    "proxy.worker_threads",
     "listeners",
     "admin.listen",
     "admin.metrics_listen",

@@ -87,6 +87,10 @@ pub struct Router {
     policy: FunctionPolicy,
     rules: Vec<Rule>,
     cache: quick_cache::sync::Cache<Box<[u8]>, Entry>,
+    /// The same by a statement's exact text, for texts without literals or
+    /// comments (prepared and extended-protocol statements, BEGIN, COMMIT):
+    /// those recur byte for byte, and a hit skips normalizing.
+    exact: quick_cache::sync::Cache<Box<[u8]>, (Entry, Option<Hint>)>,
     next: AtomicUsize,
 }
 
@@ -124,6 +128,7 @@ impl Router {
             ),
             rules,
             cache: quick_cache::sync::Cache::new(r.classify_cache_size),
+            exact: quick_cache::sync::Cache::new(r.classify_cache_size),
             next: AtomicUsize::new(0),
             routing: r.clone(),
         }
@@ -134,16 +139,28 @@ impl Router {
     }
 
     /// The classification and rule hits of one statement text, from the
-    /// cache when its normalized form was seen before.
+    /// cache when the same text, or its normalized form, was seen before.
     fn lookup(
         &self,
         text: &[u8],
         scratch: &mut Vec<u8>,
         metrics: &Metrics,
     ) -> (Entry, Option<Hint>) {
-        let hint = classify::normalize(text, scratch);
+        if let Some(hit) = self.exact.get(text) {
+            metrics.classify_cache_hits_total.inc();
+            return hit;
+        }
+        let key = classify::normalize_key(text, scratch);
+        let hint = key.hint;
+        // Everything in the entry and the hint follows from the text alone.
+        let remember = |e: Entry| {
+            if !key.literals {
+                self.exact.insert(text.into(), (e, hint));
+            }
+        };
         if let Some(e) = self.cache.get(&scratch[..]) {
             metrics.classify_cache_hits_total.inc();
+            remember(e);
             return (e, hint);
         }
         metrics.classify_cache_misses_total.inc();
@@ -160,6 +177,7 @@ impl Router {
         let e = Entry { kind, pattern_hits };
         if kind.cacheable() {
             self.cache.insert(scratch.as_slice().into(), e);
+            remember(e);
         }
         (e, hint)
     }
@@ -571,6 +589,35 @@ mod tests {
             route_of(decide(&r, &other, &q("SELECT 2"))),
             Some((Route::Replica, Why::Read))
         );
+    }
+
+    #[test]
+    fn a_text_seen_before_routes_the_same_from_its_exact_entry() {
+        let r = router("[[query_rules]]\npattern = \"FROM reports\"\nroute = \"primary\"\n");
+        let s = view();
+        let m = Metrics::new();
+        let mut scratch = Vec::new();
+        for sql in [
+            "SELECT a FROM t WHERE id = $1",
+            "SELECT a FROM reports WHERE id = $1",
+            "BEGIN",
+            "SET default_transaction_read_only = on",
+            "/* pgkeel: primary */ SELECT 1",
+            "SELECT 2",
+        ] {
+            let first = r.decide(&s, &q(sql), &mut scratch, &m);
+            for _ in 0..2 {
+                assert_eq!(r.decide(&s, &q(sql), &mut scratch, &m), first, "{sql}");
+            }
+        }
+        // Only texts that recur byte for byte are kept by their bytes: no
+        // literal, no comment, and not a SET of the read-only default.
+        let kept = |sql: &str| r.exact.get(sql.as_bytes()).is_some();
+        assert!(kept("SELECT a FROM t WHERE id = $1"));
+        assert!(kept("BEGIN"));
+        assert!(!kept("SELECT 2"));
+        assert!(!kept("/* pgkeel: primary */ SELECT 1"));
+        assert!(!kept("SET default_transaction_read_only = on"));
     }
 
     #[test]

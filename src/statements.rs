@@ -202,7 +202,8 @@ struct Entry {
 /// evicted first.
 #[derive(Debug, Default)]
 pub struct ConnStatements {
-    ids: HashMap<u64, Entry>,
+    /// foldhash: a lookup per Bind, where SipHash's cost showed.
+    ids: HashMap<u64, Entry, foldhash::fast::RandomState>,
     clock: u64,
 }
 

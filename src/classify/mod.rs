@@ -23,7 +23,7 @@ use std::sync::LazyLock;
 use pg_query::protobuf::{node::Node as N, Node, TransactionStmtKind};
 use serde_json::Value;
 
-pub use normalize::{normalize, Hint};
+pub use normalize::{normalize, normalize_key, Hint, Normalized};
 
 /// What a statement (or a run of statements) needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

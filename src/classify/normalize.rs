@@ -16,8 +16,66 @@ pub enum Hint {
     Any,
 }
 
-fn ident_byte(c: u8) -> bool {
+const fn ident_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+// Byte classes: what may start at a byte.
+const OTHER: u8 = 0;
+const SPACE: u8 = 1;
+/// A letter, `_` or a non-ASCII byte: a word starts.
+const WORD: u8 = 2;
+const DIGIT: u8 = 3;
+const DASH: u8 = 4;
+const SLASH: u8 = 5;
+const QUOTE: u8 = 6;
+const DQUOTE: u8 = 7;
+const DOLLAR: u8 = 8;
+const DOT: u8 = 9;
+
+const CLASS: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = match c {
+            _ if c.is_ascii_whitespace() => SPACE,
+            _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => WORD,
+            _ if c.is_ascii_digit() => DIGIT,
+            b'-' => DASH,
+            b'/' => SLASH,
+            b'\'' => QUOTE,
+            b'"' => DQUOTE,
+            b'$' => DOLLAR,
+            b'.' => DOT,
+            _ => OTHER,
+        };
+        i += 1;
+    }
+    t
+};
+
+/// Bytes that continue a word (`ident_byte`), by table.
+const IDENT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = ident_byte(i as u8);
+        i += 1;
+    }
+    t
+};
+
+/// Where the number whose first byte ends before `i` ends.
+fn number_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() {
+        match b[i] {
+            b'e' | b'E' if matches!(b.get(i + 1), Some(b'+' | b'-')) => i += 2,
+            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' => i += 1,
+            _ => break,
+        }
+    }
+    i
 }
 
 fn hint_in(comment: &[u8]) -> Option<Hint> {
@@ -39,12 +97,29 @@ fn hint_in(comment: &[u8]) -> Option<Hint> {
     }
 }
 
+/// What `normalize_key` found besides the key itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Normalized {
+    /// The first routing hint in a comment.
+    pub hint: Option<Hint>,
+    /// A literal was replaced by `?`, or a comment dropped: the text is one
+    /// of many with this key (with neither, the text itself recurs, as a
+    /// prepared statement's does).
+    pub literals: bool,
+}
+
 /// Writes the routing key of `sql` into `out` (cleared first) and returns
 /// the first routing hint found in a comment.
 pub fn normalize(sql: &[u8], out: &mut Vec<u8>) -> Option<Hint> {
+    normalize_key(sql, out).hint
+}
+
+/// `normalize`, also telling whether the text had literals.
+pub fn normalize_key(sql: &[u8], out: &mut Vec<u8>) -> Normalized {
     out.clear();
     let b = sql;
     let mut hint = None;
+    let mut literals = false;
     let mut space = false;
     let mut i = 0;
     // Pushes a token, with one space before it if whitespace preceded it.
@@ -58,21 +133,24 @@ pub fn normalize(sql: &[u8], out: &mut Vec<u8>) -> Option<Hint> {
     }
     while i < b.len() {
         let c = b[i];
-        match c {
-            c if c.is_ascii_whitespace() => {
+        // One table load picks the arm, where a chain of tests did.
+        match CLASS[c as usize] {
+            SPACE => {
                 space = true;
                 i += 1;
             }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
+            DASH if b.get(i + 1) == Some(&b'-') => {
                 let end = b[i..]
                     .iter()
                     .position(|&c| c == b'\n')
                     .map_or(b.len(), |p| i + p);
                 hint = hint.or_else(|| hint_in(&b[i + 2..end]));
+                // Comments vary (trace ids...) where the statement does not.
+                literals = true;
                 space = true;
                 i = end;
             }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
+            SLASH if b.get(i + 1) == Some(&b'*') => {
                 // Comments nest in PostgreSQL.
                 let start = i + 2;
                 let mut depth = 1;
@@ -89,13 +167,15 @@ pub fn normalize(sql: &[u8], out: &mut Vec<u8>) -> Option<Hint> {
                     }
                 }
                 hint = hint.or_else(|| hint_in(&b[start..i.min(b.len())]));
+                literals = true;
                 space = true;
             }
-            b'\'' => {
+            QUOTE => {
                 // E'...' strings take backslash escapes.
                 let escapes =
                     i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !ident_byte(b[i - 2]));
                 token_start!();
+                literals = true;
                 out.push(b'?');
                 i += 1;
                 while i < b.len() {
@@ -108,7 +188,7 @@ pub fn normalize(sql: &[u8], out: &mut Vec<u8>) -> Option<Hint> {
                 }
                 i += 1;
             }
-            b'"' => {
+            DQUOTE => {
                 token_start!();
                 let start = i;
                 i += 1;
@@ -125,7 +205,7 @@ pub fn normalize(sql: &[u8], out: &mut Vec<u8>) -> Option<Hint> {
                 i = (i + 1).min(b.len());
                 out.extend_from_slice(&b[start..i]);
             }
-            b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+            DOLLAR if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 // A parameter, $1.
                 token_start!();
                 let start = i;
@@ -135,7 +215,7 @@ pub fn normalize(sql: &[u8], out: &mut Vec<u8>) -> Option<Hint> {
                 }
                 out.extend_from_slice(&b[start..i]);
             }
-            b'$' => {
+            DOLLAR => {
                 // Dollar quoting: $tag$ ... $tag$.
                 let tag_end = b[i + 1..]
                     .iter()
@@ -150,6 +230,7 @@ pub fn normalize(sql: &[u8], out: &mut Vec<u8>) -> Option<Hint> {
                             .windows(tag.len())
                             .position(|w| w == tag)
                             .map_or(b.len(), |p| body + p + tag.len());
+                        literals = true;
                         out.push(b'?');
                         i = close;
                     }
@@ -159,30 +240,29 @@ pub fn normalize(sql: &[u8], out: &mut Vec<u8>) -> Option<Hint> {
                     }
                 }
             }
-            c if c.is_ascii_digit()
-                || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) =>
-            {
+            DIGIT => {
                 token_start!();
+                literals = true;
                 out.push(b'?');
-                i += 1;
-                while i < b.len() {
-                    match b[i] {
-                        b'e' | b'E' if matches!(b.get(i + 1), Some(b'+' | b'-')) => i += 2,
-                        c if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' => i += 1,
-                        _ => break,
-                    }
-                }
+                i = number_end(b, i + 1);
             }
-            c if ident_byte(c) => {
+            DOT if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                token_start!();
+                literals = true;
+                out.push(b'?');
+                i = number_end(b, i + 1);
+            }
+            WORD => {
                 token_start!();
                 // Found whole, then copied in one go (one capacity check).
                 let start = i;
-                while i < b.len() && ident_byte(b[i]) {
+                i += 1;
+                while i < b.len() && IDENT[b[i] as usize] {
                     i += 1;
                 }
                 out.extend(b[start..i].iter().map(u8::to_ascii_lowercase));
             }
-            c => {
+            _ => {
                 token_start!();
                 out.push(c);
                 i += 1;
@@ -192,7 +272,7 @@ pub fn normalize(sql: &[u8], out: &mut Vec<u8>) -> Option<Hint> {
     while matches!(out.last(), Some(b';' | b' ')) {
         out.pop();
     }
-    hint
+    Normalized { hint, literals }
 }
 
 #[cfg(test)]
@@ -227,6 +307,22 @@ mod tests {
             key("SELECT 'Ünïcode', ünï FROM t").0,
             "select ?, ünï from t"
         );
+    }
+
+    #[test]
+    fn literals_and_comments_are_noted() {
+        let noted = |sql: &str| normalize_key(sql.as_bytes(), &mut Vec::new()).literals;
+        assert!(!noted("SELECT a FROM t WHERE id = $1"));
+        assert!(!noted("select \"x1\" from t2"));
+        for sql in [
+            "SELECT 1",
+            "SELECT 'a'",
+            "SELECT $$a$$",
+            "SELECT a -- c",
+            "/* c */ BEGIN",
+        ] {
+            assert!(noted(sql), "{sql}");
+        }
     }
 
     #[test]

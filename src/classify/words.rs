@@ -440,16 +440,36 @@ pub fn lone_dml(sql: &[u8]) -> bool {
     it.next().is_some_and(|s| first(&s)) && it.next().is_none()
 }
 
+/// A text that is exactly one plain transaction end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoneEnd {
+    /// COMMIT or END [WORK | TRANSACTION] (no AND CHAIN, not PREPARED).
+    Commit,
+    /// ROLLBACK or ABORT [WORK | TRANSACTION] (not TO SAVEPOINT, not
+    /// PREPARED, not AND CHAIN).
+    Rollback,
+}
+
+/// Whether `sql` is exactly one plain COMMIT or ROLLBACK, and which: one
+/// pass where `lone_commit` then `lone_rollback` would make two.
+pub fn lone_end(sql: &[u8]) -> Option<LoneEnd> {
+    match lone(sql)? {
+        End::Commit => Some(LoneEnd::Commit),
+        End::Rollback => Some(LoneEnd::Rollback),
+        _ => None,
+    }
+}
+
 /// Exactly one statement, a plain COMMIT or END (no AND CHAIN, not
 /// PREPARED).
 pub fn lone_commit(sql: &[u8]) -> bool {
-    lone(sql) == Some(End::Commit)
+    lone_end(sql) == Some(LoneEnd::Commit)
 }
 
 /// Exactly one statement, a plain ROLLBACK or ABORT [WORK | TRANSACTION]
 /// (not TO SAVEPOINT, not PREPARED, not AND CHAIN).
 pub fn lone_rollback(sql: &[u8]) -> bool {
-    lone(sql) == Some(End::Rollback)
+    lone_end(sql) == Some(LoneEnd::Rollback)
 }
 
 #[cfg(test)]

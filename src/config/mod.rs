@@ -188,6 +188,11 @@ pub struct ProxyConfig {
     /// How long the old process hands over clients as they become idle
     /// (and waits for those that cannot move) before it exits.
     pub handover_timeout: Dur,
+    // The runtime (docs/performance.md "The runtime").
+    /// Runtime worker threads; 0: one per core. One worker spends less CPU
+    /// per transaction where the proxy shares few cores with its clients
+    /// and servers; more spread clients over more cores. Needs a restart.
+    pub worker_threads: u32,
 }
 
 impl Default for ProxyConfig {
@@ -225,6 +230,7 @@ impl Default for ProxyConfig {
             tcp_keepalive_count: 6,
             handover_socket: String::new(),
             handover_timeout: d(60),
+            worker_threads: 0,
         }
     }
 }

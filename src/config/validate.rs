@@ -48,6 +48,9 @@ fn locate(src: &str, table: &str, index: usize, key: Option<&str>) -> Option<usi
     header_line
 }
 
+/// More runtime workers than any machine has cores is a typo.
+const MAX_WORKER_THREADS: u32 = 1024;
+
 pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError> {
     let err = |table: &str, index: usize, key: &str, message: String| {
         let path = if matches!(
@@ -131,6 +134,14 @@ pub(super) fn validate(raw: RawConfig, src: &str) -> Result<Config, ConfigError>
     }
     if p.pool_size == 0 {
         return Err(err("proxy", 0, "pool_size", "must be at least 1".into()));
+    }
+    if p.worker_threads > MAX_WORKER_THREADS {
+        return Err(err(
+            "proxy",
+            0,
+            "worker_threads",
+            format!("{} is more than {MAX_WORKER_THREADS}", p.worker_threads),
+        ));
     }
     if p.min_pool_size > p.pool_size {
         return Err(err(

@@ -3,7 +3,8 @@
 //! or ROLLBACK answered here, a deferred transaction that failed before
 //! reaching a server, and COMMIT/ROLLBACK outside any transaction.
 
-use crate::classify::{words, Kind};
+use crate::classify::words::{self, LoneEnd};
+use crate::classify::Kind;
 use crate::config::Route;
 use crate::protocol::{self, field, frontend, TxStatus};
 use crate::router::{Decision, SessionView, Why};
@@ -61,11 +62,8 @@ impl Session {
         let frame = &self.att.bufs.from_client[..len];
         let simple = frame.first() == Some(&frontend::QUERY);
         let text = protocol::query_text(frontend::QUERY, frame);
-        let (commit, rollback) = if simple {
-            (words::lone_commit(text), words::lone_rollback(text))
-        } else {
-            (false, false)
-        };
+        let end = if simple { words::lone_end(text) } else { None };
+        let (commit, rollback) = (end == Some(LoneEnd::Commit), end == Some(LoneEnd::Rollback));
         if self.deferred_aborted {
             if commit || rollback {
                 // PostgreSQL answers a COMMIT of a failed transaction ROLLBACK.

@@ -142,9 +142,10 @@ impl Session {
         let mut server = self.server.take().expect("attached");
         self.retries = 0;
         self.shared.metrics.transactions[role].inc();
-        self.shared.metrics.transaction_seconds[role].observe(server.lent_for().as_secs_f64());
+        let took = server.lent_for();
+        self.shared.metrics.transaction_seconds[role].observe(took.as_secs_f64());
         crate::dbstats::DbCounters::add(&self.db.xact_count, 1);
-        crate::dbstats::DbCounters::add_time(&self.db.xact_us, server.lent_for());
+        crate::dbstats::DbCounters::add_time(&self.db.xact_us, took);
         let mut clean = true;
         self.want
             .remember_hidden(std::mem::take(&mut self.att.st.hidden_settings));

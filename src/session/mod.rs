@@ -12,6 +12,7 @@ mod clock;
 mod commit_outcome;
 mod handoff;
 mod hold;
+mod idle;
 mod negotiate;
 pub mod prepared;
 mod prepared_view;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 
 use crate::tls::Stream;
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::clients::{ClientState, Registered};
@@ -286,7 +287,9 @@ impl Session {
         };
         self.adopt_config();
         if self.login.key_owed {
-            if let Err(why) = self.attach_at_login().await {
+            // Boxed: once per session at most, and its state would be part
+            // of every idle session's task.
+            if let Err(why) = Box::pin(self.attach_at_login()).await {
                 return why;
             }
         }
@@ -545,9 +548,14 @@ impl Session {
                 // not memory to set aside.
                 let missing = len - self.att.bufs.from_client.len();
                 attachment::ensure_room(&mut self.att.bufs.from_client, missing.max(8192));
-            } else {
+            }
+            // Idle with nothing buffered: the buffers go until the client
+            // speaks again (`idle`).
+            let idle = idle::can_release(&self.att.bufs, &self.client);
+            if idle {
+                idle::release(&mut self.att.bufs);
+            } else if protocol::header(&self.att.bufs.from_client).is_none() {
                 self.att.bufs.shrink();
-                attachment::ensure_room(&mut self.att.bufs.from_client, 8192);
             }
             if *self.shutdown.borrow() {
                 return Err(Ended::Shutdown);
@@ -563,7 +571,7 @@ impl Session {
             // Woken by the next handover's start, if idle then.
             let could_move = self.could_move();
             tokio::select! {
-                r = self.client.read_buf(&mut self.att.bufs.from_client) => match r {
+                r = idle::read(&mut self.client, &mut self.att.bufs, idle) => match r {
                     Ok(0) | Err(_) => return Ok(None),
                     // Between transactions the first message of the next one is read here, not in the relay.
                     Ok(n) => {

@@ -93,6 +93,16 @@ impl Stream {
         Ok(())
     }
 
+    /// Waits until a read would find something, holding no buffer
+    /// meanwhile (an idle client's). Plain TCP only: a TLS stream may hold
+    /// decrypted bytes its socket no longer shows, so it is ready at once.
+    pub async fn readable(&self) -> io::Result<()> {
+        match &self.0 {
+            Inner::Plain(s) => s.readable().await,
+            _ => Ok(()),
+        }
+    }
+
     /// Borrowed read and write halves, usable at once (the relay's
     /// `select!`). Plain TCP splits for free; TLS shares one state.
     pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
