@@ -734,14 +734,17 @@ impl Prepared {
     }
 
     /// The client's Syncs sent into COPY FROM STDIN mode, which the server
-    /// ignores: they earn no ReadyForQuery.
+    /// ignores: they earn no ReadyForQuery. They are the first ones after
+    /// the command that started the COPY (the queue's front, all before it
+    /// answered): not the last ones queued, which may close a later batch.
     pub fn forget_syncs(&mut self, mut n: u32) {
-        let mut i = self.queue.len();
-        while n > 0 && i > 0 {
-            i -= 1;
+        let mut i = 0;
+        while n > 0 && i < self.queue.len() {
             if matches!(self.queue[i], Item::Sent { typ: F::SYNC, .. }) {
                 self.queue.remove(i);
                 n -= 1;
+            } else {
+                i += 1;
             }
         }
     }

@@ -164,8 +164,8 @@ impl Session {
             .await
     }
 
-    /// The attached server ended an open transaction (or, in session mode,
-    /// the session) with 57P01, as `pg_terminate_backend` does (an
+    /// The attached server ended an open transaction, a request in flight
+    /// (or, in session mode, the session) with 57P01, as `pg_terminate_backend` does (an
     /// administrator's decision, passed on as it is), but takes no new
     /// sessions: its postmaster died, or it is shutting down (a leader
     /// killed, or stopped to be demoted), which is a failover.
@@ -175,7 +175,8 @@ impl Session {
             .server_fatal
             .as_ref()
             .is_some_and(|f| f.code == sqlstate::ADMIN_SHUTDOWN);
-        if !terminated || (st.status == TxStatus::Idle && !self.keeps_server()) {
+        // (Idle with nothing in flight, outside session mode, nothing was lost.)
+        if !terminated || (st.status == TxStatus::Idle && st.pending == 0 && !self.keeps_server()) {
             return false;
         }
         let Some(key) = self.server.as_ref().map(|s| &s.pool().key) else {

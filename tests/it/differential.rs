@@ -758,3 +758,31 @@ fn a_parse_inside_a_failed_transaction_is_refused_as_postgresql_refuses_it() {
         assert!(d == t, "{}", report(&seq, &d, &t));
     }
 }
+
+/// A Sync and a CopyDone sent into a simple-protocol COPY, then a batch
+/// whose first message fails (a Describe of no portal): every answer comes,
+/// and the session goes on.
+#[test]
+fn a_batch_after_a_copy_with_stray_syncs_is_answered() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut h = rt.block_on(Harness::start());
+    let seq = vec![
+        Msg::Query("COPY diff_sink FROM STDIN"),
+        Msg::Sync,
+        Msg::CopyDone,
+        Msg::Sync,
+        Msg::DescribePortal,
+        Msg::CloseStatement("s1"),
+        Msg::Parse("s2", "SELECT 42"),
+        Msg::Sync,
+    ];
+    let int4pl = h.int4pl;
+    let (d, _) = rt.block_on(h.direct.run(&seq, int4pl));
+    let (t, _) = rt.block_on(h.through.run(&seq, int4pl));
+    assert!(d == t, "{}", report(&seq, &d, &t));
+}
+
