@@ -785,4 +785,3 @@ fn a_batch_after_a_copy_with_stray_syncs_is_answered() {
     let (t, _) = rt.block_on(h.through.run(&seq, int4pl));
     assert!(d == t, "{}", report(&seq, &d, &t));
 }
-
