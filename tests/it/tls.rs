@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use pgkeel::config::{ServerTlsMode, TlsConfig};
@@ -637,62 +637,31 @@ fn start_hostssl_pg(pki: &Pki) -> HostsslPg {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
-    common::chown(&dir.join("postgres.log"));
-    let mut cmd = Command::new(format!("{}/postgres", common::BIN));
-    common::as_postgres(&mut cmd)
-        .arg("-D")
-        .arg(&data)
-        .args([
-            "-c",
-            &format!("port={port}"),
-            "-c",
-            "listen_addresses=127.0.0.1",
-        ])
-        .arg("-c")
-        .arg(format!("unix_socket_directories={}", dir.display()))
-        .args([
-            "-c",
+    let process = common::spawn_postgres(
+        &dir,
+        &data,
+        port,
+        &[
             "ssl=on",
-            "-c",
             "ssl_ca_file=root.crt",
-            "-c",
             "fsync=off",
-            "-c",
             "shared_buffers=16MB",
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    let process = TiedProcess::spawn(cmd, libc::SIGINT);
+        ],
+    );
     let server = HostsslPg {
         port,
         _process: process,
         dir: dir.clone(),
     };
-    // Ready once the socket answers (psql over the Unix socket, trusted).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = Command::new("psql")
-            .args(["-X", "-At", "-h"])
-            .arg(&dir)
-            .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
-            .args(["-c", "CREATE ROLE tls_app LOGIN PASSWORD 'tls_password'"])
-            .args(["-c", "CREATE DATABASE tls_db OWNER tls_app"])
-            .args(["-c", "CREATE ROLE tls_certuser LOGIN"])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "hostssl server did not start: {}; see {}/postgres.log",
-            String::from_utf8_lossy(&out.stderr),
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::psql_until_up(
+        &dir,
+        port,
+        &[
+            "CREATE ROLE tls_app LOGIN PASSWORD 'tls_password'",
+            "CREATE DATABASE tls_db OWNER tls_app",
+            "CREATE ROLE tls_certuser LOGIN",
+        ],
+    );
     server
 }
 

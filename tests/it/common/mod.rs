@@ -599,12 +599,33 @@ pub fn start_own_pg() -> OwnPg {
         "local all all trust\nhost all all 127.0.0.1/32 md5\n",
     )
     .unwrap();
+    let process = spawn_postgres(&dir, &data, port, &["fsync=off", "shared_buffers=16MB"]);
+    let server = OwnPg {
+        port,
+        dir: dir.clone(),
+        process,
+    };
+    psql_until_up(
+        &dir,
+        port,
+        &[
+            "CREATE ROLE app LOGIN PASSWORD 'app_password'",
+            "CREATE DATABASE appdb OWNER app",
+        ],
+    );
+    server
+}
+
+/// Starts PostgreSQL on `data`, listening on 127.0.0.1:`port` and on a Unix
+/// socket in `dir` (its log: `dir/postgres.log`), with `settings`
+/// (`name=value`), tied to this process.
+pub fn spawn_postgres(dir: &Path, data: &Path, port: u16, settings: &[&str]) -> TiedProcess {
     let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
     chown(&dir.join("postgres.log"));
     let mut cmd = Command::new(format!("{BIN}/postgres"));
     as_postgres(&mut cmd)
         .arg("-D")
-        .arg(&data)
+        .arg(data)
         .args([
             "-c",
             &format!("port={port}"),
@@ -612,37 +633,43 @@ pub fn start_own_pg() -> OwnPg {
             "listen_addresses=127.0.0.1",
         ])
         .arg("-c")
-        .arg(format!("unix_socket_directories={}", dir.display()))
-        .args(["-c", "fsync=off", "-c", "shared_buffers=16MB"])
-        .stdin(Stdio::null())
+        .arg(format!("unix_socket_directories={}", dir.display()));
+    for s in settings {
+        cmd.args(["-c", s]);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    let process = TiedProcess::spawn(cmd, libc::SIGINT);
-    let server = OwnPg {
-        port,
-        dir: dir.clone(),
-        process,
-    };
+    TiedProcess::spawn(cmd, libc::SIGINT)
+}
+
+/// Runs `sqls` as `postgres` over the Unix socket in `dir` once the server
+/// there takes them (30 s at most): the server is up, and set up.
+pub fn psql_until_up(dir: &Path, port: u16, sqls: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = Command::new("psql")
-            .args(["-X", "-At", "-h"])
-            .arg(&dir)
-            .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
-            .args(["-c", "CREATE ROLE app LOGIN PASSWORD 'app_password'"])
-            .args(["-c", "CREATE DATABASE appdb OWNER app"])
-            .output()
-            .unwrap();
+        let mut cmd = Command::new("psql");
+        cmd.args(["-X", "-At", "-h"]).arg(dir).args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ]);
+        for sql in sqls {
+            cmd.args(["-c", sql]);
+        }
+        let out = cmd.output().unwrap();
         if out.status.success() {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "own server did not start: {}; see {}/postgres.log",
+            "server did not start: {}; see {}/postgres.log",
             String::from_utf8_lossy(&out.stderr),
             dir.display()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    server
 }
