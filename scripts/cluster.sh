@@ -7,6 +7,8 @@
 #   scripts/cluster.sh switchover [NAME]   planned switchover (to NAME, or any replica)
 #   scripts/cluster.sh kill-leader         SIGKILL the leader's Patroni and PostgreSQL
 #   scripts/cluster.sh kill-member NAME    SIGKILL one member's Patroni and PostgreSQL
+#   scripts/cluster.sh reinit-member NAME  rebuild a member from the leader (patronictl reinit)
+#   scripts/cluster.sh reinit-stragglers   the same for every member that is neither leader nor a replica
 #   scripts/cluster.sh pause-leader        SIGSTOP the leader's Patroni and PostgreSQL until another
 #                                          member holds the leader key, then SIGCONT (a frozen host)
 #   scripts/cluster.sh start-member NAME   start a stopped member again (it rejoins as a replica)
@@ -179,6 +181,22 @@ pause_member() { # name: frozen until another member is the primary, as a stalle
     echo "paused $n until $l was the primary"
 }
 
+reinit_member() { # name: Patroni rebuilds it from the leader, for a member that cannot rejoin
+    as_postgres patronictl -c "$DIR/$1/patroni.yml" reinit "$SCOPE" "$1" --force --wait >/dev/null
+    echo "reinitialized $1"
+}
+
+reinit_stragglers() {
+    local l n i
+    l=$(leader)
+    for n in "${NAMES[@]}"; do
+        i=$(member_index "$n")
+        [ "$n" = "$l" ] && continue
+        curl -sf "http://127.0.0.1:${API_PORTS[$i]}/replica" >/dev/null && continue
+        reinit_member "$n"
+    done
+}
+
 stop_member() {
     local n=$1 p
     p=$(patroni_pid "$n")
@@ -320,6 +338,8 @@ case "$cmd" in
     kill-leader) kill_member "$(leader)" ;;
     kill-member) kill_member "$1" ;;
     pause-leader) pause_member "$(leader)" ;;
+    reinit-member) reinit_member "$1" ;;
+    reinit-stragglers) reinit_stragglers ;;
     start-member) start_member "$1" ;;
     stop-etcd) stop_etcd ;;
     start-etcd) start_etcd ;;
