@@ -177,9 +177,12 @@ async fn inject(
                 } else {
                     Some(c.leader())
                 };
-                p.shared().topology.load().primary.as_ref().is_some_and(|m| {
-                    m.name != old || leader.as_deref() == Some(m.name.as_str())
-                })
+                p.shared()
+                    .topology
+                    .load()
+                    .primary
+                    .as_ref()
+                    .is_some_and(|m| m.name != old || leader.as_deref() == Some(m.name.as_str()))
             })
             .await;
             assert!(
