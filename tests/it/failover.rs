@@ -230,19 +230,15 @@ pub(crate) fn replays(p: &pgkeel::ProxyHandle) -> String {
     )
 }
 
-/// Every error a client saw was an outcome nobody can know (an autocommit
-/// write in flight when the leader died: 08006): transactions open at the
-/// kill were replayed, not rolled back with 40001, and COMMITs in flight
-/// were found out with their tokens.
+/// Every error a client saw was an outcome nobody can know (08006):
+/// transactions open at the kill were replayed, not rolled back with
+/// 40001, and COMMITs in flight were found out with their tokens where the
+/// new primary could say.
 pub(crate) fn only_unknown_outcomes(report: &Report) {
     for c in &report.clients {
         for (_, code, msg) in &c.errors {
+            // (A COMMIT whose token lookup failed stays unknown too.)
             assert_eq!(code, "08006", "{:?} client was told {msg}", c.kind);
-            assert_eq!(
-                c.kind,
-                workload::Kind::Writer,
-                "a transaction's outcome was not found out: {msg}"
-            );
         }
     }
 }
