@@ -179,12 +179,7 @@ impl Session {
                 // never arrived and cannot be made up: said as it is.
                 self.outcome("committed");
                 let r = self.replay.as_deref_mut().expect("replaying");
-                r.fallback = Recovery::TellNow {
-                    code: sqlstate::CONNECTION_FAILURE.to_owned(),
-                    message: "the server failed over after this statement committed, before its answer arrived: it committed, and is not run again".to_owned(),
-                    owed: 1,
-                    skip_to_sync: false,
-                };
+                r.fallback = commit_answer(sqlstate::CONNECTION_FAILURE, "the server failed over after this statement committed, before its answer arrived: it committed, and is not run again");
                 Resolved::Done(self.replay_failed(Refusal::Commit).await)
             }
             Ok(Some("t")) => {
@@ -209,12 +204,7 @@ impl Session {
                 // Known not to have committed: it was rolled back, which is
                 // worth retrying, if it cannot run again here.
                 let r = self.replay.as_deref_mut().expect("replaying");
-                r.fallback = Recovery::TellNow {
-                    code: sqlstate::SERIALIZATION_FAILURE.to_owned(),
-                    message: "the transaction was rolled back: its server failed over while committing, before the commit reached the new primary; retry the transaction".to_owned(),
-                    owed: 1,
-                    skip_to_sync: false,
-                };
+                r.fallback = commit_answer(sqlstate::SERIALIZATION_FAILURE, "the transaction was rolled back: its server failed over while committing, before the commit reached the new primary; retry the transaction");
                 if res.replay_if_not {
                     tracing::info!(peer = %self.peer, user = %self.user.name, "a COMMIT in flight at a failover had not committed: replaying its transaction");
                     return Resolved::Replay;
@@ -234,5 +224,16 @@ impl Session {
             .commit_outcomes_total
             .with_label_values(&[result])
             .inc();
+    }
+}
+
+/// What the client waiting on its COMMIT (or write) is told instead: one
+/// error, then its ReadyForQuery.
+fn commit_answer(code: &str, message: &str) -> Recovery {
+    Recovery::TellNow {
+        code: code.to_owned(),
+        message: message.to_owned(),
+        owed: 1,
+        skip_to_sync: false,
     }
 }
